@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Format one bench/compare.sh result: wall time, CPU time and peak RSS of segmenter and the peer.
+
+usage: report.py --n N --date D --as-of D1 --threads T --data DIR --seg-time FILE --peer-time FILE
+                 --seg-out DIR --peer-out FILE --peer-log FILE [--check TEXT]
+
+The time files are the `-o` output of GNU `/usr/bin/time -v`. Prints the table to stdout.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import sys
+
+import pyarrow.parquet as pq
+
+
+def parse_time_v(path):
+    """Wall seconds, CPU seconds (user + sys) and max RSS in MiB from `/usr/bin/time -v` output."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+
+    def field(label):
+        m = re.search(r"^\s*" + re.escape(label) + r".*?:\s*(\S+)\s*$", text, re.MULTILINE)
+        if not m:
+            sys.exit(f"report: no '{label}' line in {path}; is /usr/bin/time GNU time?")
+        return m.group(1)
+
+    wall = 0.0
+    for part in field("Elapsed (wall clock) time").split(":"):  # [h:]m:s.ss
+        wall = wall * 60 + float(part)
+    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
+    rss_mib = int(field("Maximum resident set size (kbytes)")) / 1024
+    return {"wall": wall, "cpu": cpu, "rss": rss_mib}
+
+
+def parquet_rows(pattern):
+    files = glob.glob(pattern, recursive=True)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files), files
+
+
+def flatten(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for a in ("--n", "--date", "--as-of", "--threads", "--data", "--seg-time", "--peer-time",
+              "--seg-out", "--peer-out", "--peer-log"):
+        ap.add_argument(a, required=True)
+    ap.add_argument("--check", default="not run")
+    a = ap.parse_args()
+
+    seg, peer = parse_time_v(a.seg_time), parse_time_v(a.peer_time)
+    n_orders, _ = parquet_rows(os.path.join(a.data, "orders", "**", "*.parquet"))
+    n_events, _ = parquet_rows(os.path.join(a.data, "events", "**", "*.parquet"))
+    n_customers, _ = parquet_rows(os.path.join(a.data, "customers", "**", "*.parquet"))
+    size = sum(os.path.getsize(f) for sub in ("orders", "events", "customers")
+               for f in glob.glob(os.path.join(a.data, sub, "**", "*.parquet"), recursive=True))
+    seg_rows, _ = parquet_rows(os.path.join(a.seg_out, "customer_segments", f"run_date={a.date}", "*.parquet"))
+    peer_rows = pq.ParquetFile(a.peer_out).metadata.num_rows if os.path.exists(a.peer_out) else 0
+
+    mem_gib = 0.0
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = int(next(l for l in f if l.startswith("MemTotal")).split()[1]) / 2**20
+    except (OSError, StopIteration):
+        pass
+
+    out = []
+    p = out.append
+    p(f"== segmenter vs peer: N={int(a.n):,} customers, run --date {a.date} "
+      f"(peer --as-of {a.as_of} --threads {a.threads}) ==")
+    p(f"data:  {n_orders:,} orders, {n_events:,} events, {n_customers:,} customers rows; "
+      f"{size / 2**20:.1f} MiB Parquet in {a.data}")
+    p(f"host:  {os.cpu_count()} CPUs, {mem_gib:.1f} GiB RAM, {platform.system()} {platform.release()}, "
+      f"Python {platform.python_version()}")
+    p("")
+    p(f"{'tool':<16}{'wall s':>10}{'cpu s':>10}{'peak RSS MiB':>15}{'rows out':>12}")
+    p(f"{'segmenter':<16}{seg['wall']:>10.2f}{seg['cpu']:>10.2f}{seg['rss']:>15.1f}{seg_rows:>12,}")
+    p(f"{'peer':<16}{peer['wall']:>10.2f}{peer['cpu']:>10.2f}{peer['rss']:>15.1f}{peer_rows:>12,}")
+    p(f"{'segmenter/peer':<16}{ratio(seg['wall'], peer['wall']):>10}{ratio(seg['cpu'], peer['cpu']):>10}"
+      f"{ratio(seg['rss'], peer['rss']):>15}")
+    p("")
+
+    manifest = os.path.join(a.seg_out, "_runs", a.date, "manifest.json")
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            m = json.load(f)
+        timings = list(flatten(m.get("timings") or {}))
+        version = next((m[k] for k in ("version", "software_version", "segmenter_version") if k in m), None)
+        p("segmenter stages (manifest timings, s)" + (f", version {version}" if version else "") + ":")
+        width = max([len(k) for k, _ in timings] + [5])
+        for k, v in timings:
+            p(f"  {k:<{width}}  {v:>9.3f}" if isinstance(v, (int, float)) else f"  {k:<{width}}  {v}")
+        total = sum(v for _, v in timings if isinstance(v, (int, float)) and not isinstance(v, bool))
+        p(f"  {'(sum)':<{width}}  {total:>9.3f}   (wall {seg['wall']:.3f}; a stage nested in another counts twice)")
+    except (OSError, ValueError, AttributeError) as e:
+        p(f"segmenter stages: cannot read {manifest}: {e}")
+    with open(a.peer_log, encoding="utf-8", errors="replace") as f:
+        peer_line = [line for line in f if line.startswith("peer:")]
+    p("peer stages:      " + (peer_line[-1].strip()[len("peer:"):].strip() if peer_line else "(no 'peer:' line)"))
+    p(f"output check:     scripts/check_outputs.py {a.check}")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,778 @@
+//! The pipeline file: parsed into [`RawPipeline`] (serde, unknown keys rejected), then checked
+//! once into [`Pipeline`], the only form the rest of the program sees.
+//!
+//! Order of operations: TOML text → `toml::Value` → `--set` overrides → `${VAR}` expansion in
+//! string values → `RawPipeline` → [`RawPipeline::validate`] (every problem reported at once).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Built-in SQL: the order history of each customer at a cut-off (queries/order_history.sql).
+pub const DEFAULT_ORDER_HISTORY_SQL: &str = include_str!("../queries/order_history.sql");
+/// Built-in SQL: one row of features per known customer (queries/features.sql).
+pub const DEFAULT_FEATURES_SQL: &str = include_str!("../queries/features.sql");
+
+/// The pipeline file as written by the user.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// Where the raw Parquet lives.
+    pub inputs: RawInputs,
+    /// Where results are written.
+    pub output: RawOutput,
+    /// Which SQL files compute the features (defaults: the built-in queries/).
+    #[serde(default)]
+    pub queries: RawQueries,
+    /// Churn and value scoring settings.
+    #[serde(default)]
+    pub model: ModelParams,
+    /// k-means settings.
+    #[serde(default)]
+    pub clustering: ClusterParams,
+    /// Lifecycle stage rules (SEEDS.md).
+    #[serde(default)]
+    pub lifecycle: LifecycleRules,
+    /// Loyalty tier rules (SEEDS.md).
+    #[serde(default)]
+    pub loyalty: LoyaltyRules,
+    /// Query engine resources.
+    #[serde(default)]
+    pub engine: EngineParams,
+}
+
+/// `[inputs]`: prefixes or directories of Parquet files.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawInputs {
+    /// Orders, one row per order (required).
+    pub orders: String,
+    /// Clickstream events, one row per event (optional).
+    pub events: Option<String>,
+    /// Customer master data (optional; needed for e-mail exports).
+    pub customers: Option<String>,
+}
+
+/// `[output]`.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutput {
+    /// Root under which every table, export and manifest is written.
+    pub root: String,
+}
+
+/// `[queries]`: SQL files, relative to the pipeline file. Absent means built-in.
+#[derive(Debug, Deserialize, Serialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueries {
+    /// Per-customer order history at a cut-off, with the outcome over a horizon.
+    pub order_history: Option<String>,
+    /// Per-customer features at the run's cut-off.
+    pub features: Option<String>,
+}
+
+/// `[model]`: scoring settings.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelParams {
+    /// Monthly discount rate for the present value of future revenue (0.01 = 1 % a month).
+    pub monthly_discount_rate: f64,
+    /// Churn score at or above which a customer is `medium` risk.
+    pub churn_medium: f64,
+    /// Churn score at or above which a customer is `high` risk.
+    pub churn_high: f64,
+    /// Quantile of positive value scores at or above which a customer is `high` value.
+    pub value_high_quantile: f64,
+    /// Quantile of positive value scores at or above which a customer is `medium` value.
+    pub value_medium_quantile: f64,
+    /// Pseudo-count pulling each cell's rate towards the overall rate (empirical Bayes).
+    pub prior_strength: f64,
+}
+
+impl Default for ModelParams {
+    fn default() -> Self {
+        ModelParams {
+            monthly_discount_rate: 0.01,
+            churn_medium: 0.4,
+            churn_high: 0.7,
+            value_high_quantile: 0.8,
+            value_medium_quantile: 0.5,
+            prior_strength: 20.0,
+        }
+    }
+}
+
+/// `[clustering]`: k-means settings, checked like linfa's `KMeansParams`.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterParams {
+    /// Number of segments.
+    pub k: usize,
+    /// Independent k-means++ runs; the best (lowest inertia) wins.
+    pub n_runs: usize,
+    /// Iteration cap per run.
+    pub max_iterations: u64,
+    /// Convergence tolerance on centroid movement.
+    pub tolerance: f64,
+    /// Random seed: same input and seed give the same segments.
+    pub seed: u64,
+    /// Customers sampled for fitting (all customers are assigned).
+    pub sample_size: usize,
+}
+
+impl Default for ClusterParams {
+    fn default() -> Self {
+        ClusterParams {
+            k: 8,
+            n_runs: 4,
+            max_iterations: 200,
+            tolerance: 1e-4,
+            seed: 42,
+            sample_size: 200_000,
+        }
+    }
+}
+
+/// `[lifecycle]`: thresholds for the six lifecycle stages (see README "Lifecycle stage").
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleRules {
+    /// A first order at most this many days ago makes a customer `development`.
+    pub new_customer_days: f64,
+    /// At least this many completed orders (and `mature_tenure_days`) makes `maturity`.
+    pub mature_orders: f64,
+    /// Tenure needed for `maturity`.
+    pub mature_tenure_days: f64,
+    /// Days since the last order after which an active customer is in `decline`.
+    pub decline_days: f64,
+    /// Days since the last order after which a customer is `termination` (lost).
+    pub termination_days: f64,
+}
+
+impl Default for LifecycleRules {
+    fn default() -> Self {
+        LifecycleRules {
+            new_customer_days: 90.0,
+            mature_orders: 5.0,
+            mature_tenure_days: 365.0,
+            decline_days: 120.0,
+            termination_days: 365.0,
+        }
+    }
+}
+
+/// `[loyalty]`: thresholds for the four loyalty tiers (see README "Loyalty tier").
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoyaltyRules {
+    /// Completed orders in the last 365 days for `habitual`.
+    pub habitual_orders: f64,
+    /// Completed orders in the last 365 days for `preference`.
+    pub preference_orders: f64,
+    /// Completed orders in the last 365 days for `committed`.
+    pub committed_orders: f64,
+    /// Above this share of discounted orders a customer is price-loyal: at most `habitual`.
+    pub max_discount_share: f64,
+    /// Above this return rate a customer is at most `habitual` (complaint signal).
+    pub max_return_rate: f64,
+    /// Churn score above which a customer is at most `habitual`.
+    pub max_churn_score: f64,
+}
+
+impl Default for LoyaltyRules {
+    fn default() -> Self {
+        LoyaltyRules {
+            habitual_orders: 2.0,
+            preference_orders: 4.0,
+            committed_orders: 8.0,
+            max_discount_share: 0.5,
+            max_return_rate: 0.2,
+            max_churn_score: 0.5,
+        }
+    }
+}
+
+/// `[engine]`: DataFusion resources.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineParams {
+    /// Memory the engine may use before spilling, e.g. `"8GiB"`, `"512MiB"` or `"60%"` of RAM.
+    /// Default: 60 % of physical memory.
+    pub memory_limit: Option<String>,
+    /// Parallelism; default: the number of cores.
+    pub target_partitions: Option<usize>,
+}
+
+/// A checked storage location: always a URL (plain paths become absolute `file://` URLs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location(Url);
+
+impl Location {
+    /// The URL.
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    /// The URL as a string, for messages (credentials never appear in our URLs).
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// Parses a URL or a path; relative paths are resolved against `base_dir`. The result is
+    /// treated as a directory (trailing `/`).
+    pub fn parse(text: &str, base_dir: &Path) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("is empty".into());
+        }
+        let url = match Url::parse(text) {
+            // A Windows drive letter or a bare word is not a URL scheme we serve.
+            Ok(url) if url.scheme().len() > 1 => url,
+            _ => {
+                let path = Path::new(text);
+                let abs = if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    base_dir.join(path)
+                };
+                let abs = normalize_path(&abs);
+                Url::from_directory_path(&abs)
+                    .map_err(|_| format!("`{text}` is not a valid path"))?
+            }
+        };
+        match url.scheme() {
+            "file" | "s3" | "gs" | "az" | "abfs" | "abfss" | "memory" => {}
+            other => {
+                return Err(format!(
+                    "URL scheme `{other}` is not supported (use file://, s3://, gs://, az://, memory:// or a path)"
+                ))
+            }
+        }
+        if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{text}` has no bucket/container name"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("credentials must not be written in URLs; use the AWS_*/GOOGLE_*/AZURE_* environment variables".into());
+        }
+        let mut url = url;
+        if !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        Ok(Location(url))
+    }
+
+    /// A child location (`name` relative, may contain `/`).
+    pub fn join(&self, name: &str) -> Location {
+        // Joining a relative path to a directory URL cannot fail.
+        let url = self.0.join(name).unwrap_or_else(|_| self.0.clone());
+        Location(url)
+    }
+}
+
+/// Removes `.` and `..` components without touching the file system.
+fn normalize_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The validated pipeline: every URL parsed, SQL loaded, thresholds checked.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file it came from (for messages), or `<built-in>`.
+    pub source: String,
+    /// Orders location.
+    pub orders: Location,
+    /// Events location, if configured.
+    pub events: Option<Location>,
+    /// Customers location, if configured.
+    pub customers: Option<Location>,
+    /// Output root.
+    pub output_root: Location,
+    /// SQL text of the order history query.
+    pub order_history_sql: String,
+    /// SQL text of the features query.
+    pub features_sql: String,
+    /// Scoring settings.
+    pub model: ModelParams,
+    /// k-means settings.
+    pub clustering: ClusterParams,
+    /// Lifecycle rules.
+    pub lifecycle: LifecycleRules,
+    /// Loyalty rules.
+    pub loyalty: LoyaltyRules,
+    /// Engine settings, with the memory limit resolved to bytes (None: unbounded).
+    pub memory_limit_bytes: Option<usize>,
+    /// Parallelism.
+    pub target_partitions: usize,
+    /// The effective settings, for the manifest (no secrets: only URLs and numbers).
+    pub effective: RawPipeline,
+}
+
+impl Pipeline {
+    /// Reads, overrides, expands and validates a pipeline file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(
+                Some(&source),
+                format!("cannot read the pipeline file: {e}; check the --pipeline path"),
+            )
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base_dir = std::env::current_dir()
+            .map(|cwd| cwd.join(&base_dir))
+            .unwrap_or(base_dir);
+        Self::from_toml(&text, &source, &base_dir, overrides, &|k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    /// Parses pipeline text; `env` resolves `${VAR}` (injected so tests need no process env).
+    pub fn from_toml(
+        text: &str,
+        source: &str,
+        base_dir: &Path,
+        overrides: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Pipeline> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| {
+            Error::config(Some(source), format!("not valid TOML: {}", e.to_string().trim()))
+        })?;
+        let mut problems = Vec::new();
+        for ov in overrides {
+            if let Err(p) = apply_override(&mut value, ov) {
+                problems.push(p);
+            }
+        }
+        expand_env(&mut value, "", env, &mut problems);
+        if !problems.is_empty() {
+            return Err(Error::Config {
+                file: Some(source.into()),
+                problems,
+            });
+        }
+        let raw: RawPipeline = toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| {
+            Error::config(Some(source), explain_serde(&e))
+        })?;
+        raw.validate(source, base_dir)
+    }
+}
+
+/// Makes serde's message actionable (it already names unknown fields and the expected ones).
+fn explain_serde(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    if msg.starts_with("unknown field") {
+        format!("{msg} (see README \"Pipeline file\" for the keys)")
+    } else if msg.starts_with("missing field") {
+        format!("{msg}: this key is required")
+    } else {
+        msg
+    }
+}
+
+/// Applies one `--set key.path=value`; the value is read as TOML (number, bool, string…),
+/// falling back to a plain string.
+fn apply_override(table: &mut toml::Table, spec: &str) -> std::result::Result<(), String> {
+    let (path, raw_value) = spec
+        .split_once('=')
+        .ok_or_else(|| format!("--set `{spec}`: expected key.path=value"))?;
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(format!("--set `{spec}`: empty key in `{path}`"));
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw_value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw_value.to_string()));
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for k in parents {
+        let entry = cur
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("--set `{spec}`: `{k}` is not a table"))?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Expands `${VAR}` in every string value (`$${` is a literal `${`). Unknown variables are
+/// reported by key, never by value.
+fn expand_env(
+    value: &mut toml::Table,
+    prefix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) {
+    for (k, v) in value.iter_mut() {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::String(s) => match expand_str(s, env) {
+                Ok(new) => *s = new,
+                Err(var) => problems.push(format!(
+                    "`{key}` uses ${{{var}}} but the environment variable {var} is not set"
+                )),
+            },
+            toml::Value::Table(t) => expand_env(t, &key, env, problems),
+            _ => {}
+        }
+    }
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail.find('}').ok_or_else(|| "(unterminated ${)".to_string())?;
+            let name = &tail[..end];
+            out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl RawPipeline {
+    /// Checks everything and resolves paths; reports all problems at once.
+    pub fn validate(self, source: &str, base_dir: &Path) -> Result<Pipeline> {
+        let mut problems = Vec::new();
+        let mut loc = |key: &str, text: &str| match Location::parse(text, base_dir) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                problems.push(format!("`{key}` = \"{text}\": {e}"));
+                None
+            }
+        };
+        let orders = loc("inputs.orders", &self.inputs.orders);
+        let events = self.inputs.events.as_deref().map(|t| loc("inputs.events", t));
+        let customers = self
+            .inputs
+            .customers
+            .as_deref()
+            .map(|t| loc("inputs.customers", t));
+        let output_root = loc("output.root", &self.output.root);
+
+        let mut sql = |key: &str, path: &Option<String>, default: &str| match path {
+            None => default.to_string(),
+            Some(p) => {
+                let full = base_dir.join(p);
+                std::fs::read_to_string(&full).unwrap_or_else(|e| {
+                    problems.push(format!(
+                        "`{key}` = \"{p}\": cannot read {} ({e}); paths are relative to the pipeline file",
+                        full.display()
+                    ));
+                    String::new()
+                })
+            }
+        };
+        let order_history_sql = sql(
+            "queries.order_history",
+            &self.queries.order_history,
+            DEFAULT_ORDER_HISTORY_SQL,
+        );
+        let features_sql = sql("queries.features", &self.queries.features, DEFAULT_FEATURES_SQL);
+
+        check_model(&self.model, &mut problems);
+        check_clustering(&self.clustering, &mut problems);
+        check_lifecycle(&self.lifecycle, &mut problems);
+        check_loyalty(&self.loyalty, &mut problems);
+        let memory_limit_bytes = match &self.engine.memory_limit {
+            None => physical_memory().map(|m| m / 10 * 6),
+            Some(text) => match parse_memory(text, physical_memory()) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    problems.push(format!("`engine.memory_limit` = \"{text}\": {e}"));
+                    None
+                }
+            },
+        };
+        let target_partitions = match self.engine.target_partitions {
+            Some(0) => {
+                problems.push("`engine.target_partitions` must be at least 1".into());
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        };
+
+        if !problems.is_empty() {
+            return Err(Error::Config {
+                file: Some(source.into()),
+                problems,
+            });
+        }
+        let (Some(orders), Some(output_root)) = (orders, output_root) else {
+            unreachable!("location problems were reported above")
+        };
+        Ok(Pipeline {
+            source: source.into(),
+            orders,
+            events: events.flatten(),
+            customers: customers.flatten(),
+            output_root,
+            order_history_sql,
+            features_sql,
+            model: self.model.clone(),
+            clustering: self.clustering.clone(),
+            lifecycle: self.lifecycle.clone(),
+            loyalty: self.loyalty.clone(),
+            memory_limit_bytes,
+            target_partitions,
+            effective: self,
+        })
+    }
+}
+
+fn check_unit(key: &str, v: f64, problems: &mut Vec<String>) {
+    if !(0.0..=1.0).contains(&v) {
+        problems.push(format!("`{key}` = {v} must be between 0 and 1"));
+    }
+}
+
+fn check_positive(key: &str, v: f64, problems: &mut Vec<String>) {
+    if !(v.is_finite() && v > 0.0) {
+        problems.push(format!("`{key}` = {v} must be a positive number"));
+    }
+}
+
+fn check_model(m: &ModelParams, problems: &mut Vec<String>) {
+    if !(0.0..0.5).contains(&m.monthly_discount_rate) {
+        problems.push(format!(
+            "`model.monthly_discount_rate` = {} must be in [0, 0.5) (0.01 = 1 % a month)",
+            m.monthly_discount_rate
+        ));
+    }
+    check_unit("model.churn_medium", m.churn_medium, problems);
+    check_unit("model.churn_high", m.churn_high, problems);
+    if m.churn_medium > m.churn_high {
+        problems.push("`model.churn_medium` must not exceed `model.churn_high`".into());
+    }
+    check_unit("model.value_high_quantile", m.value_high_quantile, problems);
+    check_unit("model.value_medium_quantile", m.value_medium_quantile, problems);
+    if m.value_medium_quantile > m.value_high_quantile {
+        problems.push(
+            "`model.value_medium_quantile` must not exceed `model.value_high_quantile`".into(),
+        );
+    }
+    if !(m.prior_strength.is_finite() && m.prior_strength >= 0.0) {
+        problems.push("`model.prior_strength` must be ≥ 0".into());
+    }
+}
+
+fn check_clustering(c: &ClusterParams, problems: &mut Vec<String>) {
+    if !(2..=50).contains(&c.k) {
+        problems.push(format!("`clustering.k` = {} must be between 2 and 50", c.k));
+    }
+    if c.n_runs == 0 {
+        problems.push("`clustering.n_runs` must be at least 1".into());
+    }
+    if c.max_iterations == 0 {
+        problems.push("`clustering.max_iterations` must be at least 1".into());
+    }
+    check_positive("clustering.tolerance", c.tolerance, problems);
+    if c.sample_size < c.k.max(2) * 10 {
+        problems.push(format!(
+            "`clustering.sample_size` = {} is too small for k = {} (need ≥ 10·k)",
+            c.sample_size, c.k
+        ));
+    }
+}
+
+fn check_lifecycle(l: &LifecycleRules, problems: &mut Vec<String>) {
+    check_positive("lifecycle.new_customer_days", l.new_customer_days, problems);
+    check_positive("lifecycle.mature_orders", l.mature_orders, problems);
+    check_positive("lifecycle.mature_tenure_days", l.mature_tenure_days, problems);
+    check_positive("lifecycle.decline_days", l.decline_days, problems);
+    check_positive("lifecycle.termination_days", l.termination_days, problems);
+    if l.decline_days >= l.termination_days {
+        problems.push("`lifecycle.decline_days` must be less than `lifecycle.termination_days`".into());
+    }
+}
+
+fn check_loyalty(l: &LoyaltyRules, problems: &mut Vec<String>) {
+    check_positive("loyalty.habitual_orders", l.habitual_orders, problems);
+    if !(l.habitual_orders <= l.preference_orders && l.preference_orders <= l.committed_orders) {
+        problems.push(
+            "loyalty thresholds must satisfy habitual_orders ≤ preference_orders ≤ committed_orders"
+                .into(),
+        );
+    }
+    check_unit("loyalty.max_discount_share", l.max_discount_share, problems);
+    check_unit("loyalty.max_return_rate", l.max_return_rate, problems);
+    check_unit("loyalty.max_churn_score", l.max_churn_score, problems);
+}
+
+/// Physical memory in bytes (Linux `/proc/meminfo`), if known.
+fn physical_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Parses `"8GiB"`, `"512MiB"`, `"2GB"`, `"60%"` (of `physical`) into bytes.
+fn parse_memory(text: &str, physical: Option<usize>) -> std::result::Result<usize, String> {
+    let t = text.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let pct: f64 = p.trim().parse().map_err(|_| "not a percentage".to_string())?;
+        if !(1.0..=100.0).contains(&pct) {
+            return Err("percentage must be between 1 and 100".into());
+        }
+        let phys = physical.ok_or("physical memory unknown on this system; give bytes, e.g. 8GiB")?;
+        return Ok((phys as f64 * pct / 100.0) as usize);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| "expected e.g. 8GiB, 512MiB or 60%".to_string())?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0_f64.powi(4),
+        other => return Err(format!("unknown unit `{other}` (use KiB, MiB, GiB or %)")),
+    };
+    let bytes = num * mult;
+    if bytes < 64.0 * 1024.0 * 1024.0 {
+        return Err("at least 64MiB is needed".into());
+    }
+    Ok(bytes as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "BUCKET" => Some("shop-raw".into()),
+            _ => None,
+        }
+    }
+
+    fn load(text: &str, overrides: &[&str]) -> Result<Pipeline> {
+        let ov: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Pipeline::from_toml(text, "p.toml", Path::new("/base/pipelines"), &ov, &env)
+    }
+
+    const MINIMAL: &str = r#"
+[inputs]
+orders = "s3://${BUCKET}/orders/"
+[output]
+root = "out"
+"#;
+
+    #[test]
+    fn minimal_file_runs_with_defaults() {
+        let p = load(MINIMAL, &[]).unwrap();
+        assert_eq!(p.orders.as_str(), "s3://shop-raw/orders/");
+        assert_eq!(p.output_root.as_str(), "file:///base/pipelines/out/");
+        assert!(p.events.is_none());
+        assert_eq!(p.clustering, ClusterParams::default());
+        assert!(p.features_sql.contains("customer_id"));
+    }
+
+    #[test]
+    fn overrides_set_nested_keys_with_types() {
+        let p = load(
+            MINIMAL,
+            &["output.root=s3://b/seg/", "clustering.k=5", "model.churn_high=0.8"],
+        )
+        .unwrap();
+        assert_eq!(p.output_root.as_str(), "s3://b/seg/");
+        assert_eq!(p.clustering.k, 5);
+        assert_eq!(p.model.churn_high, 0.8);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(&format!("{MINIMAL}\n[clustering]\nkay = 3\n"), &[]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("kay"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named_without_value() {
+        let err = load("[inputs]\norders = \"${NOPE}/o\"\n[output]\nroot = \"x\"\n", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("NOPE") && text.contains("inputs.orders"), "{text}");
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let err = load(MINIMAL, &["clustering.k=1", "model.churn_medium=2", "inputs.events=ftp://x/"])
+            .unwrap_err();
+        let Error::Config { problems, .. } = err else {
+            panic!("expected config error")
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn missing_required_key() {
+        let err = load("[inputs]\n[output]\nroot = \"x\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("orders"), "{err}");
+    }
+
+    #[test]
+    fn env_expansion_escapes() {
+        assert_eq!(expand_str("a$${b}c", &env).unwrap(), "a${b}c");
+        assert_eq!(expand_str("$5 ${BUCKET}", &env).unwrap(), "$5 shop-raw");
+        assert!(expand_str("${BUCKET", &env).is_err());
+    }
+
+    #[test]
+    fn locations() {
+        let base = Path::new("/w/p");
+        assert_eq!(
+            Location::parse("../data/orders", base).unwrap().as_str(),
+            "file:///w/data/orders/"
+        );
+        assert_eq!(Location::parse("memory://t/x", base).unwrap().as_str(), "memory://t/x/");
+        assert!(Location::parse("s3://", base).is_err());
+        assert!(Location::parse("s3://key:secret@bucket/x", base).is_err());
+        assert!(Location::parse("http://x/y", base).is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("1GiB", None).unwrap(), 1 << 30);
+        assert_eq!(parse_memory("50%", Some(1 << 31)).unwrap(), 1 << 30);
+        assert!(parse_memory("1KiB", None).is_err());
+        assert!(parse_memory("lots", None).is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! The `segmenter` command line: parse, call the library, map errors to exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+use segmenter::generate::{generate, GenerateOptions};
+use segmenter::{Error, Pipeline, RunSummary};
+
+/// Nightly customer segmentation from order and clickstream Parquet.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the pipeline for one date (default: yesterday, UTC) or a range of dates.
+    Run {
+        /// Pipeline file (TOML).
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Logical date YYYY-MM-DD: sees rows before the next day 00:00 UTC.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        date: Option<NaiveDate>,
+        /// First date of a backfill (inclusive).
+        #[arg(long, requires = "to")]
+        from: Option<NaiveDate>,
+        /// Last date of a backfill (inclusive).
+        #[arg(long, requires = "from")]
+        to: Option<NaiveDate>,
+        /// Override a pipeline key, e.g. --set output.root=s3://bucket/seg/ (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Generate a sample shop locally and run the demo pipeline on it.
+    Demo {
+        /// Working directory for the sample data and the outputs.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// Customers to generate.
+        #[arg(long, default_value_t = 20_000)]
+        customers: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Write a synthetic shop (orders, clickstream, customers, planted truth) as Parquet.
+    Generate {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of customers.
+        #[arg(long)]
+        customers: usize,
+        /// Random seed (same seed, same bytes).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Last day of the data (the history covers the two years up to it).
+        #[arg(long, default_value = "2026-10-31")]
+        end_date: NaiveDate,
+    },
+}
+
+/// The demo pipeline, also usable as `segmenter run --pipeline pipelines/demo.toml`.
+const DEMO_PIPELINE: &str = include_str!("../pipelines/demo.toml");
+/// The last day of the demo data.
+const DEMO_END: &str = "2026-10-31";
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let code = err.downcast_ref::<Error>().map_or(4, Error::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            pipeline,
+            date,
+            from,
+            to,
+            overrides,
+        } => {
+            let pipeline = Pipeline::load(&pipeline, &overrides)?;
+            let dates = match (date, from, to) {
+                (Some(d), _, _) => vec![d],
+                (None, Some(from), Some(to)) => {
+                    if from > to {
+                        return Err(Error::config(None, format!("--from {from} is after --to {to}")).into());
+                    }
+                    from.iter_days().take_while(|d| *d <= to).collect()
+                }
+                _ => vec![chrono::Utc::now().date_naive().pred_opt().unwrap_or_default()],
+            };
+            let rt = runtime()?;
+            for d in dates {
+                let summary = rt.block_on(segmenter::run(&pipeline, d))?;
+                println!("published {} ({} customers): {}", d, summary.customers, summary.manifest);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate {
+            out,
+            customers,
+            seed,
+            end_date,
+        } => {
+            let mut opts = GenerateOptions::new(out, customers);
+            opts.seed = seed;
+            opts.end_date = end_date;
+            let s = generate(&opts).map_err(|e| Error::config(None, format!("generate: {e}")))?;
+            println!(
+                "generated {} customers, {} orders, {} events ({} anonymous), {} future orders in {} files under {} ({:.1}s)",
+                s.customers, s.orders, s.events, s.anonymous_events, s.future_orders, s.files,
+                opts.out.display(), s.elapsed.as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dir,
+            customers,
+            seed,
+        } => demo(&dir, customers, seed),
+    }
+}
+
+fn demo(dir: &Path, customers: usize, seed: u64) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let data = dir.join("data");
+    let end: NaiveDate = DEMO_END.parse().context("demo end date")?;
+    let mut opts = GenerateOptions::new(&data, customers);
+    opts.seed = seed;
+    opts.end_date = end;
+    println!("generating {customers} customers into {} ...", data.display());
+    let g = generate(&opts).map_err(|e| Error::config(None, format!("generate: {e}")))?;
+    println!("  {} orders, {} clickstream events ({:.1}s)", g.orders, g.events, g.elapsed.as_secs_f64());
+
+    let d = data.display();
+    let overrides = vec![
+        format!("inputs.orders={d}/orders/"),
+        format!("inputs.events={d}/events/"),
+        format!("inputs.customers={d}/customers/"),
+        format!("output.root={}/out/", dir.display()),
+    ];
+    let pipeline = Pipeline::from_toml(DEMO_PIPELINE, "pipelines/demo.toml", &dir, &overrides, &|k| {
+        std::env::var(k).ok()
+    })?;
+    println!("running pipelines/demo.toml for {end} ...");
+    let summary = runtime()?.block_on(segmenter::run(&pipeline, end))?;
+    print_summary(&summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &RunSummary) {
+    println!("\npublished run {} for {} ({} customers)", s.run_id, s.run_date, s.customers);
+    println!("  outputs:  {}", s.output_root);
+    println!("  manifest: {}\n", s.manifest);
+    println!("{:>3}  {:<20} {:>9} {:>11} {:>14}", "id", "segment", "customers", "mean churn", "total value");
+    for l in &s.segments {
+        println!(
+            "{:>3}  {:<20} {:>9} {:>11.3} {:>14.0}",
+            l.segment_id, l.segment, l.customers, l.mean_churn, l.total_value
+        );
+    }
+}

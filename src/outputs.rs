@@ -1,0 +1,242 @@
+//! Outputs: the customer_segments and segment_summary tables (Parquet, Hive-partitioned by
+//! run_date), one CSV per segment for marketing, and the manifest that publishes the run.
+//!
+//! Object stores have no multi-file commit, so publishing is ordered (as delta-rs commits):
+//! ```text
+//!   lock _runs/D/_lock (create-only)
+//!     → data files named part-<run_id>.*       (invisible to manifest readers)
+//!     → _runs/D/manifest.json                  (the commit: lists exactly this run's files)
+//!     → delete files of earlier attempts at D  (readers of the manifest never saw them)
+//!   → unlock
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
+use object_store::buffered::BufWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::storage::StoreRef;
+
+/// Every string column as Utf8, every integer as Int64, every float as Float64, timestamps as
+/// µs UTC: types every reader (DuckDB, Spark, pandas) handles without options.
+pub fn portable(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        let target = match field.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(_, _) => DataType::Utf8,
+            DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32
+            | DataType::UInt64 => DataType::Int64,
+            DataType::Float16 | DataType::Float32 | DataType::Decimal128(_, _) => DataType::Float64,
+            DataType::Timestamp(_, _) => {
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
+            }
+            other => other.clone(),
+        };
+        let col = if &target == field.data_type() {
+            Arc::clone(col)
+        } else {
+            cast(col, &target).map_err(|e| Error::engine(format!("converting {}", field.name()), e.into()))?
+        };
+        fields.push(Field::new(field.name(), target, field.is_nullable()));
+        columns.push(col);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::engine("assembling output", e.into()))
+}
+
+/// Writes `batch` as one Parquet file at `name` under `root`; returns its URL.
+pub async fn write_parquet(root: &StoreRef, name: &str, batch: &RecordBatch) -> Result<String> {
+    let key = root.key(name);
+    let url = root.url_of(name);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let writer = BufWriter::new(Arc::clone(&root.store), key);
+    let mut w = AsyncArrowWriter::try_new(writer, batch.schema(), Some(props))
+        .map_err(|e| Error::parquet(format!("opening {url}"), e))?;
+    w.write(batch)
+        .await
+        .map_err(|e| Error::parquet(format!("writing {url}"), e))?;
+    w.close()
+        .await
+        .map_err(|e| Error::parquet(format!("closing {url}"), e))?;
+    Ok(url)
+}
+
+/// Writes raw bytes (CSV, JSON) at `name` under `root`; returns its URL.
+pub async fn write_bytes(root: &StoreRef, name: &str, data: Vec<u8>) -> Result<String> {
+    let url = root.url_of(name);
+    root.store
+        .put(&root.key(name), PutPayload::from(Bytes::from(data)))
+        .await
+        .map_err(|e| Error::storage(format!("writing {url}"), e))?;
+    Ok(url)
+}
+
+/// Quotes a CSV field when needed (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A file-name-safe slug of a segment name: `At risk` → `at_risk`.
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// The run lock for one date: a create-only object, so two runs cannot publish the same date.
+#[derive(Debug)]
+pub struct Lock {
+    root: StoreRef,
+    name: String,
+}
+
+impl Lock {
+    /// Takes the lock `_runs/D/_lock`, or fails with [`Error::Locked`] (exit 5).
+    pub async fn acquire(root: &StoreRef, run_date: &str, run_id: &str) -> Result<Lock> {
+        let name = format!("_runs/{run_date}/_lock");
+        let body = format!("{{\"run_id\":\"{run_id}\",\"started_at\":\"{}\"}}", chrono::Utc::now().to_rfc3339());
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match root
+            .store
+            .put_opts(&root.key(&name), PutPayload::from(Bytes::from(body)), opts)
+            .await
+        {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                let since = match root.store.get(&root.key(&name)).await {
+                    Ok(r) => r
+                        .bytes()
+                        .await
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                return Err(Error::Locked {
+                    lock: root.url_of(&name),
+                    since,
+                });
+            }
+            // Stores without conditional writes: proceed, the scheduler must not overlap runs.
+            Err(object_store::Error::NotImplemented { .. }) | Err(object_store::Error::NotSupported { .. }) => {
+                tracing::warn!(lock = %root.url_of(&name), "store cannot create-only; run lock not enforced");
+            }
+            Err(e) => return Err(Error::storage(format!("taking the lock {}", root.url_of(&name)), e)),
+        }
+        Ok(Lock {
+            root: root.clone(),
+            name,
+        })
+    }
+
+    /// Releases the lock (best effort: a leftover lock is reported by the next run).
+    pub async fn release(self) {
+        if let Err(e) = self.root.store.delete(&self.root.key(&self.name)).await {
+            tracing::warn!(lock = %self.root.url_of(&self.name), error = %e, "could not remove the run lock");
+        }
+    }
+}
+
+/// Deletes every object under `dir` whose name does not contain `run_id` (earlier attempts).
+pub async fn remove_stale(root: &StoreRef, dir: &str, run_id: &str) -> Result<usize> {
+    let prefix = root.key(dir);
+    let stale: Vec<_> = root
+        .store
+        .list(Some(&prefix))
+        .try_filter(|m| futures::future::ready(!m.location.as_ref().contains(run_id)))
+        .try_collect()
+        .await
+        .map_err(|e| Error::storage(format!("listing {}", root.url_of(dir)), e))?;
+    for m in &stale {
+        root.store
+            .delete(&m.location)
+            .await
+            .map_err(|e| Error::storage(format!("removing stale {}", m.location), e))?;
+    }
+    Ok(stale.len())
+}
+
+/// The manifest: what was read, how it was modelled, what was written, how long it took.
+#[derive(Debug, Serialize)]
+pub struct Manifest<'a, I: Serialize, M: Serialize, C: Serialize, P: Serialize> {
+    /// Unique id of this attempt; every data file of the run carries it in its name.
+    pub run_id: &'a str,
+    /// Logical date (`--date`).
+    pub run_date: &'a str,
+    /// First instant the run did not see (UTC).
+    pub cutoff: String,
+    /// `segmenter` and its version.
+    pub software: BTreeMap<&'static str, &'static str>,
+    /// Wall-clock start and end (UTC, RFC 3339).
+    pub started_at: String,
+    /// See `started_at`.
+    pub finished_at: String,
+    /// Inputs read, with row counts and rejects by reason.
+    pub inputs: I,
+    /// Known customers scored.
+    pub customers: usize,
+    /// Model reports.
+    pub models: M,
+    /// Clustering and segment names.
+    pub clustering: C,
+    /// The effective pipeline settings (URLs and numbers only).
+    pub pipeline: P,
+    /// Files written, by table.
+    pub outputs: BTreeMap<&'static str, Vec<String>>,
+    /// Seconds per stage.
+    pub timings: BTreeMap<&'static str, f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int32Array, StringViewArray};
+
+    #[test]
+    fn slugs_and_csv() {
+        assert_eq!(slug("At risk"), "at_risk");
+        assert_eq!(slug("One-time buyers"), "one_time_buyers");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+
+    #[test]
+    fn portable_types() {
+        let b = RecordBatch::try_from_iter([
+            ("s", Arc::new(StringViewArray::from(vec!["x"])) as ArrayRef),
+            ("i", Arc::new(Int32Array::from(vec![1])) as ArrayRef),
+        ])
+        .unwrap();
+        let p = portable(&b).unwrap();
+        assert_eq!(p.schema().field(0).data_type(), &DataType::Utf8);
+        assert_eq!(p.schema().field(1).data_type(), &DataType::Int32);
+    }
+}

@@ -1,0 +1,157 @@
+//! URL → object store: one small builder per scheme, registered with DataFusion so SQL and our
+//! own reads/writes go through the same store.
+//!
+//! Credentials and endpoints come from the standard environment variables (`AWS_*`,
+//! `GOOGLE_*`, `AZURE_*`), never from the pipeline file; plain-HTTP endpoints are refused
+//! unless `AWS_ALLOW_HTTP=true` (object_store enforces this).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use datafusion::prelude::SessionContext;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::config::Location;
+use crate::error::{Error, Result};
+
+/// A store plus the key prefix a [`Location`] points at.
+#[derive(Debug, Clone)]
+pub struct StoreRef {
+    /// The object store serving the location's scheme and bucket.
+    pub store: Arc<dyn ObjectStore>,
+    /// The location's key prefix inside that store.
+    pub prefix: ObjectPath,
+    /// The location itself, for messages.
+    pub location: Location,
+}
+
+impl StoreRef {
+    /// The key of `name` (relative, may contain `/`) under this location.
+    pub fn key(&self, name: &str) -> ObjectPath {
+        let mut key = self.prefix.clone();
+        for part in name.split('/').filter(|p| !p.is_empty()) {
+            key = key.clone().join(part);
+        }
+        key
+    }
+
+    /// The full URL of `name` under this location, for messages and the manifest.
+    pub fn url_of(&self, name: &str) -> String {
+        self.location.join(name).as_str().trim_end_matches('/').to_string()
+    }
+}
+
+/// Builds (or reuses) the store for a location and registers it with `ctx`.
+pub fn open(ctx: &SessionContext, location: &Location) -> Result<StoreRef> {
+    let url = location.url();
+    let store = build_store(url)?;
+    ctx.register_object_store(&store_root(url), Arc::clone(&store));
+    let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| {
+        Error::config(None, format!("{} is not a valid object path: {e}", location.as_str()))
+    })?;
+    Ok(StoreRef {
+        store,
+        prefix,
+        location: location.clone(),
+    })
+}
+
+/// `scheme://bucket` — the key DataFusion's registry uses for a store.
+fn store_root(url: &Url) -> Url {
+    let text = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    Url::parse(&text).unwrap_or_else(|_| url.clone())
+}
+
+fn build_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
+    let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match url.scheme() {
+        "file" => Ok(Arc::new(LocalFileSystem::new())),
+        "memory" => Ok(memory_store(url.host_str().unwrap_or_default())),
+        "s3" => s3_builder(url).build().map(|s| Arc::new(s) as _),
+        "gs" => gcs_builder(url).build().map(|s| Arc::new(s) as _),
+        "az" | "abfs" | "abfss" => azure_builder(url).build().map(|s| Arc::new(s) as _),
+        other => {
+            return Err(Error::config(
+                None,
+                format!("URL scheme `{other}` is not supported"),
+            ))
+        }
+    };
+    built.map_err(|e| {
+        Error::config(
+            None,
+            format!(
+                "cannot configure object storage for {url}: {e}; check the AWS_*/GOOGLE_*/AZURE_* environment variables"
+            ),
+        )
+    })
+}
+
+/// S3 (and S3-compatible servers): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+/// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, … from the environment; the bucket from the URL.
+pub fn s3_builder(url: &Url) -> AmazonS3Builder {
+    AmazonS3Builder::from_env().with_url(url.as_str())
+}
+
+/// Google Cloud Storage: `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS` etc.
+pub fn gcs_builder(url: &Url) -> GoogleCloudStorageBuilder {
+    GoogleCloudStorageBuilder::from_env().with_url(url.as_str())
+}
+
+/// Azure Blob Storage: `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, … .
+pub fn azure_builder(url: &Url) -> MicrosoftAzureBuilder {
+    MicrosoftAzureBuilder::from_env().with_url(url.as_str())
+}
+
+/// `memory://NAME` stores live for the process, one per name, so a run's inputs and outputs
+/// in memory (tests, examples) are seen by every stage.
+fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let stores = STORES.get_or_init(Default::default);
+    let mut guard = stores.lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(
+        guard
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(InMemory::new())),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::aws::AmazonS3ConfigKey;
+    use std::path::Path;
+
+    #[test]
+    fn s3_bucket_comes_from_the_url() {
+        let url = Url::parse("s3://shop-raw/orders/").unwrap();
+        let b = s3_builder(&url);
+        assert_eq!(
+            b.get_config_value(&AmazonS3ConfigKey::Bucket).as_deref(),
+            Some("shop-raw")
+        );
+    }
+
+    #[test]
+    fn memory_stores_are_shared_by_name() {
+        let ctx = SessionContext::new();
+        let a = open(&ctx, &Location::parse("memory://t1/a/", Path::new("/")).unwrap()).unwrap();
+        let b = open(&ctx, &Location::parse("memory://t1/b/", Path::new("/")).unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&a.store, &b.store));
+        assert_eq!(a.key("x/y.parquet").as_ref(), "a/x/y.parquet");
+        assert_eq!(a.url_of("x/y.parquet"), "memory://t1/a/x/y.parquet");
+    }
+
+    #[test]
+    fn local_paths_map_to_keys() {
+        let ctx = SessionContext::new();
+        let s = open(&ctx, &Location::parse("/tmp/seg out/", Path::new("/")).unwrap()).unwrap();
+        assert_eq!(s.key("t/f.csv").as_ref(), "tmp/seg out/t/f.csv");
+    }
+}
