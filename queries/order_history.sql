@@ -12,7 +12,9 @@
 --   {{monthly_discount_rate}}  discount rate per month (30.4375 days) for present values
 -- Tables: orders (clean, one row per order_id), customers (one row per customer_id).
 -- Money: net revenue = amount of `completed` orders (a `returned` order was refunded, a
--- `cancelled` one never paid).
+-- `cancelled` one never paid). Money is summed as integers of 1/10000 of the currency unit:
+-- floating-point sums in a parallel engine depend on thread timing, and reruns must give
+-- byte-identical outputs.
 WITH history AS (
   SELECT
     customer_id,
@@ -22,18 +24,19 @@ WITH history AS (
     count(*) FILTER (WHERE order_ts < {{cutoff}} AND status = 'cancelled') AS cancellations,
     count(*) FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'
                        AND order_ts >= {{cutoff}} - INTERVAL '365 days') AS frequency_365d,
-    coalesce(sum(amount) FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'), 0.0) AS monetary,
-    coalesce(sum(amount) FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'
-                                   AND order_ts >= {{cutoff}} - INTERVAL '365 days'), 0.0) AS monetary_365d,
+    coalesce(sum(CAST(round(amount * 10000) AS BIGINT))
+               FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS monetary,
+    coalesce(sum(CAST(round(amount * 10000) AS BIGINT))
+               FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'
+                         AND order_ts >= {{cutoff}} - INTERVAL '365 days'), 0) / 10000.0 AS monetary_365d,
     count(*) FILTER (WHERE order_ts < {{cutoff}} AND status IN ('completed', 'returned')
                        AND discount_amount > 0) AS discounted_orders,
     min(order_ts) FILTER (WHERE order_ts < {{cutoff}}) AS first_order_ts,
     max(order_ts) FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed') AS last_completed_ts,
     count(*) FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed') AS future_orders,
-    coalesce(sum(
-      amount * power(1.0 + {{monthly_discount_rate}},
-                     -((date_part('epoch', order_ts) - {{cutoff_epoch}}) / 86400.0 / 30.4375))
-    ) FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed'), 0.0) AS future_value
+    coalesce(sum(CAST(round(10000 * amount * power(1.0 + {{monthly_discount_rate}},
+                     -((date_part('epoch', order_ts) - {{cutoff_epoch}}) / 86400.0 / 30.4375))) AS BIGINT))
+    FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS future_value
   FROM orders
   WHERE order_ts < {{horizon_end}}
   GROUP BY customer_id
@@ -61,3 +64,4 @@ SELECT
 FROM known k
 LEFT JOIN history h ON h.customer_id = k.customer_id
 LEFT JOIN customers c ON c.customer_id = k.customer_id
+ORDER BY k.customer_id

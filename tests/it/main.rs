@@ -1,1 +1,7 @@
-//! Integration tests.
+//! Integration tests: drive the real `segmenter` binary on data generated inside each test.
+
+mod cli;
+mod common;
+mod producers;
+mod run;
+mod s3;

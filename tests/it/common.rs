@@ -1,0 +1,86 @@
+//! Shared helpers: the binary, generated shops, reading outputs back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The segmenter binary built by cargo for this test run.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_segmenter"))
+}
+
+/// Runs the binary, returning its output (stdout, stderr, status).
+pub fn segmenter(args: &[&str]) -> Output {
+    bin().args(args).env("RUST_LOG", "warn").output().expect("run segmenter")
+}
+
+/// Exit code, stdout and stderr as text, for assertions with context.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A small generated shop (600 customers, seed 7), made once per test process and reused
+/// read-only by every test.
+pub fn shop() -> &'static Path {
+    static SHOP: OnceLock<PathBuf> = OnceLock::new();
+    SHOP.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("segmenter-it-shop-{}", std::process::id()));
+        let out = segmenter(&["generate", "--out", dir.to_str().unwrap(), "--customers", "600", "--seed", "7"]);
+        assert!(out.status.success(), "generate failed: {}", describe(&out));
+        dir
+    })
+}
+
+/// Writes a pipeline file reading `data` and writing to `out`; returns its path.
+pub fn pipeline(dir: &Path, data: &Path, out: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("pipeline.toml");
+    let text = format!(
+        "[inputs]\norders = \"{d}/orders/\"\nevents = \"{d}/events/\"\ncustomers = \"{d}/customers/\"\n\
+         [output]\nroot = \"{o}\"\n{extra}\n",
+        d = data.display(),
+        o = out.display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every Parquet file under `dir`, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reads every Parquet file under `dir` into one batch.
+pub fn read_table(dir: &Path) -> RecordBatch {
+    let mut batches = Vec::new();
+    for f in parquet_files(dir) {
+        let file = std::fs::File::open(&f).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        for b in reader {
+            batches.push(b.unwrap());
+        }
+    }
+    assert!(!batches.is_empty(), "no rows under {}", dir.display());
+    concat_batches(&batches[0].schema(), &batches).unwrap()
+}
