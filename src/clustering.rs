@@ -60,7 +60,10 @@ pub const FEATURES: &[(&str, Transform)] = &[
     ("discount_share", Transform::Identity { missing: 0.0 }),
     ("sessions_90d", Transform::Log1p { missing: 0.0 }),
     ("add_to_cart_90d", Transform::Log1p { missing: 0.0 }),
-    ("days_since_last_visit", Transform::Log1p { missing: 1000.0 }),
+    (
+        "days_since_last_visit",
+        Transform::Log1p { missing: 1000.0 },
+    ),
     ("engagement_trend", Transform::Identity { missing: 0.0 }),
 ];
 
@@ -134,7 +137,9 @@ pub fn fit(table: &CustomerTable, params: &ClusterParams) -> Result<Clustering> 
     let mut order: Vec<usize> = (0..c.nrows()).collect();
     order.sort_by(|&a, &b| {
         let key = |i: usize| (-c[[i, mon]], -c[[i, freq]], c[[i, rec]]);
-        key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal)
+        key(a)
+            .partial_cmp(&key(b))
+            .unwrap_or(std::cmp::Ordering::Equal)
     });
     let mut rank = vec![0usize; c.nrows()];
     for (new, &old) in order.iter().enumerate() {
@@ -205,7 +210,10 @@ mod tests {
         let mut arrays: Vec<(&str, ArrayRef)> =
             vec![("customer_id", Arc::new(StringArray::from(ids)) as ArrayRef)];
         for (j, (name, _)) in FEATURES.iter().enumerate() {
-            arrays.push((name, Arc::new(Float64Array::from(cols[j].clone())) as ArrayRef));
+            arrays.push((
+                name,
+                Arc::new(Float64Array::from(cols[j].clone())) as ArrayRef,
+            ));
         }
         CustomerTable::new(vec![RecordBatch::try_from_iter(arrays).unwrap()], "test").unwrap()
     }

@@ -352,7 +352,10 @@ impl Pipeline {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Pipeline> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| {
-            Error::config(Some(source), format!("not valid TOML: {}", e.to_string().trim()))
+            Error::config(
+                Some(source),
+                format!("not valid TOML: {}", e.to_string().trim()),
+            )
         })?;
         let mut problems = Vec::new();
         for ov in overrides {
@@ -367,9 +370,9 @@ impl Pipeline {
                 problems,
             });
         }
-        let raw: RawPipeline = toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| {
-            Error::config(Some(source), explain_serde(&e))
-        })?;
+        let raw: RawPipeline = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config(Some(source), explain_serde(&e)))?;
         raw.validate(source, base_dir)
     }
 }
@@ -441,7 +444,10 @@ fn expand_env(
     }
 }
 
-fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> std::result::Result<String, String> {
+fn expand_str(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
@@ -451,7 +457,9 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> std::result::Res
             out.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail.find('}').ok_or_else(|| "(unterminated ${)".to_string())?;
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "(unterminated ${)".to_string())?;
             let name = &tail[..end];
             out.push_str(&env(name).ok_or_else(|| name.to_string())?);
             rest = &tail[end + 1..];
@@ -476,7 +484,11 @@ impl RawPipeline {
             }
         };
         let orders = loc("inputs.orders", &self.inputs.orders);
-        let events = self.inputs.events.as_deref().map(|t| loc("inputs.events", t));
+        let events = self
+            .inputs
+            .events
+            .as_deref()
+            .map(|t| loc("inputs.events", t));
         let customers = self
             .inputs
             .customers
@@ -502,7 +514,11 @@ impl RawPipeline {
             &self.queries.order_history,
             DEFAULT_ORDER_HISTORY_SQL,
         );
-        let features_sql = sql("queries.features", &self.queries.features, DEFAULT_FEATURES_SQL);
+        let features_sql = sql(
+            "queries.features",
+            &self.queries.features,
+            DEFAULT_FEATURES_SQL,
+        );
 
         check_model(&self.model, &mut problems);
         check_clustering(&self.clustering, &mut problems);
@@ -580,7 +596,11 @@ fn check_model(m: &ModelParams, problems: &mut Vec<String>) {
         problems.push("`model.churn_medium` must not exceed `model.churn_high`".into());
     }
     check_unit("model.value_high_quantile", m.value_high_quantile, problems);
-    check_unit("model.value_medium_quantile", m.value_medium_quantile, problems);
+    check_unit(
+        "model.value_medium_quantile",
+        m.value_medium_quantile,
+        problems,
+    );
     if m.value_medium_quantile > m.value_high_quantile {
         problems.push(
             "`model.value_medium_quantile` must not exceed `model.value_high_quantile`".into(),
@@ -613,11 +633,16 @@ fn check_clustering(c: &ClusterParams, problems: &mut Vec<String>) {
 fn check_lifecycle(l: &LifecycleRules, problems: &mut Vec<String>) {
     check_positive("lifecycle.new_customer_days", l.new_customer_days, problems);
     check_positive("lifecycle.mature_orders", l.mature_orders, problems);
-    check_positive("lifecycle.mature_tenure_days", l.mature_tenure_days, problems);
+    check_positive(
+        "lifecycle.mature_tenure_days",
+        l.mature_tenure_days,
+        problems,
+    );
     check_positive("lifecycle.decline_days", l.decline_days, problems);
     check_positive("lifecycle.termination_days", l.termination_days, problems);
     if l.decline_days >= l.termination_days {
-        problems.push("`lifecycle.decline_days` must be less than `lifecycle.termination_days`".into());
+        problems
+            .push("`lifecycle.decline_days` must be less than `lifecycle.termination_days`".into());
     }
 }
 
@@ -646,18 +671,24 @@ fn physical_memory() -> Option<usize> {
 fn parse_memory(text: &str, physical: Option<usize>) -> std::result::Result<usize, String> {
     let t = text.trim();
     if let Some(p) = t.strip_suffix('%') {
-        let pct: f64 = p.trim().parse().map_err(|_| "not a percentage".to_string())?;
+        let pct: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| "not a percentage".to_string())?;
         if !(1.0..=100.0).contains(&pct) {
             return Err("percentage must be between 1 and 100".into());
         }
-        let phys = physical.ok_or("physical memory unknown on this system; give bytes, e.g. 8GiB")?;
+        let phys =
+            physical.ok_or("physical memory unknown on this system; give bytes, e.g. 8GiB")?;
         return Ok((phys as f64 * pct / 100.0) as usize);
     }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().map_err(|_| "expected e.g. 8GiB, 512MiB or 60%".to_string())?;
+    let num: f64 = num
+        .parse()
+        .map_err(|_| "expected e.g. 8GiB, 512MiB or 60%".to_string())?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" | "kib" => 1024.0,
@@ -710,7 +741,11 @@ root = "out"
     fn overrides_set_nested_keys_with_types() {
         let p = load(
             MINIMAL,
-            &["output.root=s3://b/seg/", "clustering.k=5", "model.churn_high=0.8"],
+            &[
+                "output.root=s3://b/seg/",
+                "clustering.k=5",
+                "model.churn_high=0.8",
+            ],
         )
         .unwrap();
         assert_eq!(p.output_root.as_str(), "s3://b/seg/");
@@ -727,15 +762,29 @@ root = "out"
 
     #[test]
     fn missing_env_var_is_named_without_value() {
-        let err = load("[inputs]\norders = \"${NOPE}/o\"\n[output]\nroot = \"x\"\n", &[]).unwrap_err();
+        let err = load(
+            "[inputs]\norders = \"${NOPE}/o\"\n[output]\nroot = \"x\"\n",
+            &[],
+        )
+        .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("NOPE") && text.contains("inputs.orders"), "{text}");
+        assert!(
+            text.contains("NOPE") && text.contains("inputs.orders"),
+            "{text}"
+        );
     }
 
     #[test]
     fn all_problems_reported_at_once() {
-        let err = load(MINIMAL, &["clustering.k=1", "model.churn_medium=2", "inputs.events=ftp://x/"])
-            .unwrap_err();
+        let err = load(
+            MINIMAL,
+            &[
+                "clustering.k=1",
+                "model.churn_medium=2",
+                "inputs.events=ftp://x/",
+            ],
+        )
+        .unwrap_err();
         let Error::Config { problems, .. } = err else {
             panic!("expected config error")
         };
@@ -762,7 +811,10 @@ root = "out"
             Location::parse("../data/orders", base).unwrap().as_str(),
             "file:///w/data/orders/"
         );
-        assert_eq!(Location::parse("memory://t/x", base).unwrap().as_str(), "memory://t/x/");
+        assert_eq!(
+            Location::parse("memory://t/x", base).unwrap().as_str(),
+            "memory://t/x/"
+        );
         assert!(Location::parse("s3://", base).is_err());
         assert!(Location::parse("s3://key:secret@bucket/x", base).is_err());
         assert!(Location::parse("http://x/y", base).is_err());

@@ -47,7 +47,10 @@ pub fn render(sql: &str, params: &HashMap<&str, String>, query: &str) -> Result<
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or_else(|| {
-            Error::config(None, format!("query {query}: unterminated `{{{{` placeholder"))
+            Error::config(
+                None,
+                format!("query {query}: unterminated `{{{{` placeholder"),
+            )
         })?;
         let name = after[..end].trim();
         let value = params.get(name).ok_or_else(|| {
@@ -72,7 +75,10 @@ fn params(cutoff: Cutoff, horizon_days: i64, pipeline: &Pipeline) -> HashMap<&'s
     HashMap::from([
         ("cutoff", cutoff.sql()),
         ("cutoff_epoch", cutoff.epoch().to_string()),
-        ("horizon_end", Cutoff(cutoff.0 + chrono::Duration::days(horizon_days)).sql()),
+        (
+            "horizon_end",
+            Cutoff(cutoff.0 + chrono::Duration::days(horizon_days)).sql(),
+        ),
         (
             "monthly_discount_rate",
             format!("{:?}", pipeline.model.monthly_discount_rate),
@@ -213,11 +219,20 @@ impl CustomerTable {
     /// A numeric column as f64, nulls as NaN.
     pub fn f64(&self, name: &str) -> Result<Vec<f64>> {
         let col = cast(self.column_by_name(name)?, &DataType::Float64).map_err(|e| {
-            Error::config(None, format!("query {}: column `{name}` is not numeric: {e}", self.query))
+            Error::config(
+                None,
+                format!("query {}: column `{name}` is not numeric: {e}", self.query),
+            )
         })?;
         let col = col.as_primitive::<Float64Type>();
         Ok((0..col.len())
-            .map(|i| if col.is_null(i) { f64::NAN } else { col.value(i) })
+            .map(|i| {
+                if col.is_null(i) {
+                    f64::NAN
+                } else {
+                    col.value(i)
+                }
+            })
             .collect())
     }
 }

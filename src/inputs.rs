@@ -117,7 +117,11 @@ pub struct Inputs {
 
 /// Registers `orders`, `events` and `customers` in `ctx`, cut at `cutoff_sql` (an SQL
 /// timestamp literal: the first instant the run must not see).
-pub async fn register(ctx: &SessionContext, pipeline: &Pipeline, cutoff_sql: &str) -> Result<Inputs> {
+pub async fn register(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    cutoff_sql: &str,
+) -> Result<Inputs> {
     let orders = register_raw(ctx, "orders_raw", &pipeline.orders, "inputs.orders", ORDERS).await?;
     let orders = clean_orders(ctx, orders, cutoff_sql).await?;
 
@@ -139,7 +143,8 @@ pub async fn register(ctx: &SessionContext, pipeline: &Pipeline, cutoff_sql: &st
 
     let customers = match &pipeline.customers {
         Some(loc) => {
-            let report = register_raw(ctx, "customers_raw", loc, "inputs.customers", CUSTOMERS).await?;
+            let report =
+                register_raw(ctx, "customers_raw", loc, "inputs.customers", CUSTOMERS).await?;
             Some(clean_customers(ctx, report, cutoff_sql).await?)
         }
         None => {
@@ -192,8 +197,8 @@ async fn register_raw(
     let schema = schema_of(cols);
     let url = ListingTableUrl::parse(location.as_str())
         .map_err(|e| Error::engine(format!("registering {}", location.as_str()), e))?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-        .with_file_extension(".parquet");
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
@@ -228,11 +233,13 @@ async fn check_file(store: &StoreRef, meta: object_store::ObjectMeta, cols: &[Co
     #[allow(deprecated)]
     let reader = ParquetObjectReader::new(Arc::clone(&store.store), meta.location.clone())
         .with_file_size(meta.size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(|e| {
-        Error::InputRejected(format!(
-            "{file} is not a readable Parquet file ({e}); re-export it or remove it"
-        ))
-    })?;
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| {
+            Error::InputRejected(format!(
+                "{file} is not a readable Parquet file ({e}); re-export it or remove it"
+            ))
+        })?;
     let schema = builder.schema();
     for Col(name, ty, required) in cols {
         match schema.field_with_name(name) {
@@ -286,7 +293,11 @@ fn order_reason_sql(cutoff_sql: &str) -> String {
     )
 }
 
-async fn clean_orders(ctx: &SessionContext, mut report: InputReport, cutoff_sql: &str) -> Result<InputReport> {
+async fn clean_orders(
+    ctx: &SessionContext,
+    mut report: InputReport,
+    cutoff_sql: &str,
+) -> Result<InputReport> {
     let reason = order_reason_sql(cutoff_sql);
     // Valid rows, one per order_id: the earliest version wins, ties broken on every column so
     // the choice does not depend on file order.
@@ -328,13 +339,19 @@ async fn clean_orders(ctx: &SessionContext, mut report: InputReport, cutoff_sql:
         }
     }
     if valid > kept {
-        report.rejected.insert("duplicate_order_id".into(), valid - kept);
+        report
+            .rejected
+            .insert("duplicate_order_id".into(), valid - kept);
     }
     report.rows_used = kept;
     Ok(report)
 }
 
-async fn count_events(ctx: &SessionContext, mut report: InputReport, cutoff_sql: &str) -> Result<InputReport> {
+async fn count_events(
+    ctx: &SessionContext,
+    mut report: InputReport,
+    cutoff_sql: &str,
+) -> Result<InputReport> {
     let types = EVENT_TYPES.map(|s| format!("'{s}'")).join(", ");
     let sql = format!(
         "SELECT CASE \
@@ -357,7 +374,11 @@ async fn count_events(ctx: &SessionContext, mut report: InputReport, cutoff_sql:
     Ok(report)
 }
 
-async fn clean_customers(ctx: &SessionContext, mut report: InputReport, cutoff_sql: &str) -> Result<InputReport> {
+async fn clean_customers(
+    ctx: &SessionContext,
+    mut report: InputReport,
+    cutoff_sql: &str,
+) -> Result<InputReport> {
     let sql = format!(
         "SELECT customer_id, email, signup_ts, country, marketing_opt_in FROM ( \
            SELECT *, row_number() OVER (PARTITION BY customer_id \
@@ -384,7 +405,11 @@ async fn clean_customers(ctx: &SessionContext, mut report: InputReport, cutoff_s
     Ok(report)
 }
 
-async fn reason_counts(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<(Option<String>, u64)>> {
+async fn reason_counts(
+    ctx: &SessionContext,
+    sql: &str,
+    what: &str,
+) -> Result<Vec<(Option<String>, u64)>> {
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::Int64Type;
     let batches = ctx
@@ -440,7 +465,11 @@ mod tests {
         ] {
             assert!(can_cast_types(&from, &TS), "{from}");
         }
-        for from in [DataType::Decimal128(12, 2), DataType::Float32, DataType::Int64] {
+        for from in [
+            DataType::Decimal128(12, 2),
+            DataType::Float32,
+            DataType::Int64,
+        ] {
             assert!(can_cast_types(&from, &DataType::Float64), "{from}");
         }
         for from in [

@@ -75,8 +75,12 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            e.print().ok();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     tracing_subscriber::fmt()
@@ -117,16 +121,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(d), _, _) => vec![d],
                 (None, Some(from), Some(to)) => {
                     if from > to {
-                        return Err(Error::config(None, format!("--from {from} is after --to {to}")).into());
+                        return Err(Error::config(
+                            None,
+                            format!("--from {from} is after --to {to}"),
+                        )
+                        .into());
                     }
                     from.iter_days().take_while(|d| *d <= to).collect()
                 }
-                _ => vec![chrono::Utc::now().date_naive().pred_opt().unwrap_or_default()],
+                _ => vec![chrono::Utc::now()
+                    .date_naive()
+                    .pred_opt()
+                    .unwrap_or_default()],
             };
             let rt = runtime()?;
             for d in dates {
                 let summary = rt.block_on(segmenter::run(&pipeline, d))?;
-                println!("published {} ({} customers): {}", d, summary.customers, summary.manifest);
+                println!(
+                    "published {} ({} customers): {}",
+                    d, summary.customers, summary.manifest
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -157,15 +171,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn demo(dir: &Path, customers: usize, seed: u64) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
     let data = dir.join("data");
     let end: NaiveDate = DEMO_END.parse().context("demo end date")?;
     let mut opts = GenerateOptions::new(&data, customers);
     opts.seed = seed;
     opts.end_date = end;
-    println!("generating {customers} customers into {} ...", data.display());
+    println!(
+        "generating {customers} customers into {} ...",
+        data.display()
+    );
     let g = generate(&opts).map_err(|e| Error::config(None, format!("generate: {e}")))?;
-    println!("  {} orders, {} clickstream events ({:.1}s)", g.orders, g.events, g.elapsed.as_secs_f64());
+    println!(
+        "  {} orders, {} clickstream events ({:.1}s)",
+        g.orders,
+        g.events,
+        g.elapsed.as_secs_f64()
+    );
 
     let d = data.display();
     let overrides = vec![
@@ -174,9 +198,13 @@ fn demo(dir: &Path, customers: usize, seed: u64) -> anyhow::Result<ExitCode> {
         format!("inputs.customers={d}/customers/"),
         format!("output.root={}/out/", dir.display()),
     ];
-    let pipeline = Pipeline::from_toml(DEMO_PIPELINE, "pipelines/demo.toml", &dir, &overrides, &|k| {
-        std::env::var(k).ok()
-    })?;
+    let pipeline = Pipeline::from_toml(
+        DEMO_PIPELINE,
+        "pipelines/demo.toml",
+        &dir,
+        &overrides,
+        &|k| std::env::var(k).ok(),
+    )?;
     println!("running pipelines/demo.toml for {end} ...");
     let summary = runtime()?.block_on(segmenter::run(&pipeline, end))?;
     print_summary(&summary);
@@ -184,10 +212,16 @@ fn demo(dir: &Path, customers: usize, seed: u64) -> anyhow::Result<ExitCode> {
 }
 
 fn print_summary(s: &RunSummary) {
-    println!("\npublished run {} for {} ({} customers)", s.run_id, s.run_date, s.customers);
+    println!(
+        "\npublished run {} for {} ({} customers)",
+        s.run_id, s.run_date, s.customers
+    );
     println!("  outputs:  {}", s.output_root);
     println!("  manifest: {}\n", s.manifest);
-    println!("{:>3}  {:<20} {:>9} {:>11} {:>14}", "id", "segment", "customers", "mean churn", "total value");
+    println!(
+        "{:>3}  {:<20} {:>9} {:>11} {:>14}",
+        "id", "segment", "customers", "mean churn", "total value"
+    );
     for l in &s.segments {
         println!(
             "{:>3}  {:<20} {:>9} {:>11.3} {:>14.0}",

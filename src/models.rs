@@ -91,7 +91,11 @@ fn days_bucket(d: f64) -> u8 {
 /// The cell of a customer: buyers by recency, never-buyers by days since first seen.
 fn cell(frequency: f64, recency_days: f64, first_seen_days: f64) -> (u8, u8) {
     let fb = frequency_bucket(frequency);
-    let days = if fb == 0 { first_seen_days } else { recency_days };
+    let days = if fb == 0 {
+        first_seen_days
+    } else {
+        recency_days
+    };
     (fb, days_bucket(days))
 }
 
@@ -117,7 +121,8 @@ impl CellModel {
             r.0 += y;
             r.1 += 1.0;
         }
-        let shrink = |(sum, count): (f64, f64), parent: f64| (sum + prior * parent) / (count + prior);
+        let shrink =
+            |(sum, count): (f64, f64), parent: f64| (sum + prior * parent) / (count + prior);
         let rows: HashMap<u8, f64> = row_sums
             .iter()
             .map(|(k, s)| (*k, shrink(*s, overall)))
@@ -172,13 +177,17 @@ pub async fn score(
                 .map(|&n| if n > 0.0 { 0.0 } else { 1.0 })
                 .collect();
             let model = CellModel::fit(&keys, &labels, prior);
-            let scores = now_cells.iter().map(|k| model.predict(*k).clamp(0.0, 1.0)).collect();
+            let scores = now_cells
+                .iter()
+                .map(|k| model.predict(*k).clamp(0.0, 1.0))
+                .collect();
             (scores, fitted("cell_model", churn_cutoff, &t, &model))
         }
         // Too little history (or none at all before the training cut-off): fall back.
-        Ok(_) | Err(crate::Error::InputRejected(_)) => {
-            (fallback_churn(features)?, fallback("fallback_run_rate", churn_cutoff))
-        }
+        Ok(_) | Err(crate::Error::InputRejected(_)) => (
+            fallback_churn(features)?,
+            fallback("fallback_run_rate", churn_cutoff),
+        ),
         Err(e) => return Err(e),
     };
 
@@ -189,7 +198,10 @@ pub async fn score(
             let keys = cells_of(&t, "first_seen_days")?;
             let outcomes = t.f64("future_value")?;
             let model = CellModel::fit(&keys, &outcomes, prior);
-            let scores = now_cells.iter().map(|k| model.predict(*k).max(0.0)).collect();
+            let scores = now_cells
+                .iter()
+                .map(|k| model.predict(*k).max(0.0))
+                .collect();
             (scores, fitted("cell_model", value_cutoff, &t, &model))
         }
         Ok(_) | Err(crate::Error::InputRejected(_)) => (
@@ -243,7 +255,11 @@ fn fallback_churn(features: &CustomerTable) -> Result<Vec<f64>> {
     Ok((0..features.len())
         .map(|i| {
             let rate = (f[i] + 0.5) / (t[i].max(0.0) + 90.0);
-            let overdue = if r[i].is_nan() { 1.0 } else { (r[i] * rate).min(5.0) };
+            let overdue = if r[i].is_nan() {
+                1.0
+            } else {
+                (r[i] * rate).min(5.0)
+            };
             (-(CHURN_HORIZON_DAYS as f64) * rate / (1.0 + overdue))
                 .exp()
                 .clamp(0.0, 1.0)
@@ -300,17 +316,35 @@ mod tests {
         use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
         use std::sync::Arc;
         let batch = RecordBatch::try_from_iter([
-            ("customer_id", Arc::new(StringArray::from(vec!["a", "b", "c"])) as _),
-            ("frequency", Arc::new(Float64Array::from(vec![0.0, 10.0, 10.0])) as _),
-            ("recency_days", Arc::new(Float64Array::from(vec![None, Some(5.0), Some(400.0)])) as _),
-            ("tenure_days", Arc::new(Float64Array::from(vec![10.0, 365.0, 700.0])) as _),
-            ("monetary_365d", Arc::new(Float64Array::from(vec![0.0, 500.0, 0.0])) as _),
+            (
+                "customer_id",
+                Arc::new(StringArray::from(vec!["a", "b", "c"])) as _,
+            ),
+            (
+                "frequency",
+                Arc::new(Float64Array::from(vec![0.0, 10.0, 10.0])) as _,
+            ),
+            (
+                "recency_days",
+                Arc::new(Float64Array::from(vec![None, Some(5.0), Some(400.0)])) as _,
+            ),
+            (
+                "tenure_days",
+                Arc::new(Float64Array::from(vec![10.0, 365.0, 700.0])) as _,
+            ),
+            (
+                "monetary_365d",
+                Arc::new(Float64Array::from(vec![0.0, 500.0, 0.0])) as _,
+            ),
         ])
         .unwrap();
         let t = CustomerTable::new(vec![batch], "test").unwrap();
         let c = fallback_churn(&t).unwrap();
         assert!(c.iter().all(|p| (0.0..=1.0).contains(p)), "{c:?}");
-        assert!(c[1] < c[2], "a frequent recent buyer is less likely to churn: {c:?}");
+        assert!(
+            c[1] < c[2],
+            "a frequent recent buyer is less likely to churn: {c:?}"
+        );
         let v = fallback_value(&t, &c, 0.01).unwrap();
         assert!(v[1] > 0.0 && v[1] < 500.0 && v[0] == 0.0, "{v:?}");
     }

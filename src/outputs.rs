@@ -18,10 +18,10 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
-use object_store::buffered::BufWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::Serialize;
 
@@ -36,18 +36,24 @@ pub fn portable(batch: &RecordBatch) -> Result<RecordBatch> {
     for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
         let target = match field.data_type() {
             DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(_, _) => DataType::Utf8,
-            DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32
+            DataType::Int8
+            | DataType::Int16
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
             | DataType::UInt64 => DataType::Int64,
             DataType::Float16 | DataType::Float32 | DataType::Decimal128(_, _) => DataType::Float64,
-            DataType::Timestamp(_, _) => {
-                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
-            }
+            DataType::Timestamp(_, _) => DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
             other => other.clone(),
         };
         let col = if &target == field.data_type() {
             Arc::clone(col)
         } else {
-            cast(col, &target).map_err(|e| Error::engine(format!("converting {}", field.name()), e.into()))?
+            cast(col, &target)
+                .map_err(|e| Error::engine(format!("converting {}", field.name()), e.into()))?
         };
         fields.push(Field::new(field.name(), target, field.is_nullable()));
         columns.push(col);
@@ -119,7 +125,10 @@ impl Lock {
     /// Takes the lock `_runs/D/_lock`, or fails with [`Error::Locked`] (exit 5).
     pub async fn acquire(root: &StoreRef, run_date: &str, run_id: &str) -> Result<Lock> {
         let name = format!("_runs/{run_date}/_lock");
-        let body = format!("{{\"run_id\":\"{run_id}\",\"started_at\":\"{}\"}}", chrono::Utc::now().to_rfc3339());
+        let body = format!(
+            "{{\"run_id\":\"{run_id}\",\"started_at\":\"{}\"}}",
+            chrono::Utc::now().to_rfc3339()
+        );
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
@@ -130,7 +139,8 @@ impl Lock {
             .await
         {
             Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
                 let since = match root.store.get(&root.key(&name)).await {
                     Ok(r) => r
                         .bytes()
@@ -145,10 +155,16 @@ impl Lock {
                 });
             }
             // Stores without conditional writes: proceed, the scheduler must not overlap runs.
-            Err(object_store::Error::NotImplemented { .. }) | Err(object_store::Error::NotSupported { .. }) => {
+            Err(object_store::Error::NotImplemented { .. })
+            | Err(object_store::Error::NotSupported { .. }) => {
                 tracing::warn!(lock = %root.url_of(&name), "store cannot create-only; run lock not enforced");
             }
-            Err(e) => return Err(Error::storage(format!("taking the lock {}", root.url_of(&name)), e)),
+            Err(e) => {
+                return Err(Error::storage(
+                    format!("taking the lock {}", root.url_of(&name)),
+                    e,
+                ))
+            }
         }
         Ok(Lock {
             root: root.clone(),

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch,
-    StringArray,
+    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
@@ -99,10 +98,25 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate) -> Result<RunSummary> {
     let mut timings = BTreeMap::new();
     let ctx = session(pipeline)?;
     let root = storage::open(&ctx, &pipeline.output_root)?;
-    tracing::info!(run_date, run_id, output = root.location.as_str(), "run started");
+    tracing::info!(
+        run_date,
+        run_id,
+        output = root.location.as_str(),
+        "run started"
+    );
 
     let lock = Lock::acquire(&root, &run_date, &run_id).await?;
-    let result = run_locked(pipeline, &ctx, &root, &run_date, &run_id, cutoff, &mut timings, started_at).await;
+    let result = run_locked(
+        pipeline,
+        &ctx,
+        &root,
+        &run_date,
+        &run_id,
+        cutoff,
+        &mut timings,
+        started_at,
+    )
+    .await;
     lock.release().await;
     result
 }
@@ -152,12 +166,18 @@ async fn run_locked(
         ("segment_summary", &summary_batch),
     ] {
         let name = format!("{table}/run_date={run_date}/{part}");
-        files.entry(table).or_default().push(outputs::write_parquet(root, &name, batch).await?);
+        files
+            .entry(table)
+            .or_default()
+            .push(outputs::write_parquet(root, &name, batch).await?);
     }
     let exports = exports(ctx, &segments_batch, &assigned.names).await?;
     for (seg, csv) in exports {
         let name = format!("exports/run_date={run_date}/{seg}-{run_id}.csv");
-        files.entry("exports").or_default().push(outputs::write_bytes(root, &name, csv).await?);
+        files
+            .entry("exports")
+            .or_default()
+            .push(outputs::write_bytes(root, &name, csv).await?);
     }
     lap("write", timings);
 
@@ -166,7 +186,10 @@ async fn run_locked(
         run_id,
         run_date,
         cutoff: cutoff.0.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        software: BTreeMap::from([("name", env!("CARGO_PKG_NAME")), ("version", env!("CARGO_PKG_VERSION"))]),
+        software: BTreeMap::from([
+            ("name", env!("CARGO_PKG_NAME")),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ]),
         started_at: started_at.to_rfc3339(),
         finished_at: chrono::Utc::now().to_rfc3339(),
         inputs: &inputs,
@@ -192,9 +215,14 @@ async fn run_locked(
     tracing::info!(manifest = manifest_url, "published");
 
     for dir in ["customer_segments", "segment_summary", "exports"] {
-        let removed = outputs::remove_stale(root, &format!("{dir}/run_date={run_date}/"), run_id).await?;
+        let removed =
+            outputs::remove_stale(root, &format!("{dir}/run_date={run_date}/"), run_id).await?;
         if removed > 0 {
-            tracing::info!(table = dir, files = removed, "removed files of an earlier attempt");
+            tracing::info!(
+                table = dir,
+                files = removed,
+                "removed files of an earlier attempt"
+            );
         }
     }
 
@@ -209,7 +237,11 @@ async fn run_locked(
 }
 
 fn log_inputs(inputs: &inputs::Inputs) {
-    let each = [("orders", Some(&inputs.orders)), ("events", inputs.events.as_ref()), ("customers", inputs.customers.as_ref())];
+    let each = [
+        ("orders", Some(&inputs.orders)),
+        ("events", inputs.events.as_ref()),
+        ("customers", inputs.customers.as_ref()),
+    ];
     for (name, report) in each {
         if let Some(r) = report {
             tracing::info!(
@@ -226,20 +258,47 @@ fn log_inputs(inputs: &inputs::Inputs) {
 }
 
 fn assign(pipeline: &Pipeline, f: &CustomerTable, s: &Scores, c: &Clustering) -> Result<Assigned> {
-    let (freq, rec, ten) = (f.f64("frequency")?, f.f64("recency_days")?, f.f64("tenure_days")?);
-    let (f365, disc, ret) = (f.f64("frequency_365d")?, f.f64("discount_share")?, f.f64("return_rate")?);
+    let (freq, rec, ten) = (
+        f.f64("frequency")?,
+        f.f64("recency_days")?,
+        f.f64("tenure_days")?,
+    );
+    let (f365, disc, ret) = (
+        f.f64("frequency_365d")?,
+        f.f64("discount_share")?,
+        f.f64("return_rate")?,
+    );
     let m = &pipeline.model;
     let cut = segments::value_cutoffs(m, &s.value);
     let n = f.len();
     Ok(Assigned {
         names: segments::names(c),
-        churn_band: s.churn.iter().map(|&p| segments::churn_band(m, p)).collect(),
-        value_band: s.value.iter().map(|&v| segments::value_band(cut, v)).collect(),
+        churn_band: s
+            .churn
+            .iter()
+            .map(|&p| segments::churn_band(m, p))
+            .collect(),
+        value_band: s
+            .value
+            .iter()
+            .map(|&v| segments::value_band(cut, v))
+            .collect(),
         lifecycle: (0..n)
-            .map(|i| segments::lifecycle_stage(&pipeline.lifecycle, freq[i], rec[i], ten[i], s.churn[i], m.churn_high))
+            .map(|i| {
+                segments::lifecycle_stage(
+                    &pipeline.lifecycle,
+                    freq[i],
+                    rec[i],
+                    ten[i],
+                    s.churn[i],
+                    m.churn_high,
+                )
+            })
             .collect(),
         loyalty: (0..n)
-            .map(|i| segments::loyalty_tier(&pipeline.loyalty, f365[i], disc[i], ret[i], s.churn[i]))
+            .map(|i| {
+                segments::loyalty_tier(&pipeline.loyalty, f365[i], disc[i], ret[i], s.churn[i])
+            })
             .collect(),
     })
 }
@@ -249,17 +308,51 @@ fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
 }
 
 /// customer_segments: the CONTRACT columns first, then every feature column.
-fn customer_segments(f: &CustomerTable, s: &Scores, c: &Clustering, a: &Assigned) -> Result<RecordBatch> {
+fn customer_segments(
+    f: &CustomerTable,
+    s: &Scores,
+    c: &Clustering,
+    a: &Assigned,
+) -> Result<RecordBatch> {
     let batch = f.batch();
     let mut cols: Vec<(String, ArrayRef)> = vec![
-        ("customer_id".into(), cast(batch.column_by_name("customer_id").ok_or_else(|| Error::Model("customer_id missing".into()))?, &DataType::Utf8).map_err(|e| Error::engine("customer_id", e.into()))?),
-        ("segment".into(), strings(c.assignment.iter().map(|&k| a.names[k].as_str()))),
-        ("segment_id".into(), Arc::new(Int32Array::from_iter_values(c.assignment.iter().map(|&k| k as i32 + 1)))),
-        ("churn_risk_score".into(), Arc::new(Float64Array::from(s.churn.clone()))),
+        (
+            "customer_id".into(),
+            cast(
+                batch
+                    .column_by_name("customer_id")
+                    .ok_or_else(|| Error::Model("customer_id missing".into()))?,
+                &DataType::Utf8,
+            )
+            .map_err(|e| Error::engine("customer_id", e.into()))?,
+        ),
+        (
+            "segment".into(),
+            strings(c.assignment.iter().map(|&k| a.names[k].as_str())),
+        ),
+        (
+            "segment_id".into(),
+            Arc::new(Int32Array::from_iter_values(
+                c.assignment.iter().map(|&k| k as i32 + 1),
+            )),
+        ),
+        (
+            "churn_risk_score".into(),
+            Arc::new(Float64Array::from(s.churn.clone())),
+        ),
         ("churn_risk".into(), strings(a.churn_band.iter().copied())),
-        ("value_score".into(), Arc::new(Float64Array::from(s.value.clone()))),
-        ("value_segment".into(), strings(a.value_band.iter().copied())),
-        ("lifecycle_stage".into(), strings(a.lifecycle.iter().copied())),
+        (
+            "value_score".into(),
+            Arc::new(Float64Array::from(s.value.clone())),
+        ),
+        (
+            "value_segment".into(),
+            strings(a.value_band.iter().copied()),
+        ),
+        (
+            "lifecycle_stage".into(),
+            strings(a.lifecycle.iter().copied()),
+        ),
         ("loyalty_tier".into(), strings(a.loyalty.iter().copied())),
     ];
     for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -267,7 +360,8 @@ fn customer_segments(f: &CustomerTable, s: &Scores, c: &Clustering, a: &Assigned
             cols.push((field.name().clone(), Arc::clone(col)));
         }
     }
-    let out = RecordBatch::try_from_iter(cols).map_err(|e| Error::engine("assembling customer_segments", e.into()))?;
+    let out = RecordBatch::try_from_iter(cols)
+        .map_err(|e| Error::engine("assembling customer_segments", e.into()))?;
     outputs::portable(&out)
 }
 
@@ -300,7 +394,12 @@ const PROFILE: &[&str] = &[
 ];
 
 /// segment_summary: one row per segment — size, share, profile, churn, value, revenue at risk.
-fn segment_summary(f: &CustomerTable, s: &Scores, c: &Clustering, a: &Assigned) -> Result<RecordBatch> {
+fn segment_summary(
+    f: &CustomerTable,
+    s: &Scores,
+    c: &Clustering,
+    a: &Assigned,
+) -> Result<RecordBatch> {
     let k = c.centroids.len();
     let n = f.len() as f64;
     let m365 = f.f64("monetary_365d")?;
@@ -316,14 +415,44 @@ fn segment_summary(f: &CustomerTable, s: &Scores, c: &Clustering, a: &Assigned) 
     }
     let size = |j: usize| c.sizes[j].max(1) as f64;
     let mut cols: Vec<(String, ArrayRef)> = vec![
-        ("segment_id".into(), Arc::new(Int32Array::from_iter_values((0..k).map(|j| j as i32 + 1)))),
-        ("segment".into(), strings(a.names.iter().map(String::as_str))),
-        ("customers".into(), Arc::new(Int64Array::from_iter_values(c.sizes.iter().map(|&x| x as i64)))),
-        ("share".into(), Arc::new(Float64Array::from_iter_values(c.sizes.iter().map(|&x| x as f64 / n)))),
-        ("mean_churn_risk_score".into(), Arc::new(Float64Array::from_iter_values((0..k).map(|j| churn_sum[j] / size(j))))),
-        ("high_churn_customers".into(), Arc::new(Int64Array::from(high))),
-        ("total_value".into(), Arc::new(Float64Array::from(value_sum))),
-        ("revenue_at_risk".into(), Arc::new(Float64Array::from(at_risk))),
+        (
+            "segment_id".into(),
+            Arc::new(Int32Array::from_iter_values((0..k).map(|j| j as i32 + 1))),
+        ),
+        (
+            "segment".into(),
+            strings(a.names.iter().map(String::as_str)),
+        ),
+        (
+            "customers".into(),
+            Arc::new(Int64Array::from_iter_values(
+                c.sizes.iter().map(|&x| x as i64),
+            )),
+        ),
+        (
+            "share".into(),
+            Arc::new(Float64Array::from_iter_values(
+                c.sizes.iter().map(|&x| x as f64 / n),
+            )),
+        ),
+        (
+            "mean_churn_risk_score".into(),
+            Arc::new(Float64Array::from_iter_values(
+                (0..k).map(|j| churn_sum[j] / size(j)),
+            )),
+        ),
+        (
+            "high_churn_customers".into(),
+            Arc::new(Int64Array::from(high)),
+        ),
+        (
+            "total_value".into(),
+            Arc::new(Float64Array::from(value_sum)),
+        ),
+        (
+            "revenue_at_risk".into(),
+            Arc::new(Float64Array::from(at_risk)),
+        ),
     ];
     for feature in PROFILE {
         let values = f.f64(feature)?;
@@ -331,15 +460,24 @@ fn segment_summary(f: &CustomerTable, s: &Scores, c: &Clustering, a: &Assigned) 
         for (i, &seg) in c.assignment.iter().enumerate() {
             per[seg].push(values[i]);
         }
-        cols.push((format!("median_{feature}"), Arc::new(Float64Array::from_iter(per.into_iter().map(|v| {
-            let m = median(v);
-            (!m.is_nan()).then_some(m)
-        })))));
+        cols.push((
+            format!("median_{feature}"),
+            Arc::new(Float64Array::from_iter(per.into_iter().map(|v| {
+                let m = median(v);
+                (!m.is_nan()).then_some(m)
+            }))),
+        ));
     }
     for (j, feature) in c.features.iter().enumerate() {
-        cols.push((format!("centroid_z_{feature}"), Arc::new(Float64Array::from_iter_values((0..k).map(|seg| c.centroids[seg][j])))));
+        cols.push((
+            format!("centroid_z_{feature}"),
+            Arc::new(Float64Array::from_iter_values(
+                (0..k).map(|seg| c.centroids[seg][j]),
+            )),
+        ));
     }
-    RecordBatch::try_from_iter(cols).map_err(|e| Error::engine("assembling segment_summary", e.into()))
+    RecordBatch::try_from_iter(cols)
+        .map_err(|e| Error::engine("assembling segment_summary", e.into()))
 }
 
 fn summary_lines(c: &Clustering, s: &Scores, names: &[String]) -> Vec<SegmentLine> {
@@ -364,7 +502,11 @@ fn summary_lines(c: &Clustering, s: &Scores, names: &[String]) -> Vec<SegmentLin
 }
 
 /// One CSV per segment: ids, scores and bands; the e-mail only for customers who opted in.
-async fn exports(ctx: &SessionContext, segs: &RecordBatch, names: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+async fn exports(
+    ctx: &SessionContext,
+    segs: &RecordBatch,
+    names: &[String],
+) -> Result<Vec<(String, Vec<u8>)>> {
     let contacts = contacts(ctx).await?;
     let col = |name: &str| -> Result<ArrayRef> {
         segs.column_by_name(name)
@@ -375,7 +517,13 @@ async fn exports(ctx: &SessionContext, segs: &RecordBatch, names: &[String]) -> 
     let ids = ids.as_string::<i32>();
     let seg_id = col("segment_id")?;
     let seg_id = seg_id.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-    let text_cols = ["churn_risk", "value_segment", "lifecycle_stage", "loyalty_tier"].map(|c| col(c));
+    let text_cols = [
+        "churn_risk",
+        "value_segment",
+        "lifecycle_stage",
+        "loyalty_tier",
+    ]
+    .map(&col);
     let mut text = Vec::new();
     for c in text_cols {
         text.push(c?);
@@ -391,7 +539,12 @@ async fn exports(ctx: &SessionContext, segs: &RecordBatch, names: &[String]) -> 
         let seg = (seg_id.value(i) - 1) as usize;
         let id = ids.value(i);
         let email = contacts.get(id).map(String::as_str).unwrap_or("");
-        let mut line = format!("{},{},{}", csv_field(id), csv_field(email), csv_field(&names[seg]));
+        let mut line = format!(
+            "{},{},{}",
+            csv_field(id),
+            csv_field(email),
+            csv_field(&names[seg])
+        );
         for t in &text {
             line.push(',');
             line.push_str(t.as_string::<i32>().value(i));
@@ -405,7 +558,9 @@ async fn exports(ctx: &SessionContext, segs: &RecordBatch, names: &[String]) -> 
 /// E-mail addresses of customers who opted in to marketing (only these are exported).
 async fn contacts(ctx: &SessionContext) -> Result<HashMap<String, String>> {
     let batches = ctx
-        .sql("SELECT customer_id, email FROM customers WHERE marketing_opt_in AND email IS NOT NULL")
+        .sql(
+            "SELECT customer_id, email FROM customers WHERE marketing_opt_in AND email IS NOT NULL",
+        )
         .await
         .map_err(|e| Error::engine("reading contacts", e))?
         .collect()
@@ -413,8 +568,10 @@ async fn contacts(ctx: &SessionContext) -> Result<HashMap<String, String>> {
         .map_err(|e| Error::engine("reading contacts", e))?;
     let mut out = HashMap::new();
     for b in batches {
-        let ids = cast(b.column(0), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
-        let emails = cast(b.column(1), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
+        let ids =
+            cast(b.column(0), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
+        let emails =
+            cast(b.column(1), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
         let (ids, emails) = (ids.as_string::<i32>(), emails.as_string::<i32>());
         for i in 0..b.num_rows() {
             out.insert(ids.value(i).to_string(), emails.value(i).to_string());

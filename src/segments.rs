@@ -4,10 +4,13 @@
 use crate::clustering::Clustering;
 use crate::config::{LifecycleRules, LoyaltyRules, ModelParams};
 
+/// The z-score of a feature in one centroid.
+type Z<'a> = &'a dyn Fn(&str) -> f64;
+
 /// A candidate name and how well a centroid fits it (a weighted sum of centroid z-scores).
 struct NameRule {
     name: &'static str,
-    score: fn(&dyn Fn(&str) -> f64) -> f64,
+    score: fn(Z) -> f64,
 }
 
 /// Candidate names, each scored from the centroid profile (z-scores of the transformed
@@ -19,7 +22,10 @@ const NAME_RULES: &[NameRule] = &[
     },
     NameRule {
         name: "Loyal regulars",
-        score: |z| z("frequency") - z("recency_days") + 0.5 * z("tenure_days") - 0.5 * z("avg_order_value").abs(),
+        score: |z| {
+            z("frequency") - z("recency_days") + 0.5 * z("tenure_days")
+                - 0.5 * z("avg_order_value").abs()
+        },
     },
     NameRule {
         name: "Big spenders",
@@ -39,7 +45,11 @@ const NAME_RULES: &[NameRule] = &[
     },
     NameRule {
         name: "At risk",
-        score: |z| 0.5 * z("recency_days") + 0.5 * z("frequency") - z("engagement_trend") - 0.5 * z("sessions_90d"),
+        score: |z| {
+            0.5 * z("recency_days") + 0.5 * z("frequency")
+                - z("engagement_trend")
+                - 0.5 * z("sessions_90d")
+        },
     },
     NameRule {
         name: "Hibernating",
@@ -110,7 +120,8 @@ pub fn lifecycle_stage(
     churn: f64,
     churn_high: f64,
 ) -> &'static str {
-    if !(frequency >= 1.0) {
+    // NaN (unknown) counts as no order.
+    if frequency.is_nan() || frequency < 1.0 {
         "potential"
     } else if recency_days >= rules.termination_days {
         "termination"
@@ -137,7 +148,7 @@ pub fn loyalty_tier(
     return_rate: f64,
     churn: f64,
 ) -> &'static str {
-    if !(frequency_365d >= rules.habitual_orders) {
+    if frequency_365d.is_nan() || frequency_365d < rules.habitual_orders {
         return "none";
     }
     let capped = discount_share > rules.max_discount_share
@@ -218,18 +229,40 @@ mod tests {
     #[test]
     fn names_follow_profiles_and_are_unique() {
         let c = clustering(&[
-            &[("frequency", 2.0), ("monetary", 2.0), ("recency_days", -1.5), ("sessions_90d", 1.0)],
+            &[
+                ("frequency", 2.0),
+                ("monetary", 2.0),
+                ("recency_days", -1.5),
+                ("sessions_90d", 1.0),
+            ],
             &[("discount_share", 2.5)],
-            &[("sessions_90d", 1.5), ("add_to_cart_90d", 1.5), ("frequency", -1.5)],
-            &[("recency_days", 2.0), ("days_since_last_visit", 2.0), ("sessions_90d", -1.5)],
+            &[
+                ("sessions_90d", 1.5),
+                ("add_to_cart_90d", 1.5),
+                ("frequency", -1.5),
+            ],
+            &[
+                ("recency_days", 2.0),
+                ("days_since_last_visit", 2.0),
+                ("sessions_90d", -1.5),
+            ],
         ]);
         let n = names(&c);
-        assert_eq!(n, vec!["Champions", "Bargain hunters", "Window shoppers", "Hibernating"]);
+        assert_eq!(
+            n,
+            vec![
+                "Champions",
+                "Bargain hunters",
+                "Window shoppers",
+                "Hibernating"
+            ]
+        );
     }
 
     #[test]
     fn more_clusters_than_names_still_unique() {
-        let profiles: Vec<Vec<(&str, f64)>> = (0..14).map(|i| vec![("frequency", i as f64)]).collect();
+        let profiles: Vec<Vec<(&str, f64)>> =
+            (0..14).map(|i| vec![("frequency", i as f64)]).collect();
         let refs: Vec<&[(&str, f64)]> = profiles.iter().map(|p| p.as_slice()).collect();
         let n = names(&clustering(&refs));
         let mut u = n.clone();
@@ -241,11 +274,20 @@ mod tests {
     #[test]
     fn lifecycle_rules() {
         let r = LifecycleRules::default();
-        assert_eq!(lifecycle_stage(&r, 0.0, f64::NAN, 50.0, 0.9, 0.7), "potential");
-        assert_eq!(lifecycle_stage(&r, 3.0, 400.0, 700.0, 0.9, 0.7), "termination");
+        assert_eq!(
+            lifecycle_stage(&r, 0.0, f64::NAN, 50.0, 0.9, 0.7),
+            "potential"
+        );
+        assert_eq!(
+            lifecycle_stage(&r, 3.0, 400.0, 700.0, 0.9, 0.7),
+            "termination"
+        );
         assert_eq!(lifecycle_stage(&r, 3.0, 150.0, 700.0, 0.5, 0.7), "decline");
         assert_eq!(lifecycle_stage(&r, 3.0, 10.0, 700.0, 0.8, 0.7), "decline");
-        assert_eq!(lifecycle_stage(&r, 1.0, 10.0, 30.0, 0.3, 0.7), "development");
+        assert_eq!(
+            lifecycle_stage(&r, 1.0, 10.0, 30.0, 0.3, 0.7),
+            "development"
+        );
         assert_eq!(lifecycle_stage(&r, 8.0, 10.0, 500.0, 0.1, 0.7), "maturity");
         assert_eq!(lifecycle_stage(&r, 3.0, 10.0, 200.0, 0.1, 0.7), "growth");
     }
@@ -257,7 +299,11 @@ mod tests {
         assert_eq!(loyalty_tier(&r, 3.0, 0.0, 0.0, 0.1), "habitual");
         assert_eq!(loyalty_tier(&r, 5.0, 0.0, 0.0, 0.1), "preference");
         assert_eq!(loyalty_tier(&r, 9.0, 0.0, 0.0, 0.1), "committed");
-        assert_eq!(loyalty_tier(&r, 9.0, 0.8, 0.0, 0.1), "habitual", "price-loyal");
+        assert_eq!(
+            loyalty_tier(&r, 9.0, 0.8, 0.0, 0.1),
+            "habitual",
+            "price-loyal"
+        );
         assert_eq!(loyalty_tier(&r, 9.0, 0.0, 0.5, 0.1), "habitual", "returns");
     }
 

@@ -44,7 +44,11 @@ impl StoreRef {
 
     /// The full URL of `name` under this location, for messages and the manifest.
     pub fn url_of(&self, name: &str) -> String {
-        self.location.join(name).as_str().trim_end_matches('/').to_string()
+        self.location
+            .join(name)
+            .as_str()
+            .trim_end_matches('/')
+            .to_string()
     }
 }
 
@@ -54,7 +58,10 @@ pub fn open(ctx: &SessionContext, location: &Location) -> Result<StoreRef> {
     let store = build_store(url)?;
     ctx.register_object_store(&store_root(url), Arc::clone(&store));
     let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| {
-        Error::config(None, format!("{} is not a valid object path: {e}", location.as_str()))
+        Error::config(
+            None,
+            format!("{} is not a valid object path: {e}", location.as_str()),
+        )
     })?;
     Ok(StoreRef {
         store,
@@ -141,8 +148,16 @@ mod tests {
     #[test]
     fn memory_stores_are_shared_by_name() {
         let ctx = SessionContext::new();
-        let a = open(&ctx, &Location::parse("memory://t1/a/", Path::new("/")).unwrap()).unwrap();
-        let b = open(&ctx, &Location::parse("memory://t1/b/", Path::new("/")).unwrap()).unwrap();
+        let a = open(
+            &ctx,
+            &Location::parse("memory://t1/a/", Path::new("/")).unwrap(),
+        )
+        .unwrap();
+        let b = open(
+            &ctx,
+            &Location::parse("memory://t1/b/", Path::new("/")).unwrap(),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(&a.store, &b.store));
         assert_eq!(a.key("x/y.parquet").as_ref(), "a/x/y.parquet");
         assert_eq!(a.url_of("x/y.parquet"), "memory://t1/a/x/y.parquet");
@@ -151,7 +166,11 @@ mod tests {
     #[test]
     fn local_paths_map_to_keys() {
         let ctx = SessionContext::new();
-        let s = open(&ctx, &Location::parse("/tmp/seg out/", Path::new("/")).unwrap()).unwrap();
+        let s = open(
+            &ctx,
+            &Location::parse("/tmp/seg out/", Path::new("/")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(s.key("t/f.csv").as_ref(), "tmp/seg out/t/f.csv");
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod interop;
 mod producers;
 mod run;
 mod s3;
