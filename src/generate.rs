@@ -66,7 +66,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::errors::ParquetError;
-use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp1, Gamma, Poisson, StandardNormal};
@@ -748,6 +748,7 @@ impl World {
             .set_column_dictionary_enabled(ColumnPath::from("event_id"), false)
             .set_column_dictionary_enabled(ColumnPath::from("order_id"), false)
             .set_column_dictionary_enabled(ColumnPath::from("email"), false)
+            .set_column_statistics_enabled(ColumnPath::from("event_id"), EnabledStatistics::None)
             .build();
 
         Ok(World {
@@ -1964,6 +1965,43 @@ mod tests {
         }
         assert_eq!(summary.customers, 500);
         assert_eq!(summary.files, files_under(out).len());
+    }
+
+    #[test]
+    fn other_end_dates_shift_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path(), 150, 2);
+        opts.end_date = NaiveDate::from_ymd_opt(2024, 3, 15).unwrap();
+        let summary = generate(&opts).unwrap();
+        let end = NaiveDate::from_ymd_opt(2024, 3, 16)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_micros();
+        let start = end - WINDOW_DAYS * DAY_US;
+        let events = read_all(dir.path(), "events");
+        let months: HashSet<String> = events
+            .iter()
+            .map(|(rel, _, _)| rel.parent().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(months.len(), 25, "{months:?}");
+        assert!(months.contains("dt=2022-03") && months.contains("dt=2024-03"));
+        for (_, _, batches) in events {
+            for b in &batches {
+                assert!(times(b, "event_ts")
+                    .into_iter()
+                    .all(|t| (start..end).contains(&t.unwrap())));
+            }
+        }
+        for (_, _, batches) in read_all(dir.path(), "orders") {
+            for b in &batches {
+                assert!(times(b, "order_ts")
+                    .into_iter()
+                    .all(|t| (start..end).contains(&t.unwrap())));
+            }
+        }
+        assert!(summary.orders > 0);
     }
 
     /// Per-customer facts gathered from the files of one generation.
