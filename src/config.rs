@@ -788,7 +788,8 @@ root = "out"
         let Error::Config { problems, .. } = err else {
             panic!("expected config error")
         };
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        // k, churn_medium out of range, churn_medium > churn_high, the ftp URL
+        assert_eq!(problems.len(), 4, "{problems:?}");
     }
 
     #[test]

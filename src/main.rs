@@ -92,11 +92,17 @@ fn main() -> ExitCode {
         .init();
     match run(cli) {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            let code = err.downcast_ref::<Error>().map_or(4, Error::exit_code);
-            ExitCode::from(code)
-        }
+        Err(err) => match err.downcast_ref::<Error>() {
+            // Our errors already carry their cause in the message; `{:#}` would repeat it.
+            Some(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+            None => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(4)
+            }
+        },
     }
 }
 

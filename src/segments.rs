@@ -315,7 +315,8 @@ mod tests {
         assert_eq!(churn_band(&m, 0.7), "high");
         let values: Vec<f64> = (0..=100).map(f64::from).collect();
         let cut = value_cutoffs(&m, &values);
-        assert_eq!(cut, (50.0, 80.0));
+        // positives are 1..=100: medians at index round(99 × 0.5) = 50 → 51, round(99 × 0.8) = 79 → 80
+        assert_eq!(cut, (51.0, 80.0));
         assert_eq!(value_band(cut, 0.0), "low");
         assert_eq!(value_band(cut, 60.0), "medium");
         assert_eq!(value_band(cut, 95.0), "high");

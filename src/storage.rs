@@ -132,17 +132,13 @@ fn memory_store(name: &str) -> Arc<dyn ObjectStore> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::aws::AmazonS3ConfigKey;
     use std::path::Path;
 
     #[test]
     fn s3_bucket_comes_from_the_url() {
         let url = Url::parse("s3://shop-raw/orders/").unwrap();
-        let b = s3_builder(&url);
-        assert_eq!(
-            b.get_config_value(&AmazonS3ConfigKey::Bucket).as_deref(),
-            Some("shop-raw")
-        );
+        let store = s3_builder(&url).with_region("us-east-1").build().unwrap();
+        assert!(store.to_string().contains("shop-raw"), "{store}");
     }
 
     #[test]

@@ -9,8 +9,19 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn unknown_key_exits_2_naming_the_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = pipeline(tmp.path(), shop(), &tmp.path().join("out"), "[clustering]\nclusters = 5\n");
-    let out = segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", "2026-10-31"]);
+    let p = pipeline(
+        tmp.path(),
+        shop(),
+        &tmp.path().join("out"),
+        "[clustering]\nclusters = 5\n",
+    );
+    let out = segmenter(&[
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--date",
+        "2026-10-31",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(stderr(&out).contains("clusters"), "{}", describe(&out));
 }
@@ -24,16 +35,38 @@ fn missing_input_exits_2_naming_key_and_path() {
         &format!("{}/no-such-dir/", tmp.path().display()),
     );
     std::fs::write(&p, text).unwrap();
-    let out = segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", "2026-10-31"]);
+    let out = segmenter(&[
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--date",
+        "2026-10-31",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = stderr(&out);
-    assert!(err.contains("inputs.orders") && err.contains("no-such-dir"), "{}", describe(&out));
-    assert!(!tmp.path().join("out/_runs").exists() || !tmp.path().join("out/_runs/2026-10-31/manifest.json").exists());
+    assert!(
+        err.contains("inputs.orders") && err.contains("no-such-dir"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !tmp.path().join("out/_runs").exists()
+            || !tmp
+                .path()
+                .join("out/_runs/2026-10-31/manifest.json")
+                .exists()
+    );
 }
 
 #[test]
 fn missing_pipeline_file_exits_2() {
-    let out = segmenter(&["run", "--pipeline", "/definitely/not/here.toml", "--date", "2026-10-31"]);
+    let out = segmenter(&[
+        "run",
+        "--pipeline",
+        "/definitely/not/here.toml",
+        "--date",
+        "2026-10-31",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(stderr(&out).contains("/definitely/not/here.toml"));
 }
@@ -43,27 +76,58 @@ fn malformed_toml_and_bad_values_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("bad.toml");
     std::fs::write(&p, "[inputs\norders = 1").unwrap();
-    let out = segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", "2026-10-31"]);
+    let out = segmenter(&[
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--date",
+        "2026-10-31",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 
     let p = pipeline(tmp.path(), shop(), &tmp.path().join("out"), "");
     let out = segmenter(&[
-        "run", "--pipeline", p.to_str().unwrap(), "--date", "2026-10-31",
-        "--set", "clustering.k=0", "--set", "model.churn_high=1.5",
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--date",
+        "2026-10-31",
+        "--set",
+        "clustering.k=0",
+        "--set",
+        "model.churn_high=1.5",
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = stderr(&out);
-    assert!(err.contains("clustering.k") && err.contains("model.churn_high"), "{}", describe(&out));
+    assert!(
+        err.contains("clustering.k") && err.contains("model.churn_high"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
 fn missing_env_var_exits_2_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("p.toml");
-    std::fs::write(&p, "[inputs]\norders = \"s3://${SEGMENTER_TEST_UNSET_BUCKET}/o/\"\n[output]\nroot = \"out\"\n").unwrap();
-    let out = segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", "2026-10-31"]);
+    std::fs::write(
+        &p,
+        "[inputs]\norders = \"s3://${SEGMENTER_TEST_UNSET_BUCKET}/o/\"\n[output]\nroot = \"out\"\n",
+    )
+    .unwrap();
+    let out = segmenter(&[
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--date",
+        "2026-10-31",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-    assert!(stderr(&out).contains("SEGMENTER_TEST_UNSET_BUCKET"), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("SEGMENTER_TEST_UNSET_BUCKET"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -79,9 +143,19 @@ fn held_lock_exits_5() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
     std::fs::create_dir_all(out_dir.join("_runs/2026-10-31")).unwrap();
-    std::fs::write(out_dir.join("_runs/2026-10-31/_lock"), "{\"run_id\":\"other\"}").unwrap();
+    std::fs::write(
+        out_dir.join("_runs/2026-10-31/_lock"),
+        "{\"run_id\":\"other\"}",
+    )
+    .unwrap();
     let p = pipeline(tmp.path(), shop(), &out_dir, "");
-    let out = segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", "2026-10-31"]);
+    let out = segmenter(&[
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--date",
+        "2026-10-31",
+    ]);
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert!(stderr(&out).contains("_lock"), "{}", describe(&out));
     assert!(!out_dir.join("_runs/2026-10-31/manifest.json").exists());

@@ -15,7 +15,11 @@ pub fn bin() -> Command {
 
 /// Runs the binary, returning its output (stdout, stderr, status).
 pub fn segmenter(args: &[&str]) -> Output {
-    bin().args(args).env("RUST_LOG", "warn").output().expect("run segmenter")
+    bin()
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run segmenter")
 }
 
 /// Exit code, stdout and stderr as text, for assertions with context.
@@ -34,7 +38,15 @@ pub fn shop() -> &'static Path {
     static SHOP: OnceLock<PathBuf> = OnceLock::new();
     SHOP.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("segmenter-it-shop-{}", std::process::id()));
-        let out = segmenter(&["generate", "--out", dir.to_str().unwrap(), "--customers", "600", "--seed", "7"]);
+        let out = segmenter(&[
+            "generate",
+            "--out",
+            dir.to_str().unwrap(),
+            "--customers",
+            "600",
+            "--seed",
+            "7",
+        ]);
         assert!(out.status.success(), "generate failed: {}", describe(&out));
         dir
     })
@@ -76,7 +88,10 @@ pub fn read_table(dir: &Path) -> RecordBatch {
     let mut batches = Vec::new();
     for f in parquet_files(dir) {
         let file = std::fs::File::open(&f).unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
         for b in reader {
             batches.push(b.unwrap());
         }

@@ -1,0 +1,709 @@
+//! The same run against a real S3-compatible server: an in-process s3s-fs server on
+//! 127.0.0.1 (signature-checked with a fixed key pair), inputs uploaded through the S3 API,
+//! the binary configured only through the standard `AWS_*` variables, outputs read back
+//! through the S3 API and compared with a local run of the same shop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use futures::TryStreamExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+
+use crate::common::{bin, describe, parquet_files, pipeline, read_table, segmenter, shop};
+
+const ACCESS_KEY: &str = "SEGMENTERTESTKEY";
+const SECRET_KEY: &str = "segmenter-integration-test-secret";
+const REGION: &str = "us-east-1";
+const RAW: &str = "shop-raw";
+const MARTS: &str = "shop-marts";
+const DATE: &str = "2026-10-31";
+/// A run that has not finished by then is hung (e.g. retrying a failing request): kill it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// An s3s-fs server on 127.0.0.1:<random port>, serving a temporary directory (one
+/// subdirectory per bucket), for as long as this value lives.
+struct S3Server {
+    port: u16,
+    _root: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// The test's own runtime, for client calls.
+    rt: tokio::runtime::Runtime,
+}
+
+impl S3Server {
+    fn start(buckets: &[&str]) -> S3Server {
+        let root = tempfile::tempdir().unwrap();
+        for b in buckets {
+            std::fs::create_dir(root.path().join(b)).unwrap();
+        }
+        let fs_root = root.path().to_path_buf();
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("s3s-fs".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("server runtime");
+                rt.block_on(async move {
+                    let fs = s3s_fs::FileSystem::new(&fs_root).expect("s3s-fs root");
+                    let mut b = S3ServiceBuilder::new(fs);
+                    b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                    let service = b.build();
+                    let listener = TcpListener::bind(("127.0.0.1", 0))
+                        .await
+                        .expect("bind 127.0.0.1:0");
+                    addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                    let http = ConnBuilder::new(TokioExecutor::new());
+                    let mut stop = std::pin::pin!(stop_rx);
+                    loop {
+                        let socket = tokio::select! {
+                            res = listener.accept() => match res {
+                                Ok((socket, _)) => socket,
+                                Err(_) => continue,
+                            },
+                            _ = &mut stop => break,
+                        };
+                        let conn = http
+                            .serve_connection(TokioIo::new(socket), service.clone())
+                            .into_owned();
+                        tokio::spawn(async move {
+                            // A client hanging up mid-request is not the test's concern.
+                            conn.await.ok();
+                        });
+                    }
+                });
+                // Dropping the runtime here cancels the connections still open.
+            })
+            .unwrap();
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("s3s-fs server did not start");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        S3Server {
+            port: addr.port(),
+            _root: root,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            rt,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for `bucket`, configured explicitly (not from this process's environment).
+    fn bucket(&self, bucket: &str) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_bucket_name(bucket)
+            .with_region(REGION)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .build()
+            .unwrap()
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Uploads every Parquet file of `dir` (a local directory) to `bucket` under `prefix`,
+    /// keeping the relative layout (e.g. `dt=2025-01/part-0.parquet`). Returns the keys.
+    fn upload_dir(&self, dir: &Path, bucket: &str, prefix: &str) -> Vec<String> {
+        let store = self.bucket(bucket);
+        let mut keys = Vec::new();
+        for file in parquet_files(dir) {
+            let rel = file
+                .strip_prefix(dir)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace('\\', "/");
+            let key = format!("{prefix}{rel}");
+            let data = Bytes::from(std::fs::read(&file).unwrap());
+            self.block_on(store.put(&ObjectPath::from(key.as_str()), PutPayload::from(data)))
+                .unwrap_or_else(|e| panic!("uploading {key}: {e}"));
+            keys.push(key);
+        }
+        assert!(
+            !keys.is_empty(),
+            "nothing to upload under {}",
+            dir.display()
+        );
+        keys
+    }
+
+    fn list(&self, bucket: &str, prefix: &str) -> Vec<ObjectMeta> {
+        let store = self.bucket(bucket);
+        let prefix = ObjectPath::from(prefix);
+        let mut all: Vec<ObjectMeta> = self
+            .block_on(store.list(Some(&prefix)).try_collect())
+            .unwrap_or_else(|e| panic!("listing s3://{bucket}/{prefix}: {e}"));
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        all
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> Option<Bytes> {
+        let store = self.bucket(bucket);
+        self.block_on(async {
+            match store.get(&ObjectPath::from(key)).await {
+                Ok(r) => Some(
+                    r.bytes()
+                        .await
+                        .unwrap_or_else(|e| panic!("reading s3://{bucket}/{key}: {e}")),
+                ),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("getting s3://{bucket}/{key}: {e}"),
+            }
+        })
+    }
+
+    /// Runs the binary with only this server's credentials and endpoint in the `AWS_*`
+    /// environment (every inherited `AWS_*` and proxy variable removed).
+    fn segmenter(&self, args: &[&str]) -> Output {
+        let mut cmd = bin();
+        for (k, _) in std::env::vars_os() {
+            let name = k.to_string_lossy();
+            if name.starts_with("AWS_") || name.to_ascii_lowercase().ends_with("_proxy") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.args(args)
+            .env("RUST_LOG", "warn")
+            .env("AWS_ENDPOINT_URL", self.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_REGION", REGION);
+        output_within(cmd, RUN_TIMEOUT)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // Err only if the server thread is already gone.
+            stop.send(()).ok();
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("the s3s-fs server thread panicked");
+            }
+        }
+    }
+}
+
+/// Runs `cmd` to completion, killing it (by its own pid) if it takes longer than `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn segmenter");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // The receiver is gone only if the test already gave up on this run.
+        tx.send(child.wait_with_output()).ok();
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for segmenter"),
+        Err(_) => {
+            let killed = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let out = rx
+                .recv_timeout(Duration::from_secs(30))
+                .ok()
+                .and_then(Result::ok);
+            panic!(
+                "segmenter did not finish within {limit:?}; kill -9 {pid}: {killed:?}\n{}",
+                out.as_ref().map(describe).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn s3_pipeline(dir: &Path, orders: &str, extra: &str) -> std::path::PathBuf {
+    let p = dir.join("pipeline-s3.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[inputs]\norders = \"{orders}\"\nevents = \"s3://{RAW}/events/\"\ncustomers = \"s3://{RAW}/customers/\"\n\n\
+             [output]\nroot = \"s3://{MARTS}/seg/\"\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Uploads the generated shop's orders/, events/ (with its dt=YYYY-MM/ directories) and
+/// customers/ to s3://shop-raw/.
+fn upload_shop(server: &S3Server) -> BTreeMap<&'static str, Vec<String>> {
+    let mut keys = BTreeMap::new();
+    for table in ["orders", "events", "customers"] {
+        keys.insert(
+            table,
+            server.upload_dir(&shop().join(table), RAW, &format!("{table}/")),
+        );
+    }
+    assert!(
+        keys["events"].iter().all(|k| k.starts_with("events/dt=")),
+        "events keep their Hive layout: {:?}",
+        keys["events"]
+    );
+    keys
+}
+
+fn read_parquet_bytes(data: Bytes, what: &str) -> Vec<RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(data)
+        .unwrap_or_else(|e| panic!("{what} is not Parquet: {e}"))
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Checks the CONTRACT columns of customer_segments and returns (customer_id → segment_id).
+fn check_segments(segs: &RecordBatch, ctx: &str) -> BTreeMap<String, i32> {
+    let expected: &[(&str, DataType)] = &[
+        ("customer_id", DataType::Utf8),
+        ("segment", DataType::Utf8),
+        ("segment_id", DataType::Int32),
+        ("churn_risk_score", DataType::Float64),
+        ("churn_risk", DataType::Utf8),
+        ("value_score", DataType::Float64),
+        ("value_segment", DataType::Utf8),
+        ("lifecycle_stage", DataType::Utf8),
+        ("loyalty_tier", DataType::Utf8),
+    ];
+    for (name, ty) in expected {
+        let field = segs
+            .schema()
+            .field_with_name(name)
+            .cloned()
+            .unwrap_or_else(|_| {
+                panic!(
+                    "customer_segments lacks column {name}: {:?}\n{ctx}",
+                    segs.schema()
+                )
+            });
+        assert_eq!(field.data_type(), ty, "type of {name}\n{ctx}");
+    }
+    let text = |name: &str| {
+        segs.column_by_name(name)
+            .unwrap()
+            .as_string::<i32>()
+            .clone()
+    };
+    let one_of = |name: &str, allowed: &[&str]| {
+        for (i, v) in text(name).iter().enumerate() {
+            let v = v.unwrap_or_else(|| panic!("{name} is null at row {i}\n{ctx}"));
+            assert!(
+                allowed.contains(&v),
+                "{name} = {v:?} at row {i}, expected one of {allowed:?}\n{ctx}"
+            );
+        }
+    };
+    one_of("churn_risk", &["low", "medium", "high"]);
+    one_of("value_segment", &["high", "medium", "low"]);
+    one_of(
+        "lifecycle_stage",
+        &[
+            "potential",
+            "development",
+            "growth",
+            "maturity",
+            "decline",
+            "termination",
+        ],
+    );
+    one_of(
+        "loyalty_tier",
+        &["none", "habitual", "preference", "committed"],
+    );
+
+    let churn = segs
+        .column_by_name("churn_risk_score")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    for (i, v) in churn.iter().enumerate() {
+        let v = v.unwrap_or_else(|| panic!("churn_risk_score null at row {i}"));
+        assert!(
+            (0.0..=1.0).contains(&v),
+            "churn_risk_score {v} at row {i} outside [0,1]\n{ctx}"
+        );
+    }
+    let value = segs
+        .column_by_name("value_score")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    for (i, v) in value.iter().enumerate() {
+        let v = v.unwrap_or_else(|| panic!("value_score null at row {i}"));
+        assert!(
+            v.is_finite() && v >= 0.0,
+            "value_score {v} at row {i}\n{ctx}"
+        );
+    }
+
+    let ids = text("customer_id");
+    let names = text("segment");
+    let seg_ids = segs
+        .column_by_name("segment_id")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let mut out = BTreeMap::new();
+    let mut name_of: BTreeMap<i32, String> = BTreeMap::new();
+    for i in 0..segs.num_rows() {
+        let id = ids.value(i).to_string();
+        let seg = seg_ids.value(i);
+        let name = names.value(i);
+        assert!(!name.is_empty(), "empty segment name at row {i}");
+        let known = name_of.entry(seg).or_insert_with(|| name.to_string());
+        assert_eq!(known, name, "segment_id {seg} carries two names\n{ctx}");
+        assert!(
+            out.insert(id.clone(), seg).is_none(),
+            "customer {id} appears twice\n{ctx}"
+        );
+    }
+    out
+}
+
+fn manifest_files<'a>(manifest: &'a serde_json::Value, table: &str) -> Vec<&'a str> {
+    manifest["outputs"][table]
+        .as_array()
+        .unwrap_or_else(|| {
+            panic!(
+                "manifest.outputs.{table} is not a list: {:#}",
+                manifest["outputs"]
+            )
+        })
+        .iter()
+        .map(|v| v.as_str().expect("file URL"))
+        .collect()
+}
+
+#[test]
+fn run_against_s3_matches_the_local_run() {
+    let server = S3Server::start(&[RAW, MARTS]);
+    let uploaded = upload_shop(&server);
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The S3 run.
+    let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), "");
+    let out = server.segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let ctx = describe(&out);
+    assert_eq!(out.status.code(), Some(0), "S3 run failed\n{ctx}");
+
+    // The local run of the same shop.
+    let local_out = tmp.path().join("local-out");
+    let lp = pipeline(tmp.path(), shop(), &local_out, "");
+    let local = segmenter(&["run", "--pipeline", lp.to_str().unwrap(), "--date", DATE]);
+    assert!(
+        local.status.success(),
+        "local run failed\n{}",
+        describe(&local)
+    );
+
+    // The manifest: published, parseable, and lists exactly the files that are there.
+    let manifest_key = format!("seg/_runs/{DATE}/manifest.json");
+    let manifest_bytes = server.get(MARTS, &manifest_key).unwrap_or_else(|| {
+        panic!(
+            "no s3://{MARTS}/{manifest_key}; objects: {:?}\n{ctx}",
+            server.list(MARTS, "seg")
+        )
+    });
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest_bytes).expect("manifest.json parses");
+    assert_eq!(manifest["run_date"], DATE, "manifest.run_date\n{ctx}");
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/_lock"))
+            .is_none(),
+        "the run lock must be released\n{ctx}"
+    );
+    let seg_prefix = format!("seg/customer_segments/run_date={DATE}/");
+    let listed: Vec<&str> = manifest_files(&manifest, "customer_segments");
+    assert!(
+        !listed.is_empty(),
+        "manifest lists no customer_segments file\n{manifest:#}\n{ctx}"
+    );
+    let present: BTreeSet<String> = server
+        .list(MARTS, &seg_prefix)
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    let listed_keys: BTreeSet<String> = listed
+        .iter()
+        .map(|u| {
+            u.strip_prefix(&format!("s3://{MARTS}/"))
+                .unwrap_or_else(|| panic!("manifest file {u} is not under s3://{MARTS}/"))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        listed_keys, present,
+        "manifest customer_segments vs objects in the bucket\n{ctx}"
+    );
+
+    // Inputs were all found through S3 listing (incl. the Hive dt= directories).
+    let local_manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(local_out.join(format!("_runs/{DATE}/manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    for table in ["orders", "events", "customers"] {
+        let (s3, loc) = (&manifest["inputs"][table], &local_manifest["inputs"][table]);
+        assert_eq!(
+            s3["files"].as_u64(),
+            Some(uploaded[table].len() as u64),
+            "inputs.{table}.files\n{s3:#}\n{ctx}"
+        );
+        assert_eq!(
+            s3["location"],
+            format!("s3://{RAW}/{table}/"),
+            "inputs.{table}.location\n{ctx}"
+        );
+        for k in [
+            "rows_in_files",
+            "rows_used",
+            "rows_after_cutoff",
+            "bytes",
+            "rejected",
+        ] {
+            assert_eq!(s3[k], loc[k], "inputs.{table}.{k}: S3 vs local\n{ctx}");
+        }
+    }
+
+    // customer_segments, read through the S3 API.
+    let mut batches = Vec::new();
+    for key in &present {
+        batches.extend(read_parquet_bytes(server.get(MARTS, key).unwrap(), key));
+    }
+    let segs = concat_batches(&batches[0].schema(), &batches).unwrap();
+    let s3_assign = check_segments(&segs, &ctx);
+    let local_segs = read_table(&local_out.join(format!("customer_segments/run_date={DATE}")));
+    let local_assign = check_segments(&local_segs, &describe(&local));
+    assert_eq!(
+        segs.num_rows(),
+        600,
+        "one row per customer of the 600-customer shop\n{ctx}"
+    );
+    assert_eq!(
+        manifest["customers"].as_u64(),
+        Some(600),
+        "manifest.customers\n{ctx}"
+    );
+    assert_eq!(
+        s3_assign.len(),
+        local_assign.len(),
+        "customers: S3 vs local\n{ctx}"
+    );
+    let differing: Vec<_> = local_assign
+        .iter()
+        .filter(|(id, seg)| s3_assign.get(*id) != Some(seg))
+        .take(10)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "segment assignments differ between the S3 and local runs, e.g. {differing:?}\n{ctx}"
+    );
+
+    // Exports: one CSV per segment, every customer in exactly one of them.
+    let export_prefix = format!("seg/exports/run_date={DATE}/");
+    let csvs: Vec<ObjectMeta> = server.list(MARTS, &export_prefix);
+    let k = manifest["clustering"]["k"].as_u64().expect("clustering.k") as usize;
+    assert_eq!(
+        csvs.len(),
+        k,
+        "one export per segment: {:?}\n{ctx}",
+        csvs.iter()
+            .map(|m| m.location.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        manifest_files(&manifest, "exports").len(),
+        k,
+        "manifest lists every export\n{ctx}"
+    );
+    let mut exported = BTreeSet::new();
+    for m in &csvs {
+        let key = m.location.to_string();
+        assert!(key.ends_with(".csv"), "{key}");
+        let text = String::from_utf8(server.get(MARTS, &key).unwrap().to_vec()).unwrap();
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .is_some_and(|h| h.starts_with("customer_id,email,segment,")),
+            "{key}: header: {:?}",
+            text.lines().next()
+        );
+        for line in lines {
+            let id = line.split(',').next().unwrap().to_string();
+            assert!(s3_assign.contains_key(&id), "{key}: unknown customer {id}");
+            assert!(exported.insert(id.clone()), "{id} exported twice");
+        }
+    }
+    assert_eq!(
+        exported.len(),
+        600,
+        "every customer is in one export\n{ctx}"
+    );
+
+    // A rerun of the date on S3 publishes a new manifest and deletes the first attempt's
+    // files (list + delete through the S3 API), with the same assignments.
+    let again = server.segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let ctx2 = describe(&again);
+    assert_eq!(again.status.code(), Some(0), "S3 rerun failed\n{ctx2}");
+    let manifest2: serde_json::Value = serde_json::from_slice(
+        &server
+            .get(MARTS, &manifest_key)
+            .expect("manifest after rerun"),
+    )
+    .expect("manifest.json parses");
+    assert_ne!(
+        manifest2["run_id"], manifest["run_id"],
+        "the rerun publishes its own manifest\n{ctx2}"
+    );
+    for (table, prefix) in [
+        ("customer_segments", &seg_prefix),
+        ("exports", &export_prefix),
+    ] {
+        let listed: BTreeSet<String> = manifest_files(&manifest2, table)
+            .iter()
+            .map(|u| {
+                u.strip_prefix(&format!("s3://{MARTS}/"))
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let present: BTreeSet<String> = server
+            .list(MARTS, prefix)
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
+        assert_eq!(
+            listed, present,
+            "{table}: after the rerun only its files remain\n{ctx2}"
+        );
+    }
+    let mut batches = Vec::new();
+    for f in manifest_files(&manifest2, "customer_segments") {
+        let key = f.strip_prefix(&format!("s3://{MARTS}/")).unwrap();
+        batches.extend(read_parquet_bytes(server.get(MARTS, key).unwrap(), key));
+    }
+    let segs2 = concat_batches(&batches[0].schema(), &batches).unwrap();
+    assert_eq!(
+        check_segments(&segs2, &ctx2),
+        s3_assign,
+        "rerun assignments"
+    );
+}
+
+#[test]
+fn s3_held_lock_exits_5_and_is_left_alone() {
+    let server = S3Server::start(&[RAW, MARTS]);
+    upload_shop(&server);
+    let lock_key = format!("seg/_runs/{DATE}/_lock");
+    let body = r#"{"run_id":"someone-else","started_at":"2026-11-01T02:00:00Z"}"#;
+    server
+        .block_on(
+            server
+                .bucket(MARTS)
+                .put(&ObjectPath::from(lock_key.as_str()), PutPayload::from(body)),
+        )
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), "");
+    let out = server.segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let ctx = describe(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "a held lock (create-only put refused) must exit 5\n{ctx}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("s3://{MARTS}/{lock_key}")),
+        "stderr names the lock\n{ctx}"
+    );
+    assert!(
+        stderr.contains("someone-else"),
+        "stderr shows who holds it\n{ctx}"
+    );
+    assert_eq!(
+        server.get(MARTS, &lock_key).as_deref(),
+        Some(body.as_bytes()),
+        "the other run's lock must be left as it was\n{ctx}"
+    );
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
+            .is_none(),
+        "nothing published\n{ctx}"
+    );
+    assert!(
+        server.list(MARTS, "seg/customer_segments").is_empty(),
+        "nothing written\n{ctx}"
+    );
+}
+
+#[test]
+fn s3_orders_prefix_without_files_exits_2_naming_the_key() {
+    let server = S3Server::start(&[RAW, MARTS]);
+    upload_shop(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    // `order/` is a string prefix of the real `orders/` keys, but not a directory of them.
+    let empty = format!("s3://{RAW}/order/");
+    let p = s3_pipeline(tmp.path(), &empty, "");
+    let out = server.segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let ctx = describe(&out);
+    assert_eq!(out.status.code(), Some(2), "{ctx}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("inputs.orders"),
+        "stderr must name the key inputs.orders\n{ctx}"
+    );
+    assert!(
+        stderr.contains(&empty),
+        "stderr must name the location {empty}\n{ctx}"
+    );
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
+            .is_none(),
+        "a failed run must not publish\n{ctx}"
+    );
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/_lock"))
+            .is_none(),
+        "a failed run must release its lock\n{ctx}"
+    );
+}

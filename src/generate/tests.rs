@@ -1,0 +1,594 @@
+use super::world::{DAY_US, EVENT_TYPES, FUTURE_DAYS, PRE_WINDOW_SIGNUP_DAYS, WINDOW_DAYS};
+use super::write::ts_type;
+use super::*;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef, TimestampMicrosecondType};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::collections::{HashMap, HashSet};
+
+fn options(dir: &Path, customers: usize, threads: usize) -> GenerateOptions {
+    let mut o = GenerateOptions::new(dir, customers);
+    o.threads = threads;
+    o
+}
+
+/// All files under `root`, relative, sorted.
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn read(path: &Path) -> (SchemaRef, Vec<RecordBatch>) {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+    let schema = builder.schema().clone();
+    let batches = builder.build().unwrap().map(|b| b.unwrap()).collect();
+    (schema, batches)
+}
+
+/// All batches of the Parquet files under `out/sub`, with their relative paths.
+fn read_all(out: &Path, sub: &str) -> Vec<(PathBuf, SchemaRef, Vec<RecordBatch>)> {
+    files_under(&out.join(sub))
+        .into_iter()
+        .map(|rel| {
+            let (schema, batches) = read(&out.join(sub).join(&rel));
+            (rel, schema, batches)
+        })
+        .collect()
+}
+
+fn fields(schema: &Schema) -> Vec<(String, DataType, bool)> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+        .collect()
+}
+
+fn strings(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
+    let col = batch.column_by_name(name).unwrap().as_string::<i32>();
+    (0..col.len())
+        .map(|i| col.is_valid(i).then(|| col.value(i).to_string()))
+        .collect()
+}
+
+fn times(batch: &RecordBatch, name: &str) -> Vec<Option<i64>> {
+    let col = batch
+        .column_by_name(name)
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    (0..col.len())
+        .map(|i| col.is_valid(i).then(|| col.value(i)))
+        .collect()
+}
+
+fn floats(batch: &RecordBatch, name: &str) -> Vec<f64> {
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+        .values()
+        .to_vec()
+}
+
+fn end_us() -> i64 {
+    NaiveDate::from_ymd_opt(2026, 11, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
+#[test]
+fn same_options_give_identical_bytes_whatever_the_threads() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let sa = generate_chunked(&options(a.path(), 700, 1), 250).unwrap();
+    let sb = generate_chunked(&options(b.path(), 700, 2), 250).unwrap();
+    assert_eq!(
+        (
+            sa.orders,
+            sa.events,
+            sa.anonymous_events,
+            sa.future_orders,
+            sa.files
+        ),
+        (
+            sb.orders,
+            sb.events,
+            sb.anonymous_events,
+            sb.future_orders,
+            sb.files
+        )
+    );
+    let files = files_under(a.path());
+    assert_eq!(files, files_under(b.path()));
+    assert_eq!(files.len(), sa.files);
+    assert!(files.contains(&PathBuf::from("orders/part-00002.parquet")));
+    for f in &files {
+        let ba = fs::read(a.path().join(f)).unwrap();
+        let bb = fs::read(b.path().join(f)).unwrap();
+        assert!(ba == bb, "{} differs between 1 and 2 threads", f.display());
+    }
+
+    // Another seed gives other data.
+    let mut other = options(c.path(), 700, 2);
+    other.seed = 7;
+    generate_chunked(&other, 250).unwrap();
+    let f = Path::new("orders/part-00000.parquet");
+    assert_ne!(
+        fs::read(a.path().join(f)).unwrap(),
+        fs::read(c.path().join(f)).unwrap()
+    );
+
+    // Regenerating into the same directory replaces the earlier output.
+    fs::write(a.path().join("keep.txt"), "x").unwrap();
+    generate_chunked(&options(a.path(), 300, 2), 250).unwrap();
+    assert!(a.path().join("keep.txt").exists());
+    assert!(!a.path().join("orders/part-00002.parquet").exists());
+    assert!(a.path().join("orders/part-00001.parquet").exists());
+}
+
+#[test]
+fn invalid_options_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = generate(&options(dir.path(), 0, 1)).unwrap_err();
+    assert!(matches!(err, GenerateError::InvalidOptions(_)), "{err}");
+}
+
+#[test]
+fn files_follow_the_contract_schemas_and_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let opts = options(out, 500, 2);
+    let summary = generate_chunked(&opts, 200).unwrap();
+    let end = end_us();
+    let start = end - WINDOW_DAYS * DAY_US;
+    let future_end = end + FUTURE_DAYS * DAY_US;
+    let ts = ts_type();
+    let utf8 = DataType::Utf8;
+
+    let order_fields = vec![
+        ("order_id".to_string(), utf8.clone(), false),
+        ("customer_id".to_string(), utf8.clone(), false),
+        ("order_ts".to_string(), ts.clone(), false),
+        ("amount".to_string(), DataType::Float64, false),
+        ("status".to_string(), utf8.clone(), false),
+        ("discount_amount".to_string(), DataType::Float64, false),
+        ("channel".to_string(), utf8.clone(), false),
+    ];
+    let mut order_ids = HashSet::new();
+    let mut n_orders = 0u64;
+    let mut n_future = 0u64;
+    for (sub, lo, hi) in [
+        ("orders", start, end),
+        ("truth/future_orders", end, future_end),
+    ] {
+        let files = read_all(out, sub);
+        assert_eq!(files.len(), 3, "{sub}");
+        for (rel, schema, batches) in files {
+            assert_eq!(fields(&schema), order_fields, "{sub}/{}", rel.display());
+            let mut last: Option<(String, i64)> = None;
+            for b in &batches {
+                let ids = strings(b, "order_id");
+                let customers = strings(b, "customer_id");
+                let t = times(b, "order_ts");
+                let amount = floats(b, "amount");
+                let discount = floats(b, "discount_amount");
+                let status = strings(b, "status");
+                let channel = strings(b, "channel");
+                for i in 0..b.num_rows() {
+                    assert!(
+                        order_ids.insert(ids[i].clone().unwrap()),
+                        "duplicate order id"
+                    );
+                    let t = t[i].unwrap();
+                    assert!(
+                        t >= lo && t < hi,
+                        "{sub}: order_ts {t} outside [{lo}, {hi})"
+                    );
+                    assert!(amount[i] >= 0.0);
+                    assert!(((amount[i] * 100.0).round() - amount[i] * 100.0).abs() < 1e-6);
+                    assert!(discount[i] >= 0.0 && discount[i] <= amount[i] * 0.4 + 0.01);
+                    let st = status[i].as_deref().unwrap();
+                    assert!(["completed", "returned", "cancelled"].contains(&st));
+                    let ch = channel[i].as_deref().unwrap();
+                    assert!(ch == "web" || ch == "app");
+                    let key = (customers[i].clone().unwrap(), t);
+                    if let Some(prev) = &last {
+                        assert!(*prev <= key, "orders not sorted by (customer_id, order_ts)");
+                    }
+                    last = Some(key);
+                }
+                if sub == "orders" {
+                    n_orders += b.num_rows() as u64;
+                } else {
+                    n_future += b.num_rows() as u64;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        (n_orders, n_future),
+        (summary.orders, summary.future_orders)
+    );
+    assert!(n_orders > 0 && n_future > 0);
+
+    let event_fields = vec![
+        ("event_id".to_string(), utf8.clone(), false),
+        ("customer_id".to_string(), utf8.clone(), true),
+        ("session_id".to_string(), utf8.clone(), false),
+        ("event_ts".to_string(), ts.clone(), false),
+        ("event_type".to_string(), utf8.clone(), false),
+    ];
+    let mut event_ids = HashSet::new();
+    let mut months = HashSet::new();
+    let (mut n_events, mut n_anon) = (0u64, 0u64);
+    for (rel, schema, batches) in read_all(out, "events") {
+        assert_eq!(fields(&schema), event_fields, "{}", rel.display());
+        let dt = rel.parent().unwrap().to_str().unwrap().to_string();
+        assert!(dt.starts_with("dt=") && dt.len() == 10, "{dt}");
+        months.insert(dt.clone());
+        for b in &batches {
+            let ids = strings(b, "event_id");
+            let customers = strings(b, "customer_id");
+            let t = times(b, "event_ts");
+            let ty = strings(b, "event_type");
+            for i in 0..b.num_rows() {
+                assert!(
+                    event_ids.insert(ids[i].clone().unwrap()),
+                    "duplicate event id"
+                );
+                let t = t[i].unwrap();
+                assert!(t >= start && t < end, "event_ts {t} outside the window");
+                let month = chrono::DateTime::from_timestamp_micros(t)
+                    .unwrap()
+                    .format("dt=%Y-%m")
+                    .to_string();
+                assert_eq!(month, dt, "event in the wrong partition");
+                assert!(EVENT_TYPES.contains(&ty[i].as_deref().unwrap()));
+                if customers[i].is_none() {
+                    n_anon += 1;
+                }
+            }
+            n_events += b.num_rows() as u64;
+        }
+    }
+    assert_eq!(months.len(), 24);
+    assert_eq!(
+        (n_events, n_anon),
+        (summary.events, summary.anonymous_events)
+    );
+
+    let customer_fields = vec![
+        ("customer_id".to_string(), utf8.clone(), false),
+        ("email".to_string(), utf8.clone(), true),
+        ("signup_ts".to_string(), ts.clone(), false),
+        ("country".to_string(), utf8.clone(), false),
+        ("marketing_opt_in".to_string(), DataType::Boolean, false),
+    ];
+    let mut customer_ids = Vec::new();
+    for (_, schema, batches) in read_all(out, "customers") {
+        assert_eq!(fields(&schema), customer_fields);
+        for b in &batches {
+            let signup = times(b, "signup_ts");
+            for (id, s) in strings(b, "customer_id").into_iter().zip(signup) {
+                customer_ids.push(id.unwrap());
+                let s = s.unwrap();
+                assert!(s < end && s >= start - (PRE_WINDOW_SIGNUP_DAYS + 1) * DAY_US);
+            }
+        }
+    }
+    let expected: Vec<String> = (1..=500).map(|i| format!("C{i:07}")).collect();
+    assert_eq!(customer_ids, expected);
+
+    let (schema, batches) = read(&out.join("truth/customers.parquet"));
+    assert_eq!(
+        fields(&schema),
+        vec![
+            ("customer_id".to_string(), utf8.clone(), false),
+            ("planted_type".to_string(), utf8.clone(), false),
+            ("alive_at_end".to_string(), DataType::Boolean, false),
+            ("dropout_ts".to_string(), ts.clone(), true),
+            (
+                "purchase_rate_per_year".to_string(),
+                DataType::Float64,
+                false
+            ),
+        ]
+    );
+    let truth_ids: Vec<String> = batches
+        .iter()
+        .flat_map(|b| strings(b, "customer_id"))
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(truth_ids, expected);
+    for b in &batches {
+        for t in strings(b, "planted_type") {
+            assert!(PLANTED_TYPES.contains(&t.unwrap().as_str()));
+        }
+    }
+    assert_eq!(summary.customers, 500);
+    assert_eq!(summary.files, files_under(out).len());
+}
+
+#[test]
+fn other_end_dates_shift_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), 150, 2);
+    opts.end_date = NaiveDate::from_ymd_opt(2024, 3, 15).unwrap();
+    let summary = generate(&opts).unwrap();
+    let end = NaiveDate::from_ymd_opt(2024, 3, 16)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros();
+    let start = end - WINDOW_DAYS * DAY_US;
+    let events = read_all(dir.path(), "events");
+    let months: HashSet<String> = events
+        .iter()
+        .map(|(rel, _, _)| rel.parent().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(months.len(), 25, "{months:?}");
+    assert!(months.contains("dt=2022-03") && months.contains("dt=2024-03"));
+    for (_, _, batches) in events {
+        for b in &batches {
+            assert!(times(b, "event_ts")
+                .into_iter()
+                .all(|t| (start..end).contains(&t.unwrap())));
+        }
+    }
+    for (_, _, batches) in read_all(dir.path(), "orders") {
+        for b in &batches {
+            assert!(times(b, "order_ts")
+                .into_iter()
+                .all(|t| (start..end).contains(&t.unwrap())));
+        }
+    }
+    assert!(summary.orders > 0);
+}
+
+/// Per-customer facts gathered from the files of one generation.
+#[derive(Default, Clone)]
+struct Facts {
+    ptype: String,
+    signup: i64,
+    orders: u64,
+    completed_past: u64,
+    discounted: u64,
+    amount: f64,
+    completed_next_90d: u64,
+    future_orders: u64,
+    events: u64,
+    sessions: HashMap<String, i64>,
+}
+
+fn gather(out: &Path) -> (BTreeMap<String, Facts>, u64) {
+    let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+    let (_, truth) = read(&out.join("truth/customers.parquet"));
+    for b in &truth {
+        for (id, t) in strings(b, "customer_id")
+            .into_iter()
+            .zip(strings(b, "planted_type"))
+        {
+            facts.insert(
+                id.unwrap(),
+                Facts {
+                    ptype: t.unwrap(),
+                    ..Facts::default()
+                },
+            );
+        }
+    }
+    for (_, _, batches) in read_all(out, "customers") {
+        for b in &batches {
+            for (id, s) in strings(b, "customer_id")
+                .into_iter()
+                .zip(times(b, "signup_ts"))
+            {
+                facts.get_mut(&id.unwrap()).unwrap().signup = s.unwrap();
+            }
+        }
+    }
+    let end = end_us();
+    for (sub, future) in [("orders", false), ("truth/future_orders", true)] {
+        for (_, _, batches) in read_all(out, sub) {
+            for b in &batches {
+                let ids = strings(b, "customer_id");
+                let t = times(b, "order_ts");
+                let status = strings(b, "status");
+                let amount = floats(b, "amount");
+                let discount = floats(b, "discount_amount");
+                for i in 0..b.num_rows() {
+                    let f = facts.get_mut(ids[i].as_ref().unwrap()).unwrap();
+                    let completed = status[i].as_deref() == Some("completed");
+                    if future {
+                        f.future_orders += 1;
+                        if completed && t[i].unwrap() < end + 90 * DAY_US {
+                            f.completed_next_90d += 1;
+                        }
+                    } else {
+                        f.orders += 1;
+                        f.completed_past += u64::from(completed);
+                        f.discounted += u64::from(discount[i] > 0.0);
+                        f.amount += amount[i];
+                    }
+                }
+            }
+        }
+    }
+    let mut anonymous = 0;
+    for (_, _, batches) in read_all(out, "events") {
+        for b in &batches {
+            let ids = strings(b, "customer_id");
+            let sessions = strings(b, "session_id");
+            let t = times(b, "event_ts");
+            for i in 0..b.num_rows() {
+                match &ids[i] {
+                    None => anonymous += 1,
+                    Some(id) => {
+                        let f = facts.get_mut(id).unwrap();
+                        f.events += 1;
+                        let start = f
+                            .sessions
+                            .entry(sessions[i].clone().unwrap())
+                            .or_insert(i64::MAX);
+                        *start = (*start).min(t[i].unwrap());
+                    }
+                }
+            }
+        }
+    }
+    (facts, anonymous)
+}
+
+#[test]
+fn the_world_is_realistic() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 2000;
+    let summary = generate(&options(dir.path(), n, 2)).unwrap();
+    let speed = summary.events as f64 / summary.elapsed.as_secs_f64();
+    println!(
+        "{n} customers: {} orders, {} events ({} anonymous), {} future orders, {} files in \
+         {:.2?} ({speed:.0} events/s, {} build)",
+        summary.orders,
+        summary.events,
+        summary.anonymous_events,
+        summary.future_orders,
+        summary.files,
+        summary.elapsed,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    );
+    let (facts, anonymous) = gather(dir.path());
+    assert_eq!(facts.len(), n);
+    let end = end_us();
+
+    println!(
+        "{:<15} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "type", "n", "orders", "events", "sessions", "future", "aov", "disc%"
+    );
+    for t in PLANTED_TYPES {
+        let group: Vec<&Facts> = facts.values().filter(|f| f.ptype == *t).collect();
+        let k = group.len().max(1) as f64;
+        let orders: u64 = group.iter().map(|f| f.orders).sum();
+        println!(
+            "{:<15} {:>5} {:>8.2} {:>8.1} {:>8.1} {:>8.2} {:>8.1} {:>8.2}",
+            t,
+            group.len(),
+            orders as f64 / k,
+            group.iter().map(|f| f.events).sum::<u64>() as f64 / k,
+            group.iter().map(|f| f.sessions.len()).sum::<usize>() as f64 / k,
+            group.iter().map(|f| f.future_orders).sum::<u64>() as f64 / k,
+            group.iter().map(|f| f.amount).sum::<f64>() / orders.max(1) as f64,
+            group.iter().map(|f| f.discounted).sum::<u64>() as f64 / orders.max(1) as f64,
+        );
+    }
+
+    let orders_per_customer = summary.orders as f64 / n as f64;
+    let identified = summary.events - summary.anonymous_events;
+    let events_per_customer = identified as f64 / n as f64;
+    let anon_share = anonymous as f64 / summary.events as f64;
+    println!(
+        "orders/customer {orders_per_customer:.2}, identified events/customer \
+         {events_per_customer:.1}, anonymous share {anon_share:.3}"
+    );
+    assert_eq!(anonymous, summary.anonymous_events);
+
+    // Window shoppers browse a lot and (mostly) never buy.
+    let shoppers: Vec<&Facts> = facts
+        .values()
+        .filter(|f| f.ptype == "window_shopper")
+        .collect();
+    let never_bought = shoppers.iter().filter(|f| f.orders == 0).count();
+    println!(
+        "window shoppers without orders: {never_bought} of {}",
+        shoppers.len()
+    );
+    // Some customers only have a customers row.
+    assert!(facts
+        .values()
+        .any(|f| f.ptype == "signup_only" && f.orders == 0 && f.events == 0));
+
+    // Churn labels are not degenerate.
+    let buyers: Vec<&Facts> = facts.values().filter(|f| f.completed_past > 0).collect();
+    let churned = buyers.iter().filter(|f| f.completed_next_90d == 0).count();
+    let churn_rate = churned as f64 / buyers.len() as f64;
+    println!(
+        "churn base rate {churn_rate:.3} among {} past buyers",
+        buyers.len()
+    );
+
+    // At-risk customers' engagement is falling at the end of the data.
+    let (mut last30, mut before60) = (0usize, 0usize);
+    for f in facts.values().filter(|f| f.ptype == "at_risk") {
+        for &s in f.sessions.values() {
+            if s >= end - 30 * DAY_US {
+                last30 += 1;
+            } else if s >= end - 90 * DAY_US {
+                before60 += 1;
+            }
+        }
+    }
+    let (rate_last, rate_before) = (last30 as f64 / 30.0, before60 as f64 / 60.0);
+    println!("at_risk sessions/day: last 30 days {rate_last:.2}, 60 days before {rate_before:.2}");
+
+    assert!(
+        (6.0..=10.0).contains(&orders_per_customer),
+        "{orders_per_customer}"
+    );
+    assert!(
+        (187.5..=312.5).contains(&events_per_customer),
+        "{events_per_customer}"
+    );
+    assert!((0.05..=0.15).contains(&anon_share), "{anon_share}");
+    assert!(never_bought > 0 && never_bought * 2 > shoppers.len());
+    assert!((0.3..=0.7).contains(&churn_rate), "{churn_rate}");
+    assert!(rate_last < rate_before);
+
+    // The types differ the way their names say.
+    let share = |t: &str, pred: &dyn Fn(&Facts) -> bool| {
+        let g: Vec<&Facts> = facts.values().filter(|f| f.ptype == t).collect();
+        g.iter().filter(|f| pred(f)).count() as f64 / g.len().max(1) as f64
+    };
+    let discount_rate = |t: &str| {
+        let g = facts.values().filter(|f| f.ptype == t);
+        let (d, o) = g.fold((0, 0), |(d, o), f| (d + f.discounted, o + f.orders));
+        d as f64 / o.max(1) as f64
+    };
+    let aov = |t: &str| {
+        let g = facts.values().filter(|f| f.ptype == t);
+        let (a, o) = g.fold((0.0, 0), |(a, o), f| (a + f.amount, o + f.orders));
+        a / o.max(1) as f64
+    };
+    assert!(discount_rate("bargain_hunter") > 0.6);
+    assert!(discount_rate("champion") < 0.2);
+    assert!(aov("big_spender") > 3.0 * aov("loyal_regular"));
+    assert!(share("new_customer", &|f| f.signup >= end - 90 * DAY_US) == 1.0);
+    assert!(share("hibernating", &|f| f.future_orders == 0) == 1.0);
+    assert!(share("one_time_buyer", &|f| f.orders + f.future_orders <= 1) == 1.0);
+    let new_signups = facts
+        .values()
+        .filter(|f| f.signup >= end - 90 * DAY_US)
+        .count() as f64
+        / n as f64;
+    println!("signed up in the last 90 days: {new_signups:.3}");
+    assert!((0.1..=0.3).contains(&new_signups), "{new_signups}");
+}
