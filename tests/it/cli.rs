@@ -160,3 +160,26 @@ fn held_lock_exits_5() {
     assert!(stderr(&out).contains("_lock"), "{}", describe(&out));
     assert!(!out_dir.join("_runs/2026-10-31/manifest.json").exists());
 }
+
+#[test]
+fn demo_generates_runs_and_prints_the_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let out = segmenter(&["demo", "--dir", dir.to_str().unwrap(), "--customers", "800"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("manifest:") && stdout.contains("segment"),
+        "{stdout}"
+    );
+    assert!(dir.join("out/_runs/2026-10-31/manifest.json").exists());
+    assert!(dir.join("data/truth/customers.parquet").exists());
+    // one table line per segment (k = 8 in pipelines/demo.toml), under the header
+    let rows = stdout
+        .lines()
+        .skip_while(|l| !(l.contains("segment") && l.contains("mean churn")))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(rows, 8, "{stdout}");
+}
