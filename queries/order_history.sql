@@ -2,7 +2,8 @@
 -- that follows it. The run evaluates this query several times:
 --   * at the run's own cut-off (horizon zero)      -> the order features of every customer;
 --   * 90 days earlier, with a 90-day horizon       -> training labels for the churn score;
---   * 365 days earlier, with a 365-day horizon     -> training labels for the value score.
+--   * 365 days earlier, with a 365-day horizon     -> training labels for the value score
+--     (future_orders_pv: completed orders over the horizon, each discounted to the cut-off).
 -- Only rows before the run's cut-off are ever visible, so the labels are honest.
 --
 -- Parameters (substituted by segmenter):
@@ -36,7 +37,10 @@ WITH history AS (
     count(*) FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed') AS future_orders,
     coalesce(sum(CAST(round(10000 * amount * power(1.0 + {{monthly_discount_rate}},
                      -((date_part('epoch', order_ts) - {{cutoff_epoch}}) / 86400.0 / 30.4375))) AS BIGINT))
-    FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS future_value
+    FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS future_value,
+    coalesce(sum(CAST(round(10000 * power(1.0 + {{monthly_discount_rate}},
+                     -((date_part('epoch', order_ts) - {{cutoff_epoch}}) / 86400.0 / 30.4375))) AS BIGINT))
+    FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS future_orders_pv
   FROM orders
   WHERE order_ts < {{horizon_end}}
   GROUP BY customer_id
@@ -60,7 +64,8 @@ SELECT
   CAST(h.cancellations AS DOUBLE) / nullif(h.orders_placed, 0) AS cancel_rate,
   CAST(h.discounted_orders AS DOUBLE) / nullif(h.frequency + h.returns, 0) AS discount_share,
   coalesce(h.future_orders, 0) AS future_orders,
-  coalesce(h.future_value, 0.0) AS future_value
+  coalesce(h.future_value, 0.0) AS future_value,
+  coalesce(h.future_orders_pv, 0.0) AS future_orders_pv
 FROM known k
 LEFT JOIN history h ON h.customer_id = k.customer_id
 LEFT JOIN customers c ON c.customer_id = k.customer_id

@@ -4,8 +4,11 @@
 //! First version: a transparent, point-in-time **cell model**. Customers are put in cells by
 //! purchase frequency × days since the last completed order (never-buyers by days since first
 //! seen). Each cell's churn rate is what happened to the customers in that cell 90 days ago
-//! over the following 90 days; each cell's value is the discounted revenue customers in that
-//! cell 365 days ago brought in over the following 365 days. Cell estimates are shrunk towards
+//! over the following 90 days. Value is frequency × spend: each cell learns how many completed
+//! orders (each discounted to present value) customers in that cell 365 days ago placed over
+//! the following 365 days, and that is multiplied by the customer's own spend per order,
+//! shrunk towards the average order value as in Gamma-Gamma (a customer with one order is
+//! mostly average; one with twenty is mostly themself). Cell estimates are shrunk towards
 //! their frequency row and the overall rate (empirical Bayes), so small cells stay sensible.
 //! Only orders before the run's cut-off are used, so nothing is fitted on the future.
 
@@ -24,6 +27,8 @@ pub const CHURN_HORIZON_DAYS: i64 = 90;
 pub const VALUE_HORIZON_DAYS: i64 = 365;
 /// Fewer training customers with an order than this: use the fallback formula.
 const MIN_TRAINING_BUYERS: usize = 200;
+/// Pseudo-orders pulling a customer's spend per order towards the average order value.
+const SPEND_PRIOR_ORDERS: f64 = 2.0;
 
 /// Scores for every customer of the feature table, in its row order.
 #[derive(Debug, Clone)]
@@ -54,7 +59,7 @@ pub struct FitReport {
     pub training_cutoff: String,
     /// Customers in the training snapshot.
     pub training_customers: usize,
-    /// Overall outcome in training: churn rate, or mean discounted revenue.
+    /// Overall outcome in training: churn rate, or mean discounted future orders.
     pub training_mean: f64,
     /// Cells with at least one training customer.
     pub cells: usize,
@@ -196,11 +201,13 @@ pub async fn score(
     let (value, value_report) = match train {
         Ok(t) if buyers(&t)? >= MIN_TRAINING_BUYERS => {
             let keys = cells_of(&t, "first_seen_days")?;
-            let outcomes = t.f64("future_value")?;
+            let outcomes = t.f64("future_orders_pv")?;
             let model = CellModel::fit(&keys, &outcomes, prior);
+            let spend = spend_per_order(features)?;
             let scores = now_cells
                 .iter()
-                .map(|k| model.predict(*k).max(0.0))
+                .zip(&spend)
+                .map(|(k, s)| (model.predict(*k) * s).max(0.0))
                 .collect();
             (scores, fitted("cell_model", value_cutoff, &t, &model))
         }
@@ -219,6 +226,30 @@ pub async fn score(
             value: value_report,
         },
     })
+}
+
+/// Expected spend per future order: the customer's average order value shrunk towards the
+/// average over all buyers by [`SPEND_PRIOR_ORDERS`] pseudo-orders (never-buyers: the average).
+fn spend_per_order(features: &CustomerTable) -> Result<Vec<f64>> {
+    let f = features.f64("frequency")?;
+    let m = features.f64("monetary")?;
+    let (orders, revenue) = f
+        .iter()
+        .zip(&m)
+        .filter(|(f, m)| **f > 0.0 && m.is_finite())
+        .fold((0.0, 0.0), |(o, r), (f, m)| (o + f, r + m));
+    let average = if orders > 0.0 { revenue / orders } else { 0.0 };
+    Ok(f.iter()
+        .zip(&m)
+        .map(|(&f, &m)| {
+            let (f, m) = if f > 0.0 && m.is_finite() {
+                (f, m)
+            } else {
+                (0.0, 0.0)
+            };
+            (m + SPEND_PRIOR_ORDERS * average) / (f + SPEND_PRIOR_ORDERS)
+        })
+        .collect())
 }
 
 fn buyers(t: &CustomerTable) -> Result<usize> {
