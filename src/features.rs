@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::prelude::SessionContext;
 
 use crate::config::Pipeline;
+use crate::engine;
 use crate::error::{Error, Result};
 
 /// A point in time, as the SQL templates need it.
@@ -98,14 +99,7 @@ pub async fn order_history(
         &params(cutoff, horizon_days, pipeline),
         "order_history",
     )?;
-    let df = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| Error::engine("planning queries/order_history.sql", e))?;
-    let batches = df
-        .collect()
-        .await
-        .map_err(|e| Error::engine("running queries/order_history.sql", e))?;
+    let batches = engine::collect(ctx, &sql, "queries/order_history.sql").await?;
     CustomerTable::new(batches, "order_history")
 }
 
@@ -118,25 +112,9 @@ pub async fn customer_features(
 ) -> Result<CustomerTable> {
     let p = params(cutoff, 0, pipeline);
     let history = render(&pipeline.order_history_sql, &p, "order_history")?;
-    let view = ctx
-        .sql(&history)
-        .await
-        .map_err(|e| Error::engine("planning queries/order_history.sql", e))?
-        .cache()
-        .await
-        .map_err(|e| Error::engine("running queries/order_history.sql", e))?;
-    ctx.deregister_table("order_history")
-        .map_err(|e| Error::engine("registering order_history", e))?;
-    ctx.register_table("order_history", view.into_view())
-        .map_err(|e| Error::engine("registering order_history", e))?;
+    engine::materialize(ctx, "order_history", &history, "queries/order_history.sql").await?;
     let sql = render(&pipeline.features_sql, &p, "features")?;
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| Error::engine("planning queries/features.sql", e))?
-        .collect()
-        .await
-        .map_err(|e| Error::engine("running queries/features.sql", e))?;
+    let batches = engine::collect(ctx, &sql, "queries/features.sql").await?;
     CustomerTable::new(batches, "features")
 }
 

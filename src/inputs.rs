@@ -31,6 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::config::{Location, Pipeline};
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::storage::{self, StoreRef};
 
@@ -139,7 +140,7 @@ pub async fn register(
         "CREATE VIEW events AS SELECT customer_id, session_id, event_ts, event_type \
          FROM events_raw WHERE event_ts < {cutoff_sql} AND customer_id IS NOT NULL AND customer_id <> ''"
     );
-    exec(ctx, &view, "creating the events view").await?;
+    engine::collect(ctx, &view, "creating the events view").await?;
 
     let customers = match &pipeline.customers {
         Some(loc) => {
@@ -311,20 +312,8 @@ async fn clean_orders(
            FROM orders_raw WHERE ({reason}) IS NULL \
          ) WHERE version = 1"
     );
-    let df = ctx
-        .sql(&clean)
-        .await
-        .map_err(|e| Error::engine("cleaning orders", e))?
-        .cache()
-        .await
-        .map_err(|e| Error::engine(format!("reading orders from {}", report.location), e))?;
-    let kept = df
-        .clone()
-        .count()
-        .await
-        .map_err(|e| Error::engine("counting orders", e))? as u64;
-    ctx.register_table("orders", df.into_view())
-        .map_err(|e| Error::engine("registering orders", e))?;
+    let what = format!("reading orders from {}", report.location);
+    let kept = engine::materialize(ctx, "orders", &clean, &what).await? as u64;
 
     let counts = format!("SELECT {reason} AS reason, count(*) AS n FROM orders_raw GROUP BY 1");
     let by_reason = reason_counts(ctx, &counts, "counting order rejects").await?;
@@ -409,20 +398,8 @@ async fn clean_customers(
              AND (signup_ts IS NULL OR signup_ts < {cutoff_sql}) \
          ) WHERE version = 1"
     );
-    let df = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| Error::engine("cleaning customers", e))?
-        .cache()
-        .await
-        .map_err(|e| Error::engine(format!("reading customers from {}", report.location), e))?;
-    report.rows_used = df
-        .clone()
-        .count()
-        .await
-        .map_err(|e| Error::engine("counting customers", e))? as u64;
-    ctx.register_table("customers", df.into_view())
-        .map_err(|e| Error::engine("registering customers", e))?;
+    let what = format!("reading customers from {}", report.location);
+    report.rows_used = engine::materialize(ctx, "customers", &sql, &what).await? as u64;
     Ok(report)
 }
 
@@ -433,13 +410,7 @@ async fn reason_counts(
 ) -> Result<Vec<(Option<String>, u64)>> {
     use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::Int64Type;
-    let batches = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| Error::engine(what, e))?
-        .collect()
-        .await
-        .map_err(|e| Error::engine(what, e))?;
+    let batches = engine::collect(ctx, sql, what).await?;
     let mut out = Vec::new();
     for b in &batches {
         let reasons = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)
@@ -457,13 +428,7 @@ async fn reason_counts(
 async fn single_row_counts(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<u64>> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::Int64Type;
-    let batches = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| Error::engine(what, e))?
-        .collect()
-        .await
-        .map_err(|e| Error::engine(what, e))?;
+    let batches = engine::collect(ctx, sql, what).await?;
     let batch = batches
         .iter()
         .find(|b| b.num_rows() > 0)
@@ -473,16 +438,6 @@ async fn single_row_counts(ctx: &SessionContext, sql: &str, what: &str) -> Resul
         .iter()
         .map(|c| c.as_primitive::<Int64Type>().value(0).max(0) as u64)
         .collect())
-}
-
-async fn exec(ctx: &SessionContext, sql: &str, what: &str) -> Result<()> {
-    ctx.sql(sql)
-        .await
-        .map_err(|e| Error::engine(what, e))?
-        .collect()
-        .await
-        .map_err(|e| Error::engine(what, e))?;
-    Ok(())
 }
 
 #[cfg(test)]

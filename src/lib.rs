@@ -14,6 +14,7 @@
 
 pub mod clustering;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod features;
 pub mod generate;
@@ -23,6 +24,7 @@ pub mod outputs;
 pub mod run;
 pub mod segments;
 pub mod storage;
+pub mod tables;
 
 pub use config::Pipeline;
 pub use error::{Error, Result};

@@ -40,20 +40,14 @@ const ADD_TO_CART: u8 = 3;
 const REMOVE_FROM_CART: u8 = 4;
 const CHECKOUT_START: u8 = 5;
 const PURCHASE: u8 = 6;
-pub(super) const EVENT_TYPES: [&str; 7] = [
-    "page_view",
-    "product_view",
-    "search",
-    "add_to_cart",
-    "remove_from_cart",
-    "checkout_start",
-    "purchase",
-];
+/// Indexed by the event codes above; the contract's vocabulary, in the same order.
+pub(super) use crate::inputs::EVENT_TYPES;
 
 const COMPLETED: u8 = 0;
 const RETURNED: u8 = 1;
 const CANCELLED: u8 = 2;
-pub(super) const STATUSES: [&str; 3] = ["completed", "returned", "cancelled"];
+/// Indexed by the status codes above; the contract's vocabulary, in the same order.
+pub(super) use crate::inputs::ORDER_STATUSES as STATUSES;
 pub(super) const CHANNELS: [&str; 2] = ["web", "app"];
 
 pub(super) const COUNTRIES: [&str; 10] =

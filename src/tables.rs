@@ -1,0 +1,361 @@
+//! Output tables: assembles customer_segments, segment_summary and the per-segment CSV
+//! exports from the stages' results (features, scores, clusters). Pure assembly; writing and
+//! publishing are in [`crate::outputs`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::SessionContext;
+
+use crate::clustering::Clustering;
+use crate::config::Pipeline;
+use crate::engine;
+use crate::error::{Error, Result};
+use crate::features::CustomerTable;
+use crate::models::Scores;
+use crate::outputs::{self, csv_field, slug};
+use crate::run::SegmentLine;
+use crate::segments;
+
+/// Per-customer results assembled from the stages.
+pub struct Assigned {
+    /// Segment name of each cluster.
+    pub names: Vec<String>,
+    /// `churn_risk` of each customer.
+    pub churn_band: Vec<&'static str>,
+    /// `value_segment` of each customer.
+    pub value_band: Vec<&'static str>,
+    /// `lifecycle_stage` of each customer.
+    pub lifecycle: Vec<&'static str>,
+    /// `loyalty_tier` of each customer.
+    pub loyalty: Vec<&'static str>,
+}
+
+/// Names the clusters and gives every customer their bands, lifecycle stage and loyalty tier.
+pub fn assign(
+    pipeline: &Pipeline,
+    f: &CustomerTable,
+    s: &Scores,
+    c: &Clustering,
+) -> Result<Assigned> {
+    let (freq, rec, ten) = (
+        f.f64("frequency")?,
+        f.f64("recency_days")?,
+        f.f64("tenure_days")?,
+    );
+    let (f365, disc, ret) = (
+        f.f64("frequency_365d")?,
+        f.f64("discount_share")?,
+        f.f64("return_rate")?,
+    );
+    let m = &pipeline.model;
+    let cut = segments::value_cutoffs(m, &s.value);
+    let n = f.len();
+    Ok(Assigned {
+        names: segments::names(c),
+        churn_band: s
+            .churn
+            .iter()
+            .map(|&p| segments::churn_band(m, p))
+            .collect(),
+        value_band: s
+            .value
+            .iter()
+            .map(|&v| segments::value_band(cut, v))
+            .collect(),
+        lifecycle: (0..n)
+            .map(|i| {
+                segments::lifecycle_stage(
+                    &pipeline.lifecycle,
+                    freq[i],
+                    rec[i],
+                    ten[i],
+                    s.churn[i],
+                    m.churn_high,
+                )
+            })
+            .collect(),
+        loyalty: (0..n)
+            .map(|i| {
+                segments::loyalty_tier(&pipeline.loyalty, f365[i], disc[i], ret[i], s.churn[i])
+            })
+            .collect(),
+    })
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(values))
+}
+
+/// customer_segments: the CONTRACT columns first, then every feature column.
+pub fn customer_segments(
+    f: &CustomerTable,
+    s: &Scores,
+    c: &Clustering,
+    a: &Assigned,
+) -> Result<RecordBatch> {
+    let batch = f.batch();
+    let mut cols: Vec<(String, ArrayRef)> = vec![
+        (
+            "customer_id".into(),
+            cast(
+                batch
+                    .column_by_name("customer_id")
+                    .ok_or_else(|| Error::Model("customer_id missing".into()))?,
+                &DataType::Utf8,
+            )
+            .map_err(|e| Error::engine("customer_id", e.into()))?,
+        ),
+        (
+            "segment".into(),
+            strings(c.assignment.iter().map(|&k| a.names[k].as_str())),
+        ),
+        (
+            "segment_id".into(),
+            Arc::new(Int32Array::from_iter_values(
+                c.assignment.iter().map(|&k| k as i32 + 1),
+            )),
+        ),
+        (
+            "churn_risk_score".into(),
+            Arc::new(Float64Array::from(s.churn.clone())),
+        ),
+        ("churn_risk".into(), strings(a.churn_band.iter().copied())),
+        (
+            "value_score".into(),
+            Arc::new(Float64Array::from(s.value.clone())),
+        ),
+        (
+            "value_segment".into(),
+            strings(a.value_band.iter().copied()),
+        ),
+        (
+            "lifecycle_stage".into(),
+            strings(a.lifecycle.iter().copied()),
+        ),
+        ("loyalty_tier".into(), strings(a.loyalty.iter().copied())),
+    ];
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !cols.iter().any(|(n, _)| n == field.name()) {
+            cols.push((field.name().clone(), Arc::clone(col)));
+        }
+    }
+    let out = RecordBatch::try_from_iter(cols)
+        .map_err(|e| Error::engine("assembling customer_segments", e.into()))?;
+    outputs::portable(&out)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// The profile columns of segment_summary (medians in original units).
+const PROFILE: &[&str] = &[
+    "recency_days",
+    "frequency",
+    "monetary",
+    "avg_order_value",
+    "tenure_days",
+    "return_rate",
+    "discount_share",
+    "sessions_90d",
+    "add_to_cart_90d",
+    "days_since_last_visit",
+];
+
+/// segment_summary: one row per segment — size, share, profile, churn, value, revenue at risk.
+pub fn segment_summary(
+    f: &CustomerTable,
+    s: &Scores,
+    c: &Clustering,
+    a: &Assigned,
+) -> Result<RecordBatch> {
+    let k = c.centroids.len();
+    let n = f.len() as f64;
+    let m365 = f.f64("monetary_365d")?;
+    let mut churn_sum = vec![0.0; k];
+    let mut value_sum = vec![0.0; k];
+    let mut at_risk = vec![0.0; k];
+    let mut high = vec![0i64; k];
+    for (i, &seg) in c.assignment.iter().enumerate() {
+        churn_sum[seg] += s.churn[i];
+        value_sum[seg] += s.value[i];
+        at_risk[seg] += s.churn[i] * m365[i].max(0.0);
+        high[seg] += i64::from(a.churn_band[i] == "high");
+    }
+    let size = |j: usize| c.sizes[j].max(1) as f64;
+    let mut cols: Vec<(String, ArrayRef)> = vec![
+        (
+            "segment_id".into(),
+            Arc::new(Int32Array::from_iter_values((0..k).map(|j| j as i32 + 1))),
+        ),
+        (
+            "segment".into(),
+            strings(a.names.iter().map(String::as_str)),
+        ),
+        (
+            "customers".into(),
+            Arc::new(Int64Array::from_iter_values(
+                c.sizes.iter().map(|&x| x as i64),
+            )),
+        ),
+        (
+            "share".into(),
+            Arc::new(Float64Array::from_iter_values(
+                c.sizes.iter().map(|&x| x as f64 / n),
+            )),
+        ),
+        (
+            "mean_churn_risk_score".into(),
+            Arc::new(Float64Array::from_iter_values(
+                (0..k).map(|j| churn_sum[j] / size(j)),
+            )),
+        ),
+        (
+            "high_churn_customers".into(),
+            Arc::new(Int64Array::from(high)),
+        ),
+        (
+            "total_value".into(),
+            Arc::new(Float64Array::from(value_sum)),
+        ),
+        (
+            "revenue_at_risk".into(),
+            Arc::new(Float64Array::from(at_risk)),
+        ),
+    ];
+    for feature in PROFILE {
+        let values = f.f64(feature)?;
+        let mut per: Vec<Vec<f64>> = vec![Vec::new(); k];
+        for (i, &seg) in c.assignment.iter().enumerate() {
+            per[seg].push(values[i]);
+        }
+        cols.push((
+            format!("median_{feature}"),
+            Arc::new(Float64Array::from_iter(per.into_iter().map(|v| {
+                let m = median(v);
+                (!m.is_nan()).then_some(m)
+            }))),
+        ));
+    }
+    for (j, feature) in c.features.iter().enumerate() {
+        cols.push((
+            format!("centroid_z_{feature}"),
+            Arc::new(Float64Array::from_iter_values(
+                (0..k).map(|seg| c.centroids[seg][j]),
+            )),
+        ));
+    }
+    RecordBatch::try_from_iter(cols)
+        .map_err(|e| Error::engine("assembling segment_summary", e.into()))
+}
+
+/// One line per segment for the run summary (the demo prints them).
+pub fn summary_lines(c: &Clustering, s: &Scores, names: &[String]) -> Vec<SegmentLine> {
+    let k = c.centroids.len();
+    let mut lines: Vec<SegmentLine> = (0..k)
+        .map(|j| SegmentLine {
+            segment_id: j as i32 + 1,
+            segment: names[j].clone(),
+            customers: c.sizes[j],
+            mean_churn: 0.0,
+            total_value: 0.0,
+        })
+        .collect();
+    for (i, &seg) in c.assignment.iter().enumerate() {
+        lines[seg].mean_churn += s.churn[i];
+        lines[seg].total_value += s.value[i];
+    }
+    for l in &mut lines {
+        l.mean_churn /= l.customers.max(1) as f64;
+    }
+    lines
+}
+
+/// One CSV per segment: ids, scores and bands; the e-mail only for customers who opted in.
+pub async fn exports(
+    ctx: &SessionContext,
+    segs: &RecordBatch,
+    names: &[String],
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let contacts = contacts(ctx).await?;
+    let col = |name: &str| -> Result<ArrayRef> {
+        segs.column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Model(format!("customer_segments lacks {name}")))
+    };
+    let ids = col("customer_id")?;
+    let ids = ids.as_string::<i32>();
+    let seg_id = col("segment_id")?;
+    let seg_id = seg_id.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+    let text_cols = [
+        "churn_risk",
+        "value_segment",
+        "lifecycle_stage",
+        "loyalty_tier",
+    ]
+    .map(&col);
+    let mut text = Vec::new();
+    for c in text_cols {
+        text.push(c?);
+    }
+    let churn = col("churn_risk_score")?;
+    let churn = churn.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+    let value = col("value_score")?;
+    let value = value.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+
+    let header = "customer_id,email,segment,churn_risk,value_segment,lifecycle_stage,loyalty_tier,churn_risk_score,value_score\n";
+    let mut files: Vec<Vec<u8>> = names.iter().map(|_| header.as_bytes().to_vec()).collect();
+    for i in 0..segs.num_rows() {
+        let seg = (seg_id.value(i) - 1) as usize;
+        let id = ids.value(i);
+        let email = contacts.get(id).map(String::as_str).unwrap_or("");
+        let mut line = format!(
+            "{},{},{}",
+            csv_field(id),
+            csv_field(email),
+            csv_field(&names[seg])
+        );
+        for t in &text {
+            line.push(',');
+            line.push_str(t.as_string::<i32>().value(i));
+        }
+        line.push_str(&format!(",{:.6},{:.2}\n", churn.value(i), value.value(i)));
+        files[seg].extend_from_slice(line.as_bytes());
+    }
+    Ok(names.iter().map(|n| slug(n)).zip(files).collect())
+}
+
+/// E-mail addresses of customers who opted in to marketing (only these are exported).
+async fn contacts(ctx: &SessionContext) -> Result<HashMap<String, String>> {
+    let sql =
+        "SELECT customer_id, email FROM customers WHERE marketing_opt_in AND email IS NOT NULL";
+    let batches = engine::collect(ctx, sql, "reading contacts").await?;
+    let mut out = HashMap::new();
+    for b in batches {
+        let ids =
+            cast(b.column(0), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
+        let emails =
+            cast(b.column(1), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
+        let (ids, emails) = (ids.as_string::<i32>(), emails.as_string::<i32>());
+        for i in 0..b.num_rows() {
+            out.insert(ids.value(i).to_string(), emails.value(i).to_string());
+        }
+    }
+    Ok(out)
+}
