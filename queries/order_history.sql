@@ -1,72 +1,94 @@
--- Order history of every customer known at the cut-off, and what they did over the horizon
--- that follows it. The run evaluates this query several times:
---   * at the run's own cut-off (horizon zero)      -> the order features of every customer;
---   * 90 days earlier, with a 90-day horizon       -> training labels for the churn score;
---   * 365 days earlier, with a 365-day horizon     -> training labels for the value score
---     (future_orders_pv: completed orders over the horizon, each discounted to the cut-off).
--- Only rows before the run's cut-off are ever visible, so the labels are honest.
+-- Order history of every customer known at each snapshot cut-off, and what they did next.
 --
--- Parameters (substituted by segmenter):
---   {{cutoff}}                 SQL timestamp: the first instant *not* in the history
---   {{cutoff_epoch}}           the same, in seconds since 1970-01-01 UTC
---   {{horizon_end}}            SQL timestamp: end (exclusive) of the outcome window
---   {{monthly_discount_rate}}  discount rate per month (30.4375 days) for present values
--- Tables: orders (clean, one row per order_id), customers (one row per customer_id).
+-- Tables:
+--   snapshots  (snapshot INT, cutoff TIMESTAMP, cutoff_epoch DOUBLE): the as-of instants the run
+--              needs: 0 is the run's own cut-off (the day after the run date, 00:00 UTC);
+--              the others are earlier, for training and backtesting the models
+--   orders     clean orders before the run's cut-off, one row per order_id
+--   customers  one row per customer_id (may be empty)
+-- Parameters (substituted by segmenter): {{monthly_discount_rate}}
+--
+-- Columns named next_* are outcomes after the snapshot's cut-off (labels for the models); they
+-- are only complete when the window ends before the run's cut-off, and segmenter only uses
+-- them then. They are never written to customer_segments.
 -- Money: net revenue = amount of `completed` orders (a `returned` order was refunded, a
 -- `cancelled` one never paid). Money is summed as integers of 1/10000 of the currency unit:
 -- floating-point sums in a parallel engine depend on thread timing, and reruns must give
 -- byte-identical outputs.
-WITH history AS (
+WITH timed AS (
   SELECT
-    customer_id,
-    count(*) FILTER (WHERE order_ts < {{cutoff}}) AS orders_placed,
-    count(*) FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed') AS frequency,
-    count(*) FILTER (WHERE order_ts < {{cutoff}} AND status = 'returned') AS returns,
-    count(*) FILTER (WHERE order_ts < {{cutoff}} AND status = 'cancelled') AS cancellations,
-    count(*) FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'
-                       AND order_ts >= {{cutoff}} - INTERVAL '365 days') AS frequency_365d,
-    coalesce(sum(CAST(round(amount * 10000) AS BIGINT))
-               FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS monetary,
-    coalesce(sum(CAST(round(amount * 10000) AS BIGINT))
-               FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed'
-                         AND order_ts >= {{cutoff}} - INTERVAL '365 days'), 0) / 10000.0 AS monetary_365d,
-    count(*) FILTER (WHERE order_ts < {{cutoff}} AND status IN ('completed', 'returned')
-                       AND discount_amount > 0) AS discounted_orders,
-    min(order_ts) FILTER (WHERE order_ts < {{cutoff}}) AS first_order_ts,
-    max(order_ts) FILTER (WHERE order_ts < {{cutoff}} AND status = 'completed') AS last_completed_ts,
-    count(*) FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed') AS future_orders,
-    coalesce(sum(CAST(round(10000 * amount * power(1.0 + {{monthly_discount_rate}},
-                     -((date_part('epoch', order_ts) - {{cutoff_epoch}}) / 86400.0 / 30.4375))) AS BIGINT))
-    FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS future_value,
-    coalesce(sum(CAST(round(10000 * power(1.0 + {{monthly_discount_rate}},
-                     -((date_part('epoch', order_ts) - {{cutoff_epoch}}) / 86400.0 / 30.4375))) AS BIGINT))
-    FILTER (WHERE order_ts >= {{cutoff}} AND status = 'completed'), 0) / 10000.0 AS future_orders_pv
-  FROM orders
-  WHERE order_ts < {{horizon_end}}
-  GROUP BY customer_id
+    s.snapshot,
+    o.customer_id,
+    o.order_ts,
+    o.status,
+    o.discount_amount,
+    CAST(round(o.amount * 10000) AS BIGINT) AS amount_e4,
+    (date_part('epoch', o.order_ts) - s.cutoff_epoch) / 86400.0 AS days_after
+  FROM orders o
+  JOIN snapshots s ON o.order_ts < s.cutoff + INTERVAL '365 days'
 ),
+history AS (
+  SELECT
+    snapshot,
+    customer_id,
+    count(*) FILTER (WHERE days_after < 0) AS orders_placed,
+    count(*) FILTER (WHERE days_after < 0 AND status = 'completed') AS frequency,
+    count(*) FILTER (WHERE days_after < 0 AND status = 'returned') AS returns,
+    count(*) FILTER (WHERE days_after < 0 AND status = 'cancelled') AS cancellations,
+    count(*) FILTER (WHERE days_after >= -365 AND days_after < 0 AND status = 'completed') AS frequency_365d,
+    coalesce(sum(amount_e4) FILTER (WHERE days_after < 0 AND status = 'completed'), 0) / 10000.0 AS monetary,
+    coalesce(sum(amount_e4) FILTER (WHERE days_after >= -365 AND days_after < 0 AND status = 'completed'), 0)
+      / 10000.0 AS monetary_365d,
+    count(*) FILTER (WHERE days_after < 0 AND status IN ('completed', 'returned') AND discount_amount > 0)
+      AS discounted_orders,
+    -max(days_after) FILTER (WHERE days_after < 0 AND status = 'completed') AS recency_days,
+    -min(days_after) FILTER (WHERE days_after < 0) AS first_order_days,
+    -min(days_after) FILTER (WHERE days_after < 0 AND status = 'completed') AS first_completed_days,
+    -- distinct purchase days: the BG/NBD convention (several orders on one day are one purchase)
+    count(DISTINCT floor(days_after)) FILTER (WHERE days_after < 0 AND status = 'completed') AS purchase_days,
+    -- outcomes
+    count(*) FILTER (WHERE days_after >= 0 AND days_after < 90 AND status = 'completed') AS next_90d_orders,
+    coalesce(sum(amount_e4) FILTER (WHERE days_after >= 0 AND days_after < 90 AND status = 'completed'), 0)
+      / 10000.0 AS next_90d_revenue,
+    coalesce(sum(CAST(round(amount_e4 * power(1.0 + {{monthly_discount_rate}}, -(days_after / 30.4375))) AS BIGINT))
+      FILTER (WHERE days_after >= 0 AND days_after < 365 AND status = 'completed'), 0) / 10000.0 AS next_365d_value,
+    coalesce(sum(CAST(round(10000 * power(1.0 + {{monthly_discount_rate}}, -(days_after / 30.4375))) AS BIGINT))
+      FILTER (WHERE days_after >= 0 AND days_after < 365 AND status = 'completed'), 0) / 10000.0 AS next_365d_orders_pv
+  FROM timed
+  GROUP BY snapshot, customer_id
+),
+-- Everyone with an order up to a year after the cut-off (so customers who are known at the
+-- snapshot through the clickstream keep their outcomes), plus everyone signed up before it.
+-- features.sql decides who is known at the snapshot.
 known AS (
-  SELECT customer_id FROM history WHERE orders_placed > 0
+  SELECT snapshot, customer_id FROM history
   UNION
-  SELECT customer_id FROM customers WHERE signup_ts < {{cutoff}} OR signup_ts IS NULL
+  SELECT s.snapshot, c.customer_id
+  FROM customers c
+  JOIN snapshots s ON c.signup_ts < s.cutoff OR c.signup_ts IS NULL
 )
 SELECT
+  k.snapshot,
   k.customer_id,
+  c.customer_id IS NOT NULL AND (c.signup_ts IS NULL OR c.signup_ts < s.cutoff) AS signed_up,
   coalesce(h.orders_placed, 0) AS orders_placed,
   coalesce(h.frequency, 0) AS frequency,
   coalesce(h.frequency_365d, 0) AS frequency_365d,
   coalesce(h.monetary, 0.0) AS monetary,
   coalesce(h.monetary_365d, 0.0) AS monetary_365d,
   h.monetary / nullif(h.frequency, 0) AS avg_order_value,
-  ({{cutoff_epoch}} - date_part('epoch', h.last_completed_ts)) / 86400.0 AS recency_days,
-  ({{cutoff_epoch}} - date_part('epoch', least(h.first_order_ts, c.signup_ts))) / 86400.0 AS first_seen_days,
+  h.recency_days,
+  coalesce(h.purchase_days, 0) AS purchase_days,
+  h.first_completed_days,
+  greatest(h.first_order_days, (s.cutoff_epoch - date_part('epoch', c.signup_ts)) / 86400.0) AS first_seen_days,
   CAST(h.returns AS DOUBLE) / nullif(h.frequency + h.returns, 0) AS return_rate,
   CAST(h.cancellations AS DOUBLE) / nullif(h.orders_placed, 0) AS cancel_rate,
   CAST(h.discounted_orders AS DOUBLE) / nullif(h.frequency + h.returns, 0) AS discount_share,
-  coalesce(h.future_orders, 0) AS future_orders,
-  coalesce(h.future_value, 0.0) AS future_value,
-  coalesce(h.future_orders_pv, 0.0) AS future_orders_pv
+  coalesce(h.next_90d_orders, 0) AS next_90d_orders,
+  coalesce(h.next_90d_revenue, 0.0) AS next_90d_revenue,
+  coalesce(h.next_365d_value, 0.0) AS next_365d_value,
+  coalesce(h.next_365d_orders_pv, 0.0) AS next_365d_orders_pv
 FROM known k
-LEFT JOIN history h ON h.customer_id = k.customer_id
+JOIN snapshots s ON s.snapshot = k.snapshot
+LEFT JOIN history h ON h.snapshot = k.snapshot AND h.customer_id = k.customer_id
 LEFT JOIN customers c ON c.customer_id = k.customer_id
-ORDER BY k.customer_id

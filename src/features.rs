@@ -72,50 +72,118 @@ pub fn render(sql: &str, params: &HashMap<&str, String>, query: &str) -> Result<
     Ok(out)
 }
 
-fn params(cutoff: Cutoff, horizon_days: i64, pipeline: &Pipeline) -> HashMap<&'static str, String> {
-    HashMap::from([
-        ("cutoff", cutoff.sql()),
-        ("cutoff_epoch", cutoff.epoch().to_string()),
-        (
-            "horizon_end",
-            Cutoff(cutoff.0 + chrono::Duration::days(horizon_days)).sql(),
-        ),
-        (
-            "monthly_discount_rate",
-            format!("{:?}", pipeline.model.monthly_discount_rate),
-        ),
-    ])
+fn params(pipeline: &Pipeline) -> HashMap<&'static str, String> {
+    HashMap::from([(
+        "monthly_discount_rate",
+        format!("{:?}", pipeline.model.monthly_discount_rate),
+    )])
 }
 
-/// Runs order_history.sql at `cutoff` with an outcome window of `horizon_days`.
-pub async fn order_history(
-    ctx: &SessionContext,
-    pipeline: &Pipeline,
-    cutoff: Cutoff,
-    horizon_days: i64,
-) -> Result<CustomerTable> {
-    let sql = render(
-        &pipeline.order_history_sql,
-        &params(cutoff, horizon_days, pipeline),
-        "order_history",
-    )?;
-    let batches = engine::collect(ctx, &sql, "queries/order_history.sql").await?;
-    CustomerTable::new(batches, "order_history")
+/// The as-of instants one run computes features for: 0 is the run's own cut-off, the others
+/// lie `days` before it (the models train and backtest on them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshots(Vec<(i32, Cutoff)>);
+
+impl Snapshots {
+    /// Snapshot 0 at `cutoff`, and snapshot i at `cutoff − days_before[i−1]`.
+    pub fn new(cutoff: Cutoff, days_before: &[i64]) -> Snapshots {
+        let mut v = vec![(0, cutoff)];
+        for (i, d) in days_before.iter().enumerate() {
+            v.push((i as i32 + 1, cutoff.days_before(*d)));
+        }
+        Snapshots(v)
+    }
+
+    /// The cut-off of snapshot `id`.
+    pub fn cutoff(&self, id: i32) -> Option<Cutoff> {
+        self.0.iter().find(|(i, _)| *i == id).map(|(_, c)| *c)
+    }
+
+    /// The `snapshots` table the SQL joins against.
+    fn batch(&self) -> Result<RecordBatch> {
+        use datafusion::arrow::array::{Float64Array, Int32Array, TimestampMicrosecondArray};
+        let ids = Int32Array::from_iter_values(self.0.iter().map(|(i, _)| *i));
+        let ts = TimestampMicrosecondArray::from_iter_values(
+            self.0.iter().map(|(_, c)| c.0.and_utc().timestamp_micros()),
+        );
+        let epoch = Float64Array::from_iter_values(self.0.iter().map(|(_, c)| c.epoch() as f64));
+        RecordBatch::try_from_iter([
+            ("snapshot", std::sync::Arc::new(ids) as _),
+            ("cutoff", std::sync::Arc::new(ts) as _),
+            ("cutoff_epoch", std::sync::Arc::new(epoch) as _),
+        ])
+        .map_err(|e| Error::engine("building the snapshots table", e.into()))
+    }
 }
 
-/// Registers `order_history` at the run's cut-off and runs features.sql: one row per known
-/// customer, ordered by customer_id.
+/// Features of every snapshot, split into one table per snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotFeatures {
+    tables: std::collections::BTreeMap<i32, CustomerTable>,
+}
+
+impl SnapshotFeatures {
+    /// The table of snapshot `id` (customers known at that cut-off), if it has any customer.
+    pub fn get(&self, id: i32) -> Option<&CustomerTable> {
+        self.tables.get(&id)
+    }
+
+    /// The run's own snapshot (0): the customers to score and segment.
+    pub fn current(&self) -> Result<&CustomerTable> {
+        self.get(0).ok_or_else(|| {
+            Error::InputRejected(
+                "no known customers before the cut-off (no orders, sessions or customers rows)"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// Registers `snapshots` and `order_history`, runs features.sql once for all snapshots (one
+/// scan of the events) and splits the result by snapshot. Rows are ordered by customer_id.
 pub async fn customer_features(
     ctx: &SessionContext,
     pipeline: &Pipeline,
-    cutoff: Cutoff,
-) -> Result<CustomerTable> {
-    let p = params(cutoff, 0, pipeline);
+    snapshots: &Snapshots,
+) -> Result<SnapshotFeatures> {
+    let batch = snapshots.batch()?;
+    let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+        .map_err(|e| Error::engine("registering snapshots", e))?;
+    ctx.deregister_table("snapshots")
+        .map_err(|e| Error::engine("registering snapshots", e))?;
+    ctx.register_table("snapshots", std::sync::Arc::new(table))
+        .map_err(|e| Error::engine("registering snapshots", e))?;
+
+    let p = params(pipeline);
     let history = render(&pipeline.order_history_sql, &p, "order_history")?;
     engine::materialize(ctx, "order_history", &history, "queries/order_history.sql").await?;
     let sql = render(&pipeline.features_sql, &p, "features")?;
     let batches = engine::collect(ctx, &sql, "queries/features.sql").await?;
-    CustomerTable::new(batches, "features")
+    let mut tables = std::collections::BTreeMap::new();
+    for (id, _) in &snapshots.0 {
+        let mut part = Vec::new();
+        for b in &batches {
+            let col = b.column_by_name("snapshot").ok_or_else(|| {
+                Error::config(None, "query features must return a column `snapshot`")
+            })?;
+            let col = cast(col, &DataType::Int32)
+                .map_err(|e| Error::engine("reading snapshot", e.into()))?;
+            let mask = datafusion::arrow::compute::kernels::cmp::eq(
+                &col,
+                &datafusion::arrow::array::Int32Array::new_scalar(*id),
+            )
+            .map_err(|e| Error::engine("splitting snapshots", e.into()))?;
+            let rows = datafusion::arrow::compute::filter_record_batch(b, &mask)
+                .map_err(|e| Error::engine("splitting snapshots", e.into()))?;
+            if rows.num_rows() > 0 {
+                part.push(rows);
+            }
+        }
+        if !part.is_empty() {
+            tables.insert(*id, CustomerTable::new(part, "features")?);
+        }
+    }
+    Ok(SnapshotFeatures { tables })
 }
 
 /// A per-customer table in one RecordBatch, with typed column access by name.

@@ -109,19 +109,21 @@ async fn run_locked(
     log_inputs(&inputs);
     lap("inputs", timings);
 
-    let features = features::customer_features(ctx, pipeline, cutoff).await?;
+    let snapshots = models::snapshots(cutoff);
+    let all = features::customer_features(ctx, pipeline, &snapshots).await?;
+    let features = all.current()?;
     tracing::info!(customers = features.len(), "features computed");
     lap("features", timings);
 
-    let scores = models::score(ctx, pipeline, cutoff, &features).await?;
+    let scores = models::score(pipeline, &snapshots, &all)?;
     lap("models", timings);
 
-    let clusters = clustering::fit(&features, &pipeline.clustering)?;
+    let clusters = clustering::fit(features, &pipeline.clustering)?;
     lap("clustering", timings);
 
-    let assigned = tables::assign(pipeline, &features, &scores, &clusters)?;
-    let segments_batch = tables::customer_segments(&features, &scores, &clusters, &assigned)?;
-    let summary_batch = tables::segment_summary(&features, &scores, &clusters, &assigned)?;
+    let assigned = tables::assign(pipeline, features, &scores, &clusters)?;
+    let segments_batch = tables::customer_segments(features, &scores, &clusters, &assigned)?;
+    let summary_batch = tables::segment_summary(features, &scores, &clusters, &assigned)?;
     lap("segments", timings);
 
     let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();

@@ -141,7 +141,9 @@ pub fn customer_segments(
         ("loyalty_tier".into(), strings(a.loyalty.iter().copied())),
     ];
     for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
-        if !cols.iter().any(|(n, _)| n == field.name()) {
+        // `snapshot` is always 0 here, and next_* are outcomes (model labels), not features.
+        let internal = field.name() == "snapshot" || field.name().starts_with("next_");
+        if !internal && !cols.iter().any(|(n, _)| n == field.name()) {
             cols.push((field.name().clone(), Arc::clone(col)));
         }
     }

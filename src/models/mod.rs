@@ -14,17 +14,28 @@
 
 use std::collections::HashMap;
 
-use datafusion::prelude::SessionContext;
 use serde::Serialize;
 
 use crate::config::Pipeline;
 use crate::error::Result;
-use crate::features::{self, CustomerTable, Cutoff};
+use crate::features::{CustomerTable, Cutoff, SnapshotFeatures, Snapshots};
 
 /// The churn horizon the contract defines.
 pub const CHURN_HORIZON_DAYS: i64 = 90;
 /// The value horizon the contract defines.
 pub const VALUE_HORIZON_DAYS: i64 = 365;
+/// Days before the run's cut-off of the snapshots the models need (snapshot ids 1, 2, 3, 4).
+pub const SNAPSHOT_DAYS: [i64; 4] = [90, 180, 365, 455];
+/// Snapshot whose next 90 days (complete before the cut-off) train the churn model.
+pub const CHURN_TRAIN: i32 = 1;
+/// Snapshot whose next 365 days train the value model.
+pub const VALUE_TRAIN: i32 = 3;
+
+/// The snapshots a run at `cutoff` computes features for.
+pub fn snapshots(cutoff: Cutoff) -> Snapshots {
+    Snapshots::new(cutoff, &SNAPSHOT_DAYS)
+}
+
 /// Fewer training customers with an order than this: use the fallback formula.
 const MIN_TRAINING_BUYERS: usize = 200;
 /// Pseudo-orders pulling a customer's spend per order towards the average order value.
@@ -152,32 +163,34 @@ impl CellModel {
     }
 }
 
-/// The cells of every customer in a table that has frequency, recency_days and either
-/// first_seen_days (order_history) or tenure_days (features).
-fn cells_of(table: &CustomerTable, seen_column: &str) -> Result<Vec<(u8, u8)>> {
+/// The cells of every customer of a features table.
+fn cells_of(table: &CustomerTable) -> Result<Vec<(u8, u8)>> {
     let f = table.f64("frequency")?;
     let r = table.f64("recency_days")?;
-    let s = table.f64(seen_column)?;
+    let s = table.f64("tenure_days")?;
     Ok((0..table.len()).map(|i| cell(f[i], r[i], s[i])).collect())
 }
 
-/// Fits both models on the history before `cutoff` and scores the customers of `features`.
-pub async fn score(
-    ctx: &SessionContext,
+/// Fits both models on the earlier snapshots and scores the customers of snapshot 0.
+pub fn score(
     pipeline: &Pipeline,
-    cutoff: Cutoff,
-    features: &CustomerTable,
+    snapshots: &Snapshots,
+    features: &SnapshotFeatures,
 ) -> Result<Scores> {
     let prior = pipeline.model.prior_strength;
-    let now_cells = cells_of(features, "tenure_days")?;
+    let current = features.current()?;
+    let now_cells = cells_of(current)?;
+    let cutoff_of = |id: i32| {
+        snapshots
+            .cutoff(id)
+            .unwrap_or(Cutoff(chrono::NaiveDateTime::MIN))
+    };
 
-    let churn_cutoff = cutoff.days_before(CHURN_HORIZON_DAYS);
-    let train = features::order_history(ctx, pipeline, churn_cutoff, CHURN_HORIZON_DAYS).await;
-    let (churn, churn_report) = match train {
-        Ok(t) if buyers(&t)? >= MIN_TRAINING_BUYERS => {
-            let keys = cells_of(&t, "first_seen_days")?;
+    let (churn, churn_report) = match features.get(CHURN_TRAIN) {
+        Some(t) if buyers(t)? >= MIN_TRAINING_BUYERS => {
+            let keys = cells_of(t)?;
             let labels: Vec<f64> = t
-                .f64("future_orders")?
+                .f64("next_90d_orders")?
                 .iter()
                 .map(|&n| if n > 0.0 { 0.0 } else { 1.0 })
                 .collect();
@@ -186,36 +199,38 @@ pub async fn score(
                 .iter()
                 .map(|k| model.predict(*k).clamp(0.0, 1.0))
                 .collect();
-            (scores, fitted("cell_model", churn_cutoff, &t, &model))
+            (
+                scores,
+                fitted("cell_model", cutoff_of(CHURN_TRAIN), t, &model),
+            )
         }
-        // Too little history (or none at all before the training cut-off): fall back.
-        Ok(_) | Err(crate::Error::InputRejected(_)) => (
-            fallback_churn(features)?,
-            fallback("fallback_run_rate", churn_cutoff),
+        // Too little history before the training cut-off: fall back.
+        _ => (
+            fallback_churn(current)?,
+            fallback("fallback_run_rate", cutoff_of(CHURN_TRAIN)),
         ),
-        Err(e) => return Err(e),
     };
 
-    let value_cutoff = cutoff.days_before(VALUE_HORIZON_DAYS);
-    let train = features::order_history(ctx, pipeline, value_cutoff, VALUE_HORIZON_DAYS).await;
-    let (value, value_report) = match train {
-        Ok(t) if buyers(&t)? >= MIN_TRAINING_BUYERS => {
-            let keys = cells_of(&t, "first_seen_days")?;
-            let outcomes = t.f64("future_orders_pv")?;
+    let (value, value_report) = match features.get(VALUE_TRAIN) {
+        Some(t) if buyers(t)? >= MIN_TRAINING_BUYERS => {
+            let keys = cells_of(t)?;
+            let outcomes = t.f64("next_365d_orders_pv")?;
             let model = CellModel::fit(&keys, &outcomes, prior);
-            let spend = spend_per_order(features)?;
+            let spend = spend_per_order(current)?;
             let scores = now_cells
                 .iter()
                 .zip(&spend)
                 .map(|(k, s)| (model.predict(*k) * s).max(0.0))
                 .collect();
-            (scores, fitted("cell_model", value_cutoff, &t, &model))
+            (
+                scores,
+                fitted("cell_model", cutoff_of(VALUE_TRAIN), t, &model),
+            )
         }
-        Ok(_) | Err(crate::Error::InputRejected(_)) => (
-            fallback_value(features, &churn, pipeline.model.monthly_discount_rate)?,
-            fallback("fallback_run_rate", value_cutoff),
+        _ => (
+            fallback_value(current, &churn, pipeline.model.monthly_discount_rate)?,
+            fallback("fallback_run_rate", cutoff_of(VALUE_TRAIN)),
         ),
-        Err(e) => return Err(e),
     };
 
     Ok(Scores {
