@@ -37,6 +37,21 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Fit and backtest the models for a date and print the backtest (writes nothing).
+    Evaluate {
+        /// Pipeline file (TOML).
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Logical date YYYY-MM-DD (default: yesterday, UTC).
+        #[arg(long)]
+        date: Option<NaiveDate>,
+        /// Override a pipeline key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate a sample shop locally and run the demo pipeline on it.
     Demo {
         /// Working directory for the sample data and the outputs.
@@ -106,6 +121,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The default logical date: yesterday in UTC.
+fn yesterday() -> NaiveDate {
+    chrono::Utc::now()
+        .date_naive()
+        .pred_opt()
+        .unwrap_or_default()
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -147,6 +170,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "published {} ({} customers): {}",
                     d, summary.customers, summary.manifest
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evaluate {
+            pipeline,
+            date,
+            overrides,
+            json,
+        } => {
+            let pipeline = Pipeline::load(&pipeline, &overrides)?;
+            let date = date.unwrap_or_else(yesterday);
+            let report = runtime()?.block_on(segmenter::run::evaluate(&pipeline, date))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", segmenter::models::report_table(&report));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -116,6 +116,7 @@ async fn run_locked(
     lap("features", timings);
 
     let scores = models::score(pipeline, &snapshots, &all)?;
+    log_models(&scores.report);
     lap("models", timings);
 
     let clusters = clustering::fit(features, &pipeline.clustering)?;
@@ -201,6 +202,30 @@ async fn run_locked(
         manifest: manifest_url,
         output_root: root.location.as_str().to_string(),
     })
+}
+
+/// Fits and backtests the models for `date` without writing anything (`segmenter evaluate`).
+pub async fn evaluate(pipeline: &Pipeline, date: NaiveDate) -> Result<models::ModelReport> {
+    let cutoff = Cutoff::for_run_date(date);
+    let ctx = engine::session(pipeline)?;
+    let inputs = inputs::register(&ctx, pipeline, &cutoff.sql()).await?;
+    log_inputs(&inputs);
+    let snapshots = models::snapshots(cutoff);
+    let all = features::customer_features(&ctx, pipeline, &snapshots).await?;
+    let scores = models::score(pipeline, &snapshots, &all)?;
+    log_models(&scores.report);
+    Ok(scores.report)
+}
+
+fn log_models(report: &models::ModelReport) {
+    let b = &report.backtest;
+    tracing::info!(
+        churn = report.churn.method,
+        value = report.value.method,
+        backtest_auc = b.churn_trees.as_ref().map(|m| m.auc),
+        backtest_auc_bgnbd = b.churn_bgnbd.as_ref().map(|m| m.auc),
+        "models fitted"
+    );
 }
 
 fn log_inputs(inputs: &inputs::Inputs) {

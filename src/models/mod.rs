@@ -1,47 +1,62 @@
 //! Scores: churn risk (P(no completed order in the next 90 days)) and value (expected net
-//! revenue over the next 365 days, discounted to present value).
+//! revenue over the next 365 days, discounted to present value), with a built-in backtest.
 //!
-//! First version: a transparent, point-in-time **cell model**. Customers are put in cells by
-//! purchase frequency × days since the last completed order (never-buyers by days since first
-//! seen). Each cell's churn rate is what happened to the customers in that cell 90 days ago
-//! over the following 90 days. Value is frequency × spend: each cell learns how many completed
-//! orders (each discounted to present value) customers in that cell 365 days ago placed over
-//! the following 365 days, and that is multiplied by the customer's own spend per order,
-//! shrunk towards the average order value as in Gamma-Gamma (a customer with one order is
-//! mostly average; one with twenty is mostly themself). Cell estimates are shrunk towards
-//! their frequency row and the overall rate (empirical Bayes), so small cells stay sensible.
-//! Only orders before the run's cut-off are used, so nothing is fitted on the future.
+//! ```text
+//!  snapshot 2 (D−180) ──fit──► churn trees ─┐                 snapshot 1 (D−90) ──fit──► churn trees
+//!  snapshot 4 (D−455) ──fit──► value trees ─┼─► score D−90,   snapshot 3 (D−365) ──fit──► value trees
+//!                                           │   compare with            │
+//!                                           │   (D−90, D]: backtest     └──► score snapshot 0 (D)
+//! ```
+//! At every snapshot BG/NBD and Gamma-Gamma are fitted on that snapshot's own history; their
+//! outputs are features of the trees and the baseline the backtest reports beside them.
+//! Churn trees are calibrated by isotonic regression on a held-out quarter of customers.
+//! Too little history for a model: BG/NBD (+ Gamma-Gamma), else a run-rate formula, and the
+//! manifest says which (`method`).
 
-use std::collections::HashMap;
+pub mod backtest;
+pub mod bgnbd;
+pub mod calibration;
+pub mod cdnow;
+pub mod classical;
+pub mod design;
+pub mod gamma_gamma;
+pub mod gbm;
+pub mod metrics;
+pub mod optimize;
+pub mod special;
+pub mod supervised;
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::config::Pipeline;
 use crate::error::Result;
 use crate::features::{CustomerTable, Cutoff, SnapshotFeatures, Snapshots};
+use backtest::{Backtest, ChurnMetrics, ValueMetrics};
+use classical::{Classical, Outputs};
+use design::Design;
+use supervised::{ChurnModel, Fitted, ValueModel};
 
-/// The churn horizon the contract defines.
-pub const CHURN_HORIZON_DAYS: i64 = 90;
-/// The value horizon the contract defines.
-pub const VALUE_HORIZON_DAYS: i64 = 365;
 /// Days before the run's cut-off of the snapshots the models need (snapshot ids 1, 2, 3, 4).
 pub const SNAPSHOT_DAYS: [i64; 4] = [90, 180, 365, 455];
-/// Snapshot whose next 90 days (complete before the cut-off) train the churn model.
+/// Trains the churn model (its next 90 days end at the run's cut-off); backtest scoring point.
 pub const CHURN_TRAIN: i32 = 1;
-/// Snapshot whose next 365 days train the value model.
+/// Trains the churn model of the backtest (its next 90 days end at D−90).
+pub const CHURN_BACKTEST_TRAIN: i32 = 2;
+/// Trains the value model (its next 365 days end at the run's cut-off).
 pub const VALUE_TRAIN: i32 = 3;
+/// Trains the value model of the backtest (its next 365 days end at D−90).
+pub const VALUE_BACKTEST_TRAIN: i32 = 4;
+/// Fewer training customers with a completed order than this: not enough to learn from.
+const MIN_TRAINING_BUYERS: usize = 200;
 
 /// The snapshots a run at `cutoff` computes features for.
 pub fn snapshots(cutoff: Cutoff) -> Snapshots {
     Snapshots::new(cutoff, &SNAPSHOT_DAYS)
 }
 
-/// Fewer training customers with an order than this: use the fallback formula.
-const MIN_TRAINING_BUYERS: usize = 200;
-/// Pseudo-orders pulling a customer's spend per order towards the average order value.
-const SPEND_PRIOR_ORDERS: f64 = 2.0;
-
-/// Scores for every customer of the feature table, in its row order.
+/// Scores for every customer of snapshot 0, in its row order.
 #[derive(Debug, Clone)]
 pub struct Scores {
     /// P(no completed order in the next 90 days), in [0, 1].
@@ -55,181 +70,219 @@ pub struct Scores {
 /// What the manifest records about the models.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelReport {
-    /// The churn model.
+    /// The churn model used for the scores.
     pub churn: FitReport,
-    /// The value model.
+    /// The value model used for the scores.
     pub value: FitReport,
+    /// BG/NBD and Gamma-Gamma fitted at the run's cut-off.
+    pub classical: Classical,
+    /// The backtest.
+    pub backtest: Backtest,
 }
 
-/// One fitted model.
+/// One model used for the scores.
 #[derive(Debug, Clone, Serialize)]
 pub struct FitReport {
-    /// `cell_model` or `fallback_run_rate` (not enough history to learn from).
+    /// `gradient_boosted_trees` (+ `isotonic` for churn), `bgnbd`, `bgnbd_gamma_gamma` or
+    /// `fallback_run_rate`: the learner with the better backtest, or the fallback when
+    /// there is too little history.
     pub method: String,
     /// The as-of instant of the training snapshot.
     pub training_cutoff: String,
     /// Customers in the training snapshot.
     pub training_customers: usize,
-    /// Overall outcome in training: churn rate, or mean discounted future orders.
-    pub training_mean: f64,
-    /// Cells with at least one training customer.
-    pub cells: usize,
+    /// Details of the trees, when trees were fitted.
+    pub trees: Option<Fitted>,
 }
 
-/// Frequency buckets: 0, 1, 2, 3, 4–5, 6–9, 10–19, 20+ completed orders.
-fn frequency_bucket(f: f64) -> u8 {
-    match f {
-        f if f < 1.0 => 0,
-        f if f < 2.0 => 1,
-        f if f < 3.0 => 2,
-        f if f < 4.0 => 3,
-        f if f < 6.0 => 4,
-        f if f < 10.0 => 5,
-        f if f < 20.0 => 6,
-        _ => 7,
+/// One snapshot ready for modelling: its table, classical fit and design matrix.
+struct Prepared<'a> {
+    table: &'a CustomerTable,
+    ids: Vec<String>,
+    classical: Classical,
+    outputs: Outputs,
+    design: Design,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(table: &'a CustomerTable, monthly_rate: f64) -> Result<Prepared<'a>> {
+        let classical = Classical::fit(table)?;
+        let outputs = classical.outputs(table, monthly_rate)?;
+        let design = Design::new(table, &outputs.columns())?;
+        Ok(Prepared {
+            table,
+            ids: table.ids()?,
+            classical,
+            outputs,
+            design,
+        })
     }
-}
 
-/// Days buckets: ≤14, ≤30, ≤60, ≤90, ≤180, ≤365, more, unknown.
-fn days_bucket(d: f64) -> u8 {
-    match d {
-        d if d.is_nan() => 7,
-        d if d <= 14.0 => 0,
-        d if d <= 30.0 => 1,
-        d if d <= 60.0 => 2,
-        d if d <= 90.0 => 3,
-        d if d <= 180.0 => 4,
-        d if d <= 365.0 => 5,
-        _ => 6,
-    }
-}
-
-/// The cell of a customer: buyers by recency, never-buyers by days since first seen.
-fn cell(frequency: f64, recency_days: f64, first_seen_days: f64) -> (u8, u8) {
-    let fb = frequency_bucket(frequency);
-    let days = if fb == 0 {
-        first_seen_days
-    } else {
-        recency_days
-    };
-    (fb, days_bucket(days))
-}
-
-/// Per-cell means shrunk towards the frequency row, the row towards the overall mean.
-#[derive(Debug, Default)]
-struct CellModel {
-    cells: HashMap<(u8, u8), f64>,
-    rows: HashMap<u8, f64>,
-    overall: f64,
-}
-
-impl CellModel {
-    fn fit(keys: &[(u8, u8)], outcomes: &[f64], prior: f64) -> CellModel {
-        let n = outcomes.len().max(1) as f64;
-        let overall = outcomes.iter().sum::<f64>() / n;
-        let mut cell_sums: HashMap<(u8, u8), (f64, f64)> = HashMap::new();
-        let mut row_sums: HashMap<u8, (f64, f64)> = HashMap::new();
-        for (k, y) in keys.iter().zip(outcomes) {
-            let c = cell_sums.entry(*k).or_default();
-            c.0 += y;
-            c.1 += 1.0;
-            let r = row_sums.entry(k.0).or_default();
-            r.0 += y;
-            r.1 += 1.0;
-        }
-        let shrink =
-            |(sum, count): (f64, f64), parent: f64| (sum + prior * parent) / (count + prior);
-        let rows: HashMap<u8, f64> = row_sums
+    fn buyers(&self) -> Result<usize> {
+        Ok(self
+            .table
+            .f64("frequency")?
             .iter()
-            .map(|(k, s)| (*k, shrink(*s, overall)))
-            .collect();
-        let cells = cell_sums
+            .filter(|&&f| f > 0.0)
+            .count())
+    }
+
+    fn churned(&self) -> Result<Vec<f64>> {
+        Ok(self
+            .table
+            .f64("next_90d_orders")?
             .iter()
-            .map(|(k, s)| (*k, shrink(*s, rows[&k.0])))
-            .collect();
-        CellModel {
-            cells,
-            rows,
-            overall,
-        }
+            .map(|&n| if n > 0.0 { 0.0 } else { 1.0 })
+            .collect())
     }
 
-    fn predict(&self, key: (u8, u8)) -> f64 {
-        self.cells
-            .get(&key)
-            .or_else(|| self.rows.get(&key.0))
-            .copied()
-            .unwrap_or(self.overall)
+    /// Enough history to learn from, and both outcomes present.
+    fn trainable(&self) -> Result<bool> {
+        let churned = self.churned()?;
+        let rate = churned.iter().sum::<f64>() / churned.len().max(1) as f64;
+        Ok(self.buyers()? >= MIN_TRAINING_BUYERS && rate > 0.0 && rate < 1.0)
     }
 }
 
-/// The cells of every customer of a features table.
-fn cells_of(table: &CustomerTable) -> Result<Vec<(u8, u8)>> {
-    let f = table.f64("frequency")?;
-    let r = table.f64("recency_days")?;
-    let s = table.f64("tenure_days")?;
-    Ok((0..table.len()).map(|i| cell(f[i], r[i], s[i])).collect())
+fn iso(c: Cutoff) -> String {
+    c.0.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// Fits both models on the earlier snapshots and scores the customers of snapshot 0.
+/// BG/NBD churn for everyone: buyers from the model, never-buyers at `non_buyer_rate`.
+fn bgnbd_churn(p: &Prepared, non_buyer_rate: f64) -> Vec<f64> {
+    p.outputs
+        .p_no_purchase_90d
+        .iter()
+        .map(|&x| if x.is_nan() { non_buyer_rate } else { x })
+        .collect()
+}
+
+/// Share of never-buyers of a (training) snapshot who then did not buy within 90 days.
+fn non_buyer_churn(p: &Prepared) -> Result<f64> {
+    let churned = p.churned()?;
+    let (n, k) = p
+        .outputs
+        .p_no_purchase_90d
+        .iter()
+        .zip(&churned)
+        .filter(|(x, _)| x.is_nan())
+        .fold((0.0, 0.0), |(n, k), (_, c)| (n + 1.0, k + c));
+    Ok(if n > 0.0 { k / n } else { 1.0 })
+}
+
+fn zero_nan(v: &[f64]) -> Vec<f64> {
+    v.iter()
+        .map(|x| if x.is_finite() { *x } else { 0.0 })
+        .collect()
+}
+
+/// The learners the backtest chooses between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Learner {
+    /// Gradient-boosted trees on the SQL features and the classical outputs.
+    Trees,
+    /// BG/NBD (churn) or BG/NBD × Gamma-Gamma (value).
+    Classical,
+}
+
+/// Fits the models on the earlier snapshots, backtests them, and scores snapshot 0 with the
+/// learner that did better in the backtest (Brier score for churn, Spearman for value; the
+/// classical model wins ties and stands in where the trees cannot be backtested).
 pub fn score(
     pipeline: &Pipeline,
     snapshots: &Snapshots,
     features: &SnapshotFeatures,
 ) -> Result<Scores> {
-    let prior = pipeline.model.prior_strength;
-    let current = features.current()?;
-    let now_cells = cells_of(current)?;
-    let cutoff_of = |id: i32| {
-        snapshots
-            .cutoff(id)
-            .unwrap_or(Cutoff(chrono::NaiveDateTime::MIN))
-    };
-
-    let (churn, churn_report) = match features.get(CHURN_TRAIN) {
-        Some(t) if buyers(t)? >= MIN_TRAINING_BUYERS => {
-            let keys = cells_of(t)?;
-            let labels: Vec<f64> = t
-                .f64("next_90d_orders")?
-                .iter()
-                .map(|&n| if n > 0.0 { 0.0 } else { 1.0 })
-                .collect();
-            let model = CellModel::fit(&keys, &labels, prior);
-            let scores = now_cells
-                .iter()
-                .map(|k| model.predict(*k).clamp(0.0, 1.0))
-                .collect();
-            (
-                scores,
-                fitted("cell_model", cutoff_of(CHURN_TRAIN), t, &model),
-            )
+    let rate = pipeline.model.monthly_discount_rate;
+    let seed = pipeline.clustering.seed;
+    let mut prepared: BTreeMap<i32, Prepared> = BTreeMap::new();
+    for id in 0..=SNAPSHOT_DAYS.len() as i32 {
+        if let Some(t) = features.get(id) {
+            prepared.insert(id, Prepared::new(t, rate)?);
         }
-        // Too little history before the training cut-off: fall back.
+    }
+    let now = prepared.get(&0).ok_or_else(|| {
+        crate::Error::InputRejected("no known customers before the cut-off".into())
+    })?;
+    let cutoff_of = |id: i32| snapshots.cutoff(id).map(iso).unwrap_or_default();
+    let backtest = run_backtest(&prepared, snapshots, seed)?;
+
+    // Churn.
+    let churn_learner = match (&backtest.churn_trees, &backtest.churn_bgnbd) {
+        (Some(t), Some(c)) if c.brier <= t.brier => Learner::Classical,
+        (Some(_), _) => Learner::Trees,
+        (None, _) => Learner::Classical,
+    };
+    let churn_train = prepared.get(&CHURN_TRAIN);
+    let (churn, churn_report) = match (churn_learner, churn_train) {
+        (Learner::Trees, Some(t)) if t.trainable()? => {
+            let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
+            let report = FitReport {
+                method: "gradient_boosted_trees+isotonic".into(),
+                training_cutoff: cutoff_of(CHURN_TRAIN),
+                training_customers: t.ids.len(),
+                trees: Some(m.fitted.clone()),
+            };
+            (m.predict(&now.design), report)
+        }
+        _ if now.classical.has_bgnbd() => {
+            // Never-buyers: the share of never-buyers 90 days ago who still had not bought.
+            let fallback = fallback_churn(now.table)?;
+            let non_buyers = match churn_train {
+                Some(t) if t.trainable()? => Some(non_buyer_churn(t)?),
+                _ => None,
+            };
+            let p = now
+                .outputs
+                .p_no_purchase_90d
+                .iter()
+                .zip(&fallback)
+                .map(|(b, f)| {
+                    if b.is_nan() {
+                        non_buyers.unwrap_or(*f)
+                    } else {
+                        *b
+                    }
+                })
+                .collect();
+            (p, fit_report("bgnbd", cutoff_of(0), now.ids.len()))
+        }
         _ => (
-            fallback_churn(current)?,
-            fallback("fallback_run_rate", cutoff_of(CHURN_TRAIN)),
+            fallback_churn(now.table)?,
+            fit_report("fallback_run_rate", cutoff_of(0), 0),
         ),
     };
 
-    let (value, value_report) = match features.get(VALUE_TRAIN) {
-        Some(t) if buyers(t)? >= MIN_TRAINING_BUYERS => {
-            let keys = cells_of(t)?;
-            let outcomes = t.f64("next_365d_orders_pv")?;
-            let model = CellModel::fit(&keys, &outcomes, prior);
-            let spend = spend_per_order(current)?;
-            let scores = now_cells
-                .iter()
-                .zip(&spend)
-                .map(|(k, s)| (model.predict(*k) * s).max(0.0))
-                .collect();
-            (
-                scores,
-                fitted("cell_model", cutoff_of(VALUE_TRAIN), t, &model),
-            )
+    // Value.
+    let value_learner = match (&backtest.value_trees, &backtest.value_bgnbd_gg) {
+        (Some(t), Some(c)) if c.spearman >= t.spearman => Learner::Classical,
+        (Some(_), _) => Learner::Trees,
+        (None, _) => Learner::Classical,
+    };
+    let (value, value_report) = match (value_learner, prepared.get(&VALUE_TRAIN)) {
+        (Learner::Trees, Some(t)) if t.buyers()? >= MIN_TRAINING_BUYERS => {
+            let m = ValueModel::fit(
+                t.design.clone(),
+                &t.ids,
+                &t.table.f64("next_365d_value")?,
+                seed,
+            )?;
+            let report = FitReport {
+                method: "gradient_boosted_trees".into(),
+                training_cutoff: cutoff_of(VALUE_TRAIN),
+                training_customers: t.ids.len(),
+                trees: Some(m.fitted.clone()),
+            };
+            (m.predict(&now.design), report)
         }
+        _ if now.classical.has_bgnbd() => (
+            zero_nan(&now.outputs.clv),
+            fit_report("bgnbd_gamma_gamma", cutoff_of(0), now.ids.len()),
+        ),
         _ => (
-            fallback_value(current, &churn, pipeline.model.monthly_discount_rate)?,
-            fallback("fallback_run_rate", cutoff_of(VALUE_TRAIN)),
+            fallback_value(now.table, &churn, rate)?,
+            fit_report("fallback_run_rate", cutoff_of(0), 0),
         ),
     };
 
@@ -239,61 +292,180 @@ pub fn score(
         report: ModelReport {
             churn: churn_report,
             value: value_report,
+            classical: now.classical.clone(),
+            backtest,
         },
     })
 }
 
-/// Expected spend per future order: the customer's average order value shrunk towards the
-/// average over all buyers by [`SPEND_PRIOR_ORDERS`] pseudo-orders (never-buyers: the average).
-fn spend_per_order(features: &CustomerTable) -> Result<Vec<f64>> {
-    let f = features.f64("frequency")?;
-    let m = features.f64("monetary")?;
-    let (orders, revenue) = f
-        .iter()
-        .zip(&m)
-        .filter(|(f, m)| **f > 0.0 && m.is_finite())
-        .fold((0.0, 0.0), |(o, r), (f, m)| (o + f, r + m));
-    let average = if orders > 0.0 { revenue / orders } else { 0.0 };
-    Ok(f.iter()
-        .zip(&m)
-        .map(|(&f, &m)| {
-            let (f, m) = if f > 0.0 && m.is_finite() {
-                (f, m)
-            } else {
-                (0.0, 0.0)
-            };
-            (m + SPEND_PRIOR_ORDERS * average) / (f + SPEND_PRIOR_ORDERS)
-        })
-        .collect())
+fn push_line(out: &mut String, line: String) {
+    out.push_str(&line);
+    out.push('\n');
 }
 
-fn buyers(t: &CustomerTable) -> Result<usize> {
-    Ok(t.f64("frequency")?.iter().filter(|&&f| f > 0.0).count())
+/// The report as a readable table (what `segmenter evaluate` prints).
+pub fn report_table(r: &ModelReport) -> String {
+    let b = &r.backtest;
+    let mut out = String::new();
+    push_line(
+        &mut out,
+        format!(
+            "churn model: {} (trained as of {})",
+            r.churn.method, r.churn.training_cutoff
+        ),
+    );
+    push_line(
+        &mut out,
+        format!(
+            "value model: {} (trained as of {})",
+            r.value.method, r.value.training_cutoff
+        ),
+    );
+    push_line(&mut out, format!("\nbacktest: scored as of {}, compared with the next {} days; {} customers, churn rate {:.3}",
+        b.scored_at, b.window_days, b.customers, b.churn_rate));
+    push_line(
+        &mut out,
+        format!(
+            "\n{:<22} {:>8} {:>8} {:>10} {:>8} {:>8}",
+            "churn", "AUC", "Brier", "base Brier", "ECE", "lift@10"
+        ),
+    );
+    for (name, m) in [("trees", &b.churn_trees), ("BG/NBD", &b.churn_bgnbd)] {
+        match m {
+            Some(m) => {
+                push_line(
+                    &mut out,
+                    format!(
+                        "{name:<22} {:>8.4} {:>8.4} {:>10.4} {:>8.4} {:>8.2}",
+                        m.auc, m.brier, m.base_rate_brier, m.ece, m.top_decile_lift
+                    ),
+                );
+            }
+            None => {
+                push_line(&mut out, format!("{name:<22} {:>8}", "n/a"));
+            }
+        }
+    }
+    push_line(
+        &mut out,
+        format!("\n{:<22} {:>8} {:>12}", "value", "Spearman", "top-20% cap"),
+    );
+    for (name, m) in [
+        ("trees", &b.value_trees),
+        ("BG/NBD × Gamma-Gamma", &b.value_bgnbd_gg),
+    ] {
+        match m {
+            Some(m) => {
+                push_line(
+                    &mut out,
+                    format!("{name:<22} {:>8.4} {:>12.4}", m.spearman, m.top20_capture),
+                );
+            }
+            None => {
+                push_line(&mut out, format!("{name:<22} {:>8}", "n/a"));
+            }
+        }
+    }
+    if let Some(m) = &b.churn_trees {
+        push_line(
+            &mut out,
+            "\ncalibration of the trees (bin: count, predicted, observed)".to_string(),
+        );
+        for bin in m.calibration.iter().filter(|c| c.count > 0) {
+            push_line(
+                &mut out,
+                format!(
+                    "  [{:.1}, {:.1}) {:>8} {:>8.3} {:>8.3}",
+                    bin.lower, bin.upper, bin.count, bin.mean_predicted, bin.observed_rate
+                ),
+            );
+        }
+    }
+    for note in &b.notes {
+        push_line(&mut out, format!("note: {note}"));
+    }
+    out
 }
 
-fn fitted(method: &str, cutoff: Cutoff, t: &CustomerTable, m: &CellModel) -> FitReport {
+fn fit_report(method: &str, cutoff: String, customers: usize) -> FitReport {
     FitReport {
         method: method.into(),
-        training_cutoff: cutoff.0.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        training_customers: t.len(),
-        training_mean: m.overall,
-        cells: m.cells.len(),
+        training_cutoff: cutoff,
+        training_customers: customers,
+        trees: None,
     }
 }
 
-fn fallback(method: &str, cutoff: Cutoff) -> FitReport {
-    FitReport {
-        method: method.into(),
-        training_cutoff: cutoff.0.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        training_customers: 0,
-        training_mean: f64::NAN,
-        cells: 0,
+/// Fit before D−90, score at D−90 (snapshot 1), compare with (D−90, D].
+fn run_backtest(
+    prepared: &BTreeMap<i32, Prepared>,
+    snapshots: &Snapshots,
+    seed: u64,
+) -> Result<Backtest> {
+    let mut report = Backtest {
+        scored_at: snapshots.cutoff(CHURN_TRAIN).map(iso).unwrap_or_default(),
+        window_days: 90,
+        customers: 0,
+        churn_rate: f64::NAN,
+        churn_trees: None,
+        churn_bgnbd: None,
+        value_trees: None,
+        value_bgnbd_gg: None,
+        notes: Vec::new(),
+    };
+    let Some(scored) = prepared.get(&CHURN_TRAIN) else {
+        report
+            .notes
+            .push("no customers 90 days before the run date: no backtest".into());
+        return Ok(report);
+    };
+    let churned = scored.churned()?;
+    report.customers = churned.len();
+    report.churn_rate = churned.iter().sum::<f64>() / churned.len().max(1) as f64;
+
+    match prepared.get(&CHURN_BACKTEST_TRAIN) {
+        Some(t) if t.trainable()? => {
+            let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
+            report.churn_trees = Some(ChurnMetrics::new(&m.predict(&scored.design), &churned));
+        }
+        _ => report
+            .notes
+            .push("churn model: too little history before D−180 to fit the backtest model".into()),
     }
+    if scored.classical.has_bgnbd() {
+        let base = match prepared.get(&CHURN_BACKTEST_TRAIN) {
+            Some(t) => non_buyer_churn(t)?,
+            None => 1.0,
+        };
+        report.churn_bgnbd = Some(ChurnMetrics::new(&bgnbd_churn(scored, base), &churned));
+    }
+
+    let realised = scored.table.f64("next_90d_revenue")?;
+    match prepared.get(&VALUE_BACKTEST_TRAIN) {
+        Some(t) if t.buyers()? >= MIN_TRAINING_BUYERS => {
+            let m = ValueModel::fit(
+                t.design.clone(),
+                &t.ids,
+                &t.table.f64("next_365d_value")?,
+                seed,
+            )?;
+            report.value_trees = Some(ValueMetrics::new(&m.predict(&scored.design), &realised));
+        }
+        _ => report
+            .notes
+            .push("value model: too little history before D−455 to fit the backtest model".into()),
+    }
+    if scored.classical.has_bgnbd() {
+        report.value_bgnbd_gg = Some(ValueMetrics::new(&zero_nan(&scored.outputs.clv), &realised));
+    }
+    report.notes.push(
+        "value is compared with realised net revenue in the 90-day window (the newest window labelled honestly)".into(),
+    );
+    Ok(report)
 }
 
 /// Without history to learn from: a Poisson purchase rate from the customer's own record,
-/// P(no order in 90 days) = exp(−90·λ), λ = (orders + ½) / (tenure + 90 days), damped by how
-/// overdue the customer is relative to their own gap.
+/// P(no order in 90 days) = exp(−90·λ/(1 + overdue)), λ = (orders + ½) / (tenure + 90 days).
 fn fallback_churn(features: &CustomerTable) -> Result<Vec<f64>> {
     let f = features.f64("frequency")?;
     let r = features.f64("recency_days")?;
@@ -306,9 +478,7 @@ fn fallback_churn(features: &CustomerTable) -> Result<Vec<f64>> {
             } else {
                 (r[i] * rate).min(5.0)
             };
-            (-(CHURN_HORIZON_DAYS as f64) * rate / (1.0 + overdue))
-                .exp()
-                .clamp(0.0, 1.0)
+            (-90.0 * rate / (1.0 + overdue)).exp().clamp(0.0, 1.0)
         })
         .collect())
 }
@@ -330,32 +500,6 @@ fn fallback_value(features: &CustomerTable, churn: &[f64], monthly_rate: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_are_monotone() {
-        let f: Vec<u8> = [0.0, 1.0, 2.0, 3.0, 5.0, 9.0, 19.0, 500.0]
-            .iter()
-            .map(|&x| frequency_bucket(x))
-            .collect();
-        assert_eq!(f, vec![0, 1, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(days_bucket(f64::NAN), 7);
-        assert_eq!(days_bucket(400.0), 6);
-    }
-
-    #[test]
-    fn cell_model_shrinks_small_cells() {
-        // 100 customers in cell (1,0) all stayed; one lone customer in (1,6) churned.
-        let mut keys = vec![(1u8, 0u8); 100];
-        let mut y = vec![0.0; 100];
-        keys.push((1, 6));
-        y.push(1.0);
-        let m = CellModel::fit(&keys, &y, 20.0);
-        let lone = m.predict((1, 6));
-        assert!(lone > 0.0 && lone < 0.1, "{lone}");
-        assert!(m.predict((1, 0)) < 0.01);
-        // unseen row falls back to the overall rate
-        assert!((m.predict((5, 5)) - 1.0 / 101.0).abs() < 1e-12);
-    }
 
     #[test]
     fn fallback_scores_are_probabilities() {

@@ -1,0 +1,86 @@
+//! The built-in backtest: each run evaluates its models on the newest window it can label
+//! honestly: fitted on data before D−90, scored as of D−90, compared with what customers did
+//! in (D−90, D]. The trees and the classical BG/NBD + Gamma-Gamma are scored side by side
+//! on the same customers. Nothing is scored on data it was fitted on.
+
+use serde::Serialize;
+
+use super::metrics::{
+    brier, calibration_table, expected_calibration_error, roc_auc, spearman, top_decile_lift,
+    top_share_capture, CalibrationBin,
+};
+
+/// Churn metrics of one scorer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnMetrics {
+    /// ROC AUC of the score vs "no completed order in the window".
+    pub auc: f64,
+    /// Brier score (mean squared error of the probability).
+    pub brier: f64,
+    /// Brier score of always predicting the base rate (the bar to beat).
+    pub base_rate_brier: f64,
+    /// Expected calibration error (10 equal-width bins, count-weighted).
+    pub ece: f64,
+    /// Churn rate among the top 10 % by score ÷ overall churn rate.
+    pub top_decile_lift: f64,
+    /// The calibration table.
+    pub calibration: Vec<CalibrationBin>,
+}
+
+impl ChurnMetrics {
+    /// Metrics of probabilities `p` against outcomes `y` (1 = churned).
+    pub fn new(p: &[f64], y: &[f64]) -> ChurnMetrics {
+        let rate = y.iter().sum::<f64>() / y.len().max(1) as f64;
+        let table = calibration_table(p, y, 10);
+        ChurnMetrics {
+            auc: roc_auc(p, y),
+            brier: brier(p, y),
+            base_rate_brier: rate * (1.0 - rate),
+            ece: expected_calibration_error(&table),
+            top_decile_lift: top_decile_lift(p, y),
+            calibration: table,
+        }
+    }
+}
+
+/// Value metrics of one scorer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueMetrics {
+    /// Spearman rank correlation of the score with realised net revenue.
+    pub spearman: f64,
+    /// Share of realised revenue held by the top 20 % of customers by score.
+    pub top20_capture: f64,
+}
+
+impl ValueMetrics {
+    /// Metrics of scores `v` against realised revenue `r`.
+    pub fn new(v: &[f64], r: &[f64]) -> ValueMetrics {
+        ValueMetrics {
+            spearman: spearman(v, r),
+            top20_capture: top_share_capture(v, r, 0.2),
+        }
+    }
+}
+
+/// The backtest report (manifest `models.backtest`, and `segmenter evaluate`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Backtest {
+    /// The as-of instant the models were scored at (D−90).
+    pub scored_at: String,
+    /// Length of the outcome window compared with, in days.
+    pub window_days: i64,
+    /// Customers scored.
+    pub customers: usize,
+    /// Share of them with no completed order in the window.
+    pub churn_rate: f64,
+    /// Churn: the gradient-boosted trees (fitted as of D−180).
+    pub churn_trees: Option<ChurnMetrics>,
+    /// Churn: BG/NBD P(no purchase in 90 days) (never-buyers: the training non-buyer rate).
+    pub churn_bgnbd: Option<ChurnMetrics>,
+    /// Value: the gradient-boosted trees (fitted as of D−455), against realised net revenue.
+    pub value_trees: Option<ValueMetrics>,
+    /// Value: BG/NBD × Gamma-Gamma discounted CLV.
+    pub value_bgnbd_gg: Option<ValueMetrics>,
+    /// What was left out and why.
+    pub notes: Vec<String>,
+}
