@@ -88,8 +88,6 @@ pub struct ModelParams {
     pub value_high_quantile: f64,
     /// Quantile of positive value scores at or above which a customer is `medium` value.
     pub value_medium_quantile: f64,
-    /// Pseudo-count pulling each cell's rate towards the overall rate (empirical Bayes).
-    pub prior_strength: f64,
 }
 
 impl Default for ModelParams {
@@ -100,7 +98,6 @@ impl Default for ModelParams {
             churn_high: 0.7,
             value_high_quantile: 0.8,
             value_medium_quantile: 0.5,
-            prior_strength: 20.0,
         }
     }
 }
@@ -605,9 +602,6 @@ fn check_model(m: &ModelParams, problems: &mut Vec<String>) {
         problems.push(
             "`model.value_medium_quantile` must not exceed `model.value_high_quantile`".into(),
         );
-    }
-    if !(m.prior_strength.is_finite() && m.prior_strength >= 0.0) {
-        problems.push("`model.prior_strength` must be ≥ 0".into());
     }
 }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod interop;
+mod models;
 mod producers;
 mod run;
 mod s3;
