@@ -51,7 +51,24 @@ pub async fn materialize(ctx: &SessionContext, name: &str, sql: &str, what: &str
 }
 
 /// Runs `sql` to completion; `what` names the query in errors ("counting events").
+/// With `SEGMENTER_EXPLAIN_ANALYZE=1` the query's `EXPLAIN ANALYZE` is logged first (it runs
+/// the query twice: for tuning queries/*.sql, not for production).
 pub async fn collect(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<RecordBatch>> {
+    if std::env::var_os("SEGMENTER_EXPLAIN_ANALYZE").is_some()
+        && !sql.trim_start().starts_with("CREATE")
+    {
+        let plan = ctx
+            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .map_err(|e| Error::engine(format!("explaining {what}"), e))?
+            .collect()
+            .await
+            .map_err(|e| Error::engine(format!("explaining {what}"), e))?;
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        tracing::info!(query = what, "EXPLAIN ANALYZE\n{text}");
+    }
     ctx.sql(sql)
         .await
         .map_err(|e| Error::engine(format!("planning {what}"), e))?

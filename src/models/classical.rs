@@ -12,7 +12,7 @@ use crate::features::CustomerTable;
 
 /// Buyers sampled to fit the classical models: parameters are population-level, so a large
 /// deterministic sample is as good as everyone and keeps the fit fast.
-const FIT_SAMPLE: usize = 20_000;
+const FIT_SAMPLE: usize = 10_000;
 /// Below this many buyers the classical models are not fitted.
 const MIN_BUYERS: usize = 50;
 /// Days per month for discounting.

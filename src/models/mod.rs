@@ -106,9 +106,17 @@ struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     fn new(table: &'a CustomerTable, monthly_rate: f64) -> Result<Prepared<'a>> {
+        let clock = std::time::Instant::now();
         let classical = Classical::fit(table)?;
+        let fitted = clock.elapsed().as_secs_f64();
         let outputs = classical.outputs(table, monthly_rate)?;
         let design = Design::new(table, &outputs.columns())?;
+        tracing::debug!(
+            customers = table.len(),
+            classical_fit_s = fitted,
+            total_s = clock.elapsed().as_secs_f64(),
+            "snapshot prepared"
+        );
         Ok(Prepared {
             table,
             ids: table.ids()?,
@@ -142,6 +150,28 @@ impl<'a> Prepared<'a> {
         let rate = churned.iter().sum::<f64>() / churned.len().max(1) as f64;
         Ok(self.buyers()? >= MIN_TRAINING_BUYERS && rate > 0.0 && rate < 1.0)
     }
+}
+
+/// Prepares every snapshot (classical fits, outputs, design), one thread each: the
+/// snapshots are independent, so the result does not depend on scheduling.
+fn prepare_all(features: &SnapshotFeatures, rate: f64) -> Result<BTreeMap<i32, Prepared<'_>>> {
+    let tables: Vec<(i32, &CustomerTable)> = (0..=SNAPSHOT_DAYS.len() as i32)
+        .filter_map(|id| features.get(id).map(|t| (id, t)))
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = tables
+            .iter()
+            .map(|&(id, t)| (id, scope.spawn(move || Prepared::new(t, rate))))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (id, handle) in handles {
+            let prepared = handle
+                .join()
+                .map_err(|_| crate::Error::Model(format!("preparing snapshot {id} panicked")))??;
+            out.insert(id, prepared);
+        }
+        Ok(out)
+    })
 }
 
 fn iso(c: Cutoff) -> String {
@@ -196,17 +226,14 @@ pub fn score(
 ) -> Result<Scores> {
     let rate = pipeline.model.monthly_discount_rate;
     let seed = pipeline.clustering.seed;
-    let mut prepared: BTreeMap<i32, Prepared> = BTreeMap::new();
-    for id in 0..=SNAPSHOT_DAYS.len() as i32 {
-        if let Some(t) = features.get(id) {
-            prepared.insert(id, Prepared::new(t, rate)?);
-        }
-    }
+    let prepared = prepare_all(features, rate)?;
     let now = prepared.get(&0).ok_or_else(|| {
         crate::Error::InputRejected("no known customers before the cut-off".into())
     })?;
     let cutoff_of = |id: i32| snapshots.cutoff(id).map(iso).unwrap_or_default();
+    let clock = std::time::Instant::now();
     let backtest = run_backtest(&prepared, snapshots, seed)?;
+    tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backtest done");
 
     // Churn.
     let churn_learner = match (&backtest.churn_trees, &backtest.churn_bgnbd) {

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 /// Training rows at most per model (a deterministic sample by id hash): more adds time, not
 /// accuracy, at these model sizes.
-pub const MAX_TRAINING_ROWS: usize = 60_000;
+pub const MAX_TRAINING_ROWS: usize = 40_000;
 
 /// What the manifest records about a fitted supervised model.
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +47,7 @@ pub struct ValueModel {
 fn params(loss: Loss, seed: u64) -> GbmParams {
     GbmParams {
         loss,
-        n_trees: 150,
+        n_trees: 120,
         learning_rate: 0.08,
         max_depth: 4,
         min_samples_leaf: 40,
