@@ -352,18 +352,19 @@ mod tests {
     use rand_distr::{Beta, Distribution, Exp, Gamma};
     use rand_xoshiro::Xoshiro256PlusPlus;
 
-    const CDNOW: BgNbd = BgNbd {
+    /// The published weekly CDNOW parameters.
+    pub(super) const CDNOW: BgNbd = BgNbd {
         r: 0.243,
         alpha: 4.414,
         a: 0.793,
         b: 2.426,
     };
 
-    fn rfm(x: f64, t_x: f64, t: f64) -> Rfm {
+    pub(super) fn rfm(x: f64, t_x: f64, t: f64) -> Rfm {
         Rfm { x, t_x, t }
     }
 
-    fn close(a: f64, b: f64, rel: f64) -> bool {
+    pub(super) fn close(a: f64, b: f64, rel: f64) -> bool {
         (a - b).abs() <= rel * b.abs()
     }
 

@@ -1,6 +1,6 @@
 //! Command line and pipeline-file errors: exit code 2 with a message naming the key or path.
 
-use crate::common::{describe, pipeline, segmenter, shop};
+use crate::common::{describe, pipeline, run_pipeline, segmenter, shop};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -15,13 +15,7 @@ fn unknown_key_exits_2_naming_the_key() {
         &tmp.path().join("out"),
         "[clustering]\nclusters = 5\n",
     );
-    let out = segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "2026-10-31",
-    ]);
+    let out = run_pipeline(&p, "2026-10-31", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(stderr(&out).contains("clusters"), "{}", describe(&out));
 }
@@ -35,13 +29,7 @@ fn missing_input_exits_2_naming_key_and_path() {
         &format!("{}/no-such-dir/", tmp.path().display()),
     );
     std::fs::write(&p, text).unwrap();
-    let out = segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "2026-10-31",
-    ]);
+    let out = run_pipeline(&p, "2026-10-31", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = stderr(&out);
     assert!(
@@ -76,13 +64,7 @@ fn malformed_toml_and_bad_values_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("bad.toml");
     std::fs::write(&p, "[inputs\norders = 1").unwrap();
-    let out = segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "2026-10-31",
-    ]);
+    let out = run_pipeline(&p, "2026-10-31", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 
     let p = pipeline(tmp.path(), shop(), &tmp.path().join("out"), "");
@@ -115,13 +97,7 @@ fn missing_env_var_exits_2_naming_it() {
         "[inputs]\norders = \"s3://${SEGMENTER_TEST_UNSET_BUCKET}/o/\"\n[output]\nroot = \"out\"\n",
     )
     .unwrap();
-    let out = segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "2026-10-31",
-    ]);
+    let out = run_pipeline(&p, "2026-10-31", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         stderr(&out).contains("SEGMENTER_TEST_UNSET_BUCKET"),
@@ -149,13 +125,7 @@ fn held_lock_exits_5() {
     )
     .unwrap();
     let p = pipeline(tmp.path(), shop(), &out_dir, "");
-    let out = segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "2026-10-31",
-    ]);
+    let out = run_pipeline(&p, "2026-10-31", &[]);
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert!(stderr(&out).contains("_lock"), "{}", describe(&out));
     assert!(!out_dir.join("_runs/2026-10-31/manifest.json").exists());

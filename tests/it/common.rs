@@ -22,6 +22,19 @@ pub fn segmenter(args: &[&str]) -> Output {
         .expect("run segmenter")
 }
 
+/// `segmenter run --pipeline P --date D [extra…]`.
+pub fn run_pipeline(pipeline: &Path, date: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--date",
+        date,
+    ];
+    args.extend_from_slice(extra);
+    segmenter(&args)
+}
+
 /// Exit code, stdout and stderr as text, for assertions with context.
 pub fn describe(out: &Output) -> String {
     format!(

@@ -19,13 +19,7 @@ fn duckdb_pyarrow_and_pandas_read_every_table() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let p = pipeline(tmp.path(), shop(), &out, "");
-    let run = crate::common::segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "2026-10-31",
-    ]);
+    let run = crate::common::run_pipeline(&p, "2026-10-31", &[]);
     assert!(run.status.success(), "{}", describe(&run));
     let check = std::process::Command::new(python)
         .arg(concat!(

@@ -8,7 +8,7 @@ use datafusion::arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use segmenter::models::bgnbd::{BgNbd, Rfm};
 use segmenter::models::metrics::roc_auc;
 
-use crate::common::{describe, pipeline, read_table, segmenter, shop};
+use crate::common::{describe, pipeline, read_table, run_pipeline, segmenter, shop};
 
 const CDNOW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cdnow/orders");
 
@@ -40,13 +40,7 @@ fn cdnow_chosen_churn_score_is_at_least_as_good_as_bgnbd() {
         ),
     )
     .unwrap();
-    let run = segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "1997-09-30",
-    ]);
+    let run = run_pipeline(&p, "1997-09-30", &[]);
     assert!(run.status.success(), "{}", describe(&run));
 
     // What really happened: completed orders in [1997-10-01, 1997-12-30).
@@ -134,13 +128,7 @@ fn manifest_carries_the_backtest_and_evaluate_prints_it() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let p = pipeline(tmp.path(), shop(), &out, "");
-    let run = segmenter(&[
-        "run",
-        "--pipeline",
-        p.to_str().unwrap(),
-        "--date",
-        "2026-10-31",
-    ]);
+    let run = run_pipeline(&p, "2026-10-31", &[]);
     assert!(run.status.success(), "{}", describe(&run));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("_runs/2026-10-31/manifest.json")).unwrap())

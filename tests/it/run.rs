@@ -12,20 +12,12 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::common::{describe, parquet_files, pipeline, read_table, segmenter, shop};
+use crate::common::{describe, parquet_files, pipeline, read_table, run_pipeline, shop};
 
 const DATE: &str = "2026-10-31";
 
 fn run(pipeline: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "run",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--date",
-        DATE,
-    ];
-    args.extend_from_slice(extra);
-    let out = segmenter(&args);
+    let out = run_pipeline(pipeline, DATE, extra);
     assert!(out.status.success(), "{}", describe(&out));
 }
 

@@ -172,20 +172,7 @@ mod tests {
     use super::*;
     use crate::models::special::hyp2f1;
 
-    const CDNOW: BgNbd = BgNbd {
-        r: 0.243,
-        alpha: 4.414,
-        a: 0.793,
-        b: 2.426,
-    };
-
-    fn rfm(x: f64, t_x: f64, t: f64) -> Rfm {
-        Rfm { x, t_x, t }
-    }
-
-    fn close(a: f64, b: f64, rel: f64) -> bool {
-        (a - b).abs() <= rel * b.abs()
-    }
+    use super::super::tests::{close, rfm, CDNOW};
 
     /// The paper's eq. 10, evaluated literally (valid away from a = 1).
     fn paper_expected(m: &BgNbd, c: &Rfm, t: f64) -> f64 {
