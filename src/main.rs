@@ -98,13 +98,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     match run(cli) {
         Ok(code) => code,
         Err(err) => match err.downcast_ref::<Error>() {
@@ -118,6 +112,21 @@ fn main() -> ExitCode {
                 ExitCode::from(4)
             }
         },
+    }
+}
+
+/// Logs to stderr: human-readable by default, one JSON object per line with
+/// `SEGMENTER_LOG_FORMAT=json` (for log shippers); the level from `RUST_LOG` (default info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SEGMENTER_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

@@ -153,3 +153,76 @@ fn demo_generates_runs_and_prints_the_segments() {
         .count();
     assert_eq!(rows, 8, "{stdout}");
 }
+
+#[test]
+fn backfill_runs_every_date_oldest_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let p = pipeline(tmp.path(), shop(), &out_dir, "");
+    let out = segmenter(&[
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--from",
+        "2026-10-29",
+        "--to",
+        "2026-10-31",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let order: Vec<usize> = ["2026-10-29", "2026-10-30", "2026-10-31"]
+        .iter()
+        .map(|d| {
+            assert!(
+                out_dir.join(format!("_runs/{d}/manifest.json")).exists(),
+                "{d}"
+            );
+            stdout
+                .find(&format!("published {d}"))
+                .unwrap_or_else(|| panic!("{d}: {stdout}"))
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {stdout}"
+    );
+
+    let reversed = segmenter(&[
+        "run",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--from",
+        "2026-10-31",
+        "--to",
+        "2026-10-29",
+    ]);
+    assert_eq!(reversed.status.code(), Some(2), "{}", describe(&reversed));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), shop(), &tmp.path().join("out"), "");
+    let out = crate::common::bin()
+        .args([
+            "run",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--date",
+            "2026-10-31",
+        ])
+        .env("RUST_LOG", "info")
+        .env("SEGMENTER_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["stage"] == "models"),
+        "{stderr}"
+    );
+}
