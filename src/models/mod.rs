@@ -178,17 +178,27 @@ fn iso(c: Cutoff) -> String {
     c.0.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// BG/NBD churn for everyone: buyers from the model, never-buyers at `non_buyer_rate`.
-fn bgnbd_churn(p: &Prepared, non_buyer_rate: f64) -> Vec<f64> {
-    p.outputs
+/// BG/NBD churn for everyone: buyers from the model; never-buyers at the rate never-buyers
+/// showed in training, or by the run-rate formula when there was nothing to learn from.
+fn bgnbd_churn(p: &Prepared, non_buyer_rate: Option<f64>) -> Result<Vec<f64>> {
+    let fallback = fallback_churn(p.table)?;
+    Ok(p.outputs
         .p_no_purchase_90d
         .iter()
-        .map(|&x| if x.is_nan() { non_buyer_rate } else { x })
-        .collect()
+        .zip(&fallback)
+        .map(|(b, f)| {
+            if b.is_nan() {
+                non_buyer_rate.unwrap_or(*f)
+            } else {
+                *b
+            }
+        })
+        .collect())
 }
 
-/// Share of never-buyers of a (training) snapshot who then did not buy within 90 days.
-fn non_buyer_churn(p: &Prepared) -> Result<f64> {
+/// Share of never-buyers of a (training) snapshot who then did not buy within 90 days (None
+/// when it had no never-buyers to learn from).
+fn non_buyer_churn(p: &Prepared) -> Result<Option<f64>> {
     let churned = p.churned()?;
     let (n, k) = p
         .outputs
@@ -197,7 +207,7 @@ fn non_buyer_churn(p: &Prepared) -> Result<f64> {
         .zip(&churned)
         .filter(|(x, _)| x.is_nan())
         .fold((0.0, 0.0), |(n, k), (_, c)| (n + 1.0, k + c));
-    Ok(if n > 0.0 { k / n } else { 1.0 })
+    Ok((n > 0.0).then(|| k / n))
 }
 
 fn zero_nan(v: &[f64]) -> Vec<f64> {
@@ -214,6 +224,26 @@ pub enum Learner {
     Trees,
     /// BG/NBD (churn) or BG/NBD × Gamma-Gamma (value).
     Classical,
+}
+
+/// The learner to use given each candidate's backtest metric: the trees only when they are
+/// measurably better (strictly, and never on a NaN); the classical model otherwise.
+fn choose(trees: Option<f64>, classical: Option<f64>, lower_is_better: bool) -> Learner {
+    let ordering = match (trees, classical) {
+        (Some(t), Some(c)) => t.partial_cmp(&c),
+        (Some(t), None) if t.is_finite() => return Learner::Trees,
+        _ => return Learner::Classical,
+    };
+    let wanted = if lower_is_better {
+        std::cmp::Ordering::Less
+    } else {
+        std::cmp::Ordering::Greater
+    };
+    if ordering == Some(wanted) {
+        Learner::Trees
+    } else {
+        Learner::Classical
+    }
 }
 
 /// Fits the models on the earlier snapshots, backtests them, and scores snapshot 0 with the
@@ -236,11 +266,11 @@ pub fn score(
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backtest done");
 
     // Churn.
-    let churn_learner = match (&backtest.churn_trees, &backtest.churn_bgnbd) {
-        (Some(t), Some(c)) if c.brier <= t.brier => Learner::Classical,
-        (Some(_), _) => Learner::Trees,
-        (None, _) => Learner::Classical,
-    };
+    let churn_learner = choose(
+        backtest.churn_trees.as_ref().map(|m| m.brier),
+        backtest.churn_bgnbd.as_ref().map(|m| m.brier),
+        true,
+    );
     let churn_train = prepared.get(&CHURN_TRAIN);
     let (churn, churn_report) = match (churn_learner, churn_train) {
         (Learner::Trees, Some(t)) if t.trainable()? => {
@@ -255,25 +285,14 @@ pub fn score(
         }
         _ if now.classical.has_bgnbd() => {
             // Never-buyers: the share of never-buyers 90 days ago who still had not bought.
-            let fallback = fallback_churn(now.table)?;
             let non_buyers = match churn_train {
-                Some(t) if t.trainable()? => Some(non_buyer_churn(t)?),
+                Some(t) if t.trainable()? => non_buyer_churn(t)?,
                 _ => None,
             };
-            let p = now
-                .outputs
-                .p_no_purchase_90d
-                .iter()
-                .zip(&fallback)
-                .map(|(b, f)| {
-                    if b.is_nan() {
-                        non_buyers.unwrap_or(*f)
-                    } else {
-                        *b
-                    }
-                })
-                .collect();
-            (p, fit_report("bgnbd", cutoff_of(0), now.ids.len()))
+            (
+                bgnbd_churn(now, non_buyers)?,
+                fit_report("bgnbd", cutoff_of(0), now.ids.len()),
+            )
         }
         _ => (
             fallback_churn(now.table)?,
@@ -282,11 +301,11 @@ pub fn score(
     };
 
     // Value.
-    let value_learner = match (&backtest.value_trees, &backtest.value_bgnbd_gg) {
-        (Some(t), Some(c)) if c.spearman >= t.spearman => Learner::Classical,
-        (Some(_), _) => Learner::Trees,
-        (None, _) => Learner::Classical,
-    };
+    let value_learner = choose(
+        backtest.value_trees.as_ref().map(|m| m.spearman),
+        backtest.value_bgnbd_gg.as_ref().map(|m| m.spearman),
+        false,
+    );
     let (value, value_report) = match (value_learner, prepared.get(&VALUE_TRAIN)) {
         (Learner::Trees, Some(t)) if t.buyers()? >= MIN_TRAINING_BUYERS => {
             let m = ValueModel::fit(
@@ -462,9 +481,9 @@ fn run_backtest(
     if scored.classical.has_bgnbd() {
         let base = match prepared.get(&CHURN_BACKTEST_TRAIN) {
             Some(t) => non_buyer_churn(t)?,
-            None => 1.0,
+            None => None,
         };
-        report.churn_bgnbd = Some(ChurnMetrics::new(&bgnbd_churn(scored, base), &churned));
+        report.churn_bgnbd = Some(ChurnMetrics::new(&bgnbd_churn(scored, base)?, &churned));
     }
 
     let realised = scored.table.f64("next_90d_revenue")?;
@@ -527,6 +546,22 @@ fn fallback_value(features: &CustomerTable, churn: &[f64], monthly_rate: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trees_must_be_measurably_better() {
+        assert_eq!(choose(Some(0.10), Some(0.12), true), Learner::Trees);
+        assert_eq!(
+            choose(Some(0.12), Some(0.12), true),
+            Learner::Classical,
+            "ties"
+        );
+        assert_eq!(choose(Some(f64::NAN), Some(0.12), true), Learner::Classical);
+        assert_eq!(choose(Some(0.7), Some(0.6), false), Learner::Trees);
+        assert_eq!(choose(Some(0.5), Some(0.6), false), Learner::Classical);
+        assert_eq!(choose(None, Some(0.6), false), Learner::Classical);
+        assert_eq!(choose(Some(0.6), None, false), Learner::Trees);
+        assert_eq!(choose(Some(f64::NAN), None, false), Learner::Classical);
+    }
 
     #[test]
     fn fallback_scores_are_probabilities() {
