@@ -275,12 +275,12 @@ pub fn score(
     let (churn, churn_report) = match (churn_learner, churn_train) {
         (Learner::Trees, Some(t)) if t.trainable()? => {
             let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
-            let report = FitReport {
-                method: "gradient_boosted_trees+isotonic".into(),
-                training_cutoff: cutoff_of(CHURN_TRAIN),
-                training_customers: t.ids.len(),
-                trees: Some(m.fitted.clone()),
-            };
+            let report = trees_report(
+                "gradient_boosted_trees+isotonic",
+                cutoff_of(CHURN_TRAIN),
+                t,
+                &m.fitted,
+            );
             (m.predict(&now.design), report)
         }
         _ if now.classical.has_bgnbd() => {
@@ -314,12 +314,12 @@ pub fn score(
                 &t.table.f64("next_365d_value")?,
                 seed,
             )?;
-            let report = FitReport {
-                method: "gradient_boosted_trees".into(),
-                training_cutoff: cutoff_of(VALUE_TRAIN),
-                training_customers: t.ids.len(),
-                trees: Some(m.fitted.clone()),
-            };
+            let report = trees_report(
+                "gradient_boosted_trees",
+                cutoff_of(VALUE_TRAIN),
+                t,
+                &m.fitted,
+            );
             (m.predict(&now.design), report)
         }
         _ if now.classical.has_bgnbd() => (
@@ -431,6 +431,15 @@ pub fn report_table(r: &ModelReport) -> String {
         push_line(&mut out, format!("note: {note}"));
     }
     out
+}
+
+fn trees_report(method: &str, cutoff: String, trained_on: &Prepared, fitted: &Fitted) -> FitReport {
+    FitReport {
+        method: method.into(),
+        training_cutoff: cutoff,
+        training_customers: trained_on.ids.len(),
+        trees: Some(fitted.clone()),
+    }
 }
 
 fn fit_report(method: &str, cutoff: String, customers: usize) -> FitReport {

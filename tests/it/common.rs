@@ -8,6 +8,22 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::concat_batches;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+/// The customer_segments columns CONTRACT.md promises, with their types.
+pub const CONTRACT_COLUMNS: &[(&str, datafusion::arrow::datatypes::DataType)] = {
+    use datafusion::arrow::datatypes::DataType::{Float64, Int32, Utf8};
+    &[
+        ("customer_id", Utf8),
+        ("segment", Utf8),
+        ("segment_id", Int32),
+        ("churn_risk_score", Float64),
+        ("churn_risk", Utf8),
+        ("value_score", Float64),
+        ("value_segment", Utf8),
+        ("lifecycle_stage", Utf8),
+        ("loyalty_tier", Utf8),
+    ]
+};
+
 /// The segmenter binary built by cargo for this test run.
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_segmenter"))

@@ -12,7 +12,9 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::common::{describe, parquet_files, pipeline, read_table, run_pipeline, shop};
+use crate::common::{
+    describe, parquet_files, pipeline, read_table, run_pipeline, shop, CONTRACT_COLUMNS,
+};
 
 const DATE: &str = "2026-10-31";
 
@@ -52,22 +54,13 @@ fn run_writes_every_table_with_contract_columns() {
     run(&p, &[]);
 
     let segs = read_table(&out.join(format!("customer_segments/run_date={DATE}")));
-    let expected: &[(&str, DataType)] = &[
-        ("customer_id", DataType::Utf8),
-        ("segment", DataType::Utf8),
-        ("segment_id", DataType::Int32),
-        ("churn_risk_score", DataType::Float64),
-        ("churn_risk", DataType::Utf8),
-        ("value_score", DataType::Float64),
-        ("value_segment", DataType::Utf8),
-        ("lifecycle_stage", DataType::Utf8),
-        ("loyalty_tier", DataType::Utf8),
+    let features: &[(&str, DataType)] = &[
         ("recency_days", DataType::Float64),
         ("frequency", DataType::Int64),
         ("monetary", DataType::Float64),
         ("sessions_90d", DataType::Int64),
     ];
-    for (name, ty) in expected {
+    for (name, ty) in CONTRACT_COLUMNS.iter().chain(features) {
         let field = segs
             .schema()
             .field_with_name(name)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::concat_batches;
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type};
+use datafusion::arrow::datatypes::{Float64Type, Int32Type};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use futures::TryStreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -291,18 +291,7 @@ fn read_parquet_bytes(data: Bytes, what: &str) -> Vec<RecordBatch> {
 
 /// Checks the CONTRACT columns of customer_segments and returns (customer_id → segment_id).
 fn check_segments(segs: &RecordBatch, ctx: &str) -> BTreeMap<String, i32> {
-    let expected: &[(&str, DataType)] = &[
-        ("customer_id", DataType::Utf8),
-        ("segment", DataType::Utf8),
-        ("segment_id", DataType::Int32),
-        ("churn_risk_score", DataType::Float64),
-        ("churn_risk", DataType::Utf8),
-        ("value_score", DataType::Float64),
-        ("value_segment", DataType::Utf8),
-        ("lifecycle_stage", DataType::Utf8),
-        ("loyalty_tier", DataType::Utf8),
-    ];
-    for (name, ty) in expected {
+    for (name, ty) in crate::common::CONTRACT_COLUMNS {
         let field = segs
             .schema()
             .field_with_name(name)
