@@ -7,6 +7,7 @@
 //! label values must remain, else [`CalibrationError::SingleClass`]. `apply` maps a score to
 //! a probability in `[0, 1]`; a `NaN` score maps to `NaN`.
 
+use super::special::sigmoid;
 use serde::Serialize;
 
 /// Why a calibrator could not be fitted.
@@ -161,15 +162,6 @@ const LOGIT_EPS: f64 = 1e-12;
 fn logit(s: f64) -> f64 {
     let s = s.clamp(LOGIT_EPS, 1.0 - LOGIT_EPS);
     (s / (1.0 - s)).ln()
-}
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
 }
 
 /// `ln(1 + eˣ)` without overflow.

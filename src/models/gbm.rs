@@ -21,6 +21,7 @@
 //!   several threads, each owning a disjoint set of features and summing rows in the same order,
 //!   so the fitted model is bit-for-bit the same whatever the number of threads.
 
+use super::special::sigmoid;
 use std::fmt;
 
 use rand::{Rng, SeedableRng};
@@ -355,16 +356,6 @@ fn bin_of(edges: &[f64], v: f64) -> u8 {
         (edges.len() + 1) as u8
     } else {
         edges.partition_point(|t| *t < v) as u8
-    }
-}
-
-#[inline]
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
     }
 }
 

@@ -24,6 +24,27 @@ pub const CONTRACT_COLUMNS: &[(&str, datafusion::arrow::datatypes::DataType)] = 
     ]
 };
 
+/// The values CONTRACT.md allows in each banded column of customer_segments.
+pub const CONTRACT_VOCABULARIES: &[(&str, &[&str])] = &[
+    ("churn_risk", &["low", "medium", "high"]),
+    ("value_segment", &["high", "medium", "low"]),
+    (
+        "lifecycle_stage",
+        &[
+            "potential",
+            "development",
+            "growth",
+            "maturity",
+            "decline",
+            "termination",
+        ],
+    ),
+    (
+        "loyalty_tier",
+        &["none", "habitual", "preference", "committed"],
+    ),
+];
+
 /// The segmenter binary built by cargo for this test run.
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_segmenter"))

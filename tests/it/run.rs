@@ -92,25 +92,7 @@ fn run_writes_every_table_with_contract_columns() {
         .unwrap()
         .as_primitive::<Float64Type>();
     assert!(value.iter().flatten().all(|v| v.is_finite() && v >= 0.0));
-    for (col, allowed) in [
-        ("churn_risk", &["low", "medium", "high"][..]),
-        ("value_segment", &["low", "medium", "high"][..]),
-        (
-            "lifecycle_stage",
-            &[
-                "potential",
-                "development",
-                "growth",
-                "maturity",
-                "decline",
-                "termination",
-            ][..],
-        ),
-        (
-            "loyalty_tier",
-            &["none", "habitual", "preference", "committed"][..],
-        ),
-    ] {
+    for &(col, allowed) in crate::common::CONTRACT_VOCABULARIES {
         let a = segs.column_by_name(col).unwrap().as_string::<i32>();
         assert_eq!(a.null_count(), 0, "{col}");
         assert!(a.iter().flatten().all(|v| allowed.contains(&v)), "{col}");

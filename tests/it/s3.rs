@@ -319,23 +319,9 @@ fn check_segments(segs: &RecordBatch, ctx: &str) -> BTreeMap<String, i32> {
             );
         }
     };
-    one_of("churn_risk", &["low", "medium", "high"]);
-    one_of("value_segment", &["high", "medium", "low"]);
-    one_of(
-        "lifecycle_stage",
-        &[
-            "potential",
-            "development",
-            "growth",
-            "maturity",
-            "decline",
-            "termination",
-        ],
-    );
-    one_of(
-        "loyalty_tier",
-        &["none", "habitual", "preference", "committed"],
-    );
+    for &(name, allowed) in crate::common::CONTRACT_VOCABULARIES {
+        one_of(name, allowed);
+    }
 
     let churn = segs
         .column_by_name("churn_risk_score")
