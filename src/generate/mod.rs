@@ -5,7 +5,8 @@
 //! input schemas of the contract (`/work/shared/CONTRACT.md`).
 //!
 //! # The simulated world
-//! A BG/NBD-like population with heterogeneity, plus a clickstream that leads the orders:
+//! A buy-till-you-defect population with heterogeneity and episodic demand, plus a clickstream
+//! that leads the orders:
 //!
 //! * Every customer has a planted type ([`PLANTED_TYPES`]), a signup time, a Gamma-distributed
 //!   purchase rate around the type's mean and a dropout time. While alive, orders arrive as a
@@ -14,6 +15,15 @@
 //!   and then have an exponential remaining lifetime; `at_risk`, `hibernating` and
 //!   `one_time_buyer` have planted dropout times. Returned and cancelled orders raise the
 //!   dropout hazard (complaints are churn signals).
+//! * Demand is episodic for most repeat buyers (`EPISODIC_SHARE` in `world.rs`): active spells
+//!   (mean 90–360 days per customer) alternate with lulls (mean 60–240 days) in which orders
+//!   nearly stop and browsing thins out, and the last 2–6 weeks of a lull are research with
+//!   more browsing than usual. The long-run order rate stays the customer's rate. Real purchase
+//!   rates are not constant, and from the orders alone a lull looks like a dropout; the
+//!   clickstream tells them apart, as it does in real shops. Without lulls the world is exactly
+//!   what BG/NBD assumes and nothing can beat it by much; with them, on 200,000 customers,
+//!   BG/NBD's 90-day churn AUC is 0.87 (0.92 without) and a clickstream model's 0.91.
+//! * Most orders (60 %) are preceded by one or two research sessions in the 10 days before.
 //! * Order values are heavy-tailed: a Gamma-distributed customer mean times a lognormal per
 //!   order. Each customer has a return propensity (most low, some high), a small cancel rate, a
 //!   discount propensity and an app-vs-web preference.

@@ -72,6 +72,26 @@ const T_HIBERNATING: u8 = 6;
 const T_ONE_TIME: u8 = 8;
 const T_SIGNUP_ONLY: u8 = 9;
 
+/// Episodic demand. Real purchase rates are not constant: customers go through active spells
+/// and lulls (a project finished, a season over, a competitor tried) and come back, and their
+/// browsing shows it before their orders do: it thins out during a lull and picks up again
+/// (research) in the weeks before they buy again. The orders alone cannot tell a lull from a
+/// dropout; the clickstream can. This share of repeat buyers has such episodes.
+const EPISODIC_SHARE: f64 = 0.7;
+/// Range of the per-customer mean length of active spells and of lulls, in days.
+const ACTIVE_SPELL_DAYS: (f64, f64) = (90.0, 360.0);
+const LULL_DAYS: (f64, f64) = (60.0, 240.0);
+/// Order and browse rates during a lull, relative to the active rate.
+const LULL_ORDER_FACTOR: f64 = 0.03;
+const LULL_BROWSE_FACTOR: f64 = 0.15;
+/// Browsing rate, relative to the active rate, in the research weeks that end a lull.
+const RESEARCH_BROWSE_FACTOR: f64 = 1.5;
+const RESEARCH_DAYS: (f64, f64) = (14.0, 42.0);
+/// Probability that an order is preceded by research sessions in the days before it, and
+/// how far before.
+const PRE_ORDER_RESEARCH_P: f64 = 0.6;
+const PRE_ORDER_RESEARCH_DAYS: (f64, f64) = (0.5, 10.0);
+
 /// Behaviour of one planted type. Times are days relative to the end of the data
 /// (`end_date + 1` 00:00 UTC); negative is the past.
 struct TypeParams {
@@ -538,6 +558,8 @@ struct ChunkGen<'w> {
     identified_events: u64,
     // Scratch buffers reused across customers.
     order_times: Vec<(i64, u8, f64, f64, u8)>,
+    /// Lulls of the current customer: (start, research start, end) in days, in time order.
+    lulls: Vec<(f64, f64, f64)>,
     session_times: Vec<f64>,
     tmp_events: Vec<(i64, u8)>,
     sessions: Vec<SessionTmp>,
@@ -559,6 +581,14 @@ fn cdf<const N: usize>(weights: [f64; N]) -> [f64; N] {
 fn pick(rng: &mut Xoshiro256PlusPlus, cdf: &[f64]) -> usize {
     let u: f64 = rng.gen();
     cdf.iter().position(|&c| u < c).unwrap_or(cdf.len() - 1)
+}
+
+/// Whether `t` falls in one of `lulls`: `None` if not, `Some(true)` in its research weeks.
+fn lull_at(lulls: &[(f64, f64, f64)], t: f64) -> Option<bool> {
+    lulls
+        .iter()
+        .find(|&&(start, _, end)| t >= start && t < end)
+        .map(|&(_, research, _)| t >= research)
 }
 
 fn round2(x: f64) -> f64 {
@@ -591,6 +621,7 @@ impl<'w> ChunkGen<'w> {
             extra_views: Poisson::new(1.2).expect("valid lambda"),
             identified_events: 0,
             order_times: Vec::new(),
+            lulls: Vec::new(),
             session_times: Vec::new(),
             tmp_events: Vec::new(),
             sessions: Vec::new(),
@@ -687,16 +718,37 @@ impl<'w> ChunkGen<'w> {
         };
         let browse_year = self.gamma(p.browse_rate * engagement, 2.5);
 
-        // Orders: the BG/NBD-like process from signup to the end of the future window.
+        // Orders: a buy-till-you-defect process from signup to the end of the future window,
+        // with lulls for the episodic share (see `EPISODIC_SHARE`).
         self.order_times.clear();
         let horizon = FUTURE_DAYS as f64;
-        let rate_day = rate_year / DAYS_PER_YEAR;
+        let single = ptype == T_ONE_TIME;
+        self.lulls.clear();
+        let mut active_share = 1.0;
+        if p.order_rate > 0.0 && !single && self.rng.gen::<f64>() < EPISODIC_SHARE {
+            let active_mean = self.uniform(ACTIVE_SPELL_DAYS.0, ACTIVE_SPELL_DAYS.1);
+            let lull_mean = self.uniform(LULL_DAYS.0, LULL_DAYS.1);
+            active_share = active_mean / (active_mean + lull_mean);
+            let mut t = signup;
+            loop {
+                t += self.exp() * active_mean;
+                if t >= horizon {
+                    break;
+                }
+                let len = self.exp() * lull_mean;
+                let research = self.uniform(RESEARCH_DAYS.0, RESEARCH_DAYS.1).min(len);
+                self.lulls.push((t, t + len - research, t + len));
+                t += len;
+            }
+        }
+        // The active rate keeps the customer's long-run mean at `rate_year`.
+        let rate_day =
+            rate_year / DAYS_PER_YEAR / (active_share + (1.0 - active_share) * LULL_ORDER_FACTOR);
         let mut hazard = 1.0_f64;
         let mut dropout = planted_dropout.unwrap_or(f64::INFINITY);
         let mut dropout_drawn = planted_dropout.is_some();
         let mut t = signup;
         let mut first = self.rng.gen::<f64>() < p.first_order_prob;
-        let single = ptype == T_ONE_TIME;
         loop {
             let cand = if first {
                 first = false;
@@ -705,7 +757,17 @@ impl<'w> ChunkGen<'w> {
             } else if single {
                 break;
             } else {
-                world.calendar.next_point(&mut self.rng, t, rate_day)
+                // Thinning: during a lull only `LULL_ORDER_FACTOR` of the points are orders.
+                let mut c = t;
+                loop {
+                    c = world.calendar.next_point(&mut self.rng, c, rate_day);
+                    if c.is_infinite()
+                        || lull_at(&self.lulls, c).is_none()
+                        || self.rng.gen::<f64>() < LULL_ORDER_FACTOR
+                    {
+                        break c;
+                    }
+                }
             };
             if single {
                 dropout = cand + self.uniform(1.0, 60.0);
@@ -799,7 +861,26 @@ impl<'w> ChunkGen<'w> {
             dropout,
             ramp,
         );
+        // Residual browsing after dropout has no episodes.
+        self.lulls.clear();
         self.browse_times(dropout.max(from), 0.0, residual, f64::INFINITY, 1.0);
+
+        // Research before orders, also before the first orders of the future window.
+        for i in 0..self.order_times.len() {
+            let order_t = (self.order_times[i].0 - world.end_us) as f64 / DAY_US as f64;
+            if order_t < from || order_t - PRE_ORDER_RESEARCH_DAYS.0 >= 0.0 {
+                continue;
+            }
+            if self.rng.gen::<f64>() < PRE_ORDER_RESEARCH_P {
+                let n = 1 + usize::from(self.rng.gen::<f64>() < 0.4);
+                for _ in 0..n {
+                    let before = self.uniform(PRE_ORDER_RESEARCH_DAYS.0, PRE_ORDER_RESEARCH_DAYS.1);
+                    if order_t - before < 0.0 && order_t - before >= from {
+                        self.session_times.push(order_t - before);
+                    }
+                }
+            }
+        }
 
         self.tmp_events.clear();
         self.sessions.clear();
@@ -856,17 +937,30 @@ impl<'w> ChunkGen<'w> {
         if rate <= 0.0 || from >= to {
             return;
         }
+        // Lulls thin the process out and their research weeks raise it: thinning from the
+        // highest rate.
+        let top = if self.lulls.is_empty() {
+            1.0
+        } else {
+            RESEARCH_BROWSE_FACTOR
+        };
         let mut t = from;
         loop {
-            t = self.world.calendar.next_point(&mut self.rng, t, rate);
+            t = self.world.calendar.next_point(&mut self.rng, t, rate * top);
             if t >= to {
                 break;
             }
-            let m = if t < dropout - ramp {
+            let ramp_factor = if t < dropout - ramp {
                 1.0
             } else {
                 (0.1 + 0.9 * (dropout - t) / ramp).clamp(0.1, 1.0)
             };
+            let lull_factor = match lull_at(&self.lulls, t) {
+                None => 1.0,
+                Some(false) => LULL_BROWSE_FACTOR,
+                Some(true) => RESEARCH_BROWSE_FACTOR,
+            };
+            let m = ramp_factor * lull_factor / top;
             if m >= 1.0 || self.rng.gen::<f64>() < m {
                 self.session_times.push(t);
             }

@@ -110,10 +110,12 @@ impl<'a> Prepared<'a> {
         let classical = Classical::fit(table)?;
         let fitted = clock.elapsed().as_secs_f64();
         let outputs = classical.outputs(table, monthly_rate)?;
+        let with_outputs = clock.elapsed().as_secs_f64();
         let design = Design::new(table, &outputs.columns())?;
         tracing::debug!(
             customers = table.len(),
             classical_fit_s = fitted,
+            outputs_s = with_outputs - fitted,
             total_s = clock.elapsed().as_secs_f64(),
             "snapshot prepared"
         );
@@ -171,6 +173,18 @@ fn prepare_all(features: &SnapshotFeatures, rate: f64) -> Result<BTreeMap<i32, P
             out.insert(id, prepared);
         }
         Ok(out)
+    })
+}
+
+/// Runs `a` and `b` on two threads and returns both results (a panic in either resumes here).
+fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|scope| {
+        let b = scope.spawn(b);
+        let a = a();
+        let b = b
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (a, b)
     })
 }
 
@@ -265,68 +279,79 @@ pub fn score(
     let backtest = run_backtest(&prepared, snapshots, seed)?;
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backtest done");
 
-    // Churn.
+    // The two production models are independent: fitted side by side.
     let churn_learner = choose(
         backtest.churn_trees.as_ref().map(|m| m.brier),
         backtest.churn_bgnbd.as_ref().map(|m| m.brier),
         true,
     );
-    let churn_train = prepared.get(&CHURN_TRAIN);
-    let (churn, churn_report) = match (churn_learner, churn_train) {
-        (Learner::Trees, Some(t)) if t.trainable()? => {
-            let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
-            let report = trees_report(
-                "gradient_boosted_trees+isotonic",
-                cutoff_of(CHURN_TRAIN),
-                t,
-                &m.fitted,
-            );
-            (m.predict(&now.design), report)
-        }
-        _ if now.classical.has_bgnbd() => {
-            // Never-buyers: the share of never-buyers 90 days ago who still had not bought.
-            let non_buyers = match churn_train {
-                Some(t) if t.trainable()? => non_buyer_churn(t)?,
-                _ => None,
-            };
-            (
-                bgnbd_churn(now, non_buyers)?,
-                fit_report("bgnbd", cutoff_of(0), now.ids.len()),
-            )
-        }
-        _ => (
-            fallback_churn(now.table)?,
-            fit_report("fallback_run_rate", cutoff_of(0), 0),
-        ),
-    };
-
-    // Value.
     let value_learner = choose(
         backtest.value_trees.as_ref().map(|m| m.spearman),
         backtest.value_bgnbd_gg.as_ref().map(|m| m.spearman),
         false,
     );
-    let (value, value_report) = match (value_learner, prepared.get(&VALUE_TRAIN)) {
-        (Learner::Trees, Some(t)) if t.buyers()? >= MIN_TRAINING_BUYERS => {
-            let m = ValueModel::fit(
-                t.design.clone(),
-                &t.ids,
-                &t.table.f64("next_365d_value")?,
-                seed,
-            )?;
-            let report = trees_report(
-                "gradient_boosted_trees",
-                cutoff_of(VALUE_TRAIN),
-                t,
-                &m.fitted,
-            );
-            (m.predict(&now.design), report)
-        }
-        _ if now.classical.has_bgnbd() => (
+    let churn_train = prepared.get(&CHURN_TRAIN);
+    let value_train = prepared.get(&VALUE_TRAIN);
+    let (churn, value_trees) = both(
+        || -> Result<(Vec<f64>, FitReport)> {
+            match (churn_learner, churn_train) {
+                (Learner::Trees, Some(t)) if t.trainable()? => {
+                    let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
+                    let report = trees_report(
+                        "gradient_boosted_trees+isotonic",
+                        cutoff_of(CHURN_TRAIN),
+                        t,
+                        &m.fitted,
+                    );
+                    Ok((m.predict(&now.design), report))
+                }
+                _ if now.classical.has_bgnbd() => {
+                    // Never-buyers: the share of never-buyers 90 days ago who still had not
+                    // bought.
+                    let non_buyers = match churn_train {
+                        Some(t) if t.trainable()? => non_buyer_churn(t)?,
+                        _ => None,
+                    };
+                    Ok((
+                        bgnbd_churn(now, non_buyers)?,
+                        fit_report("bgnbd", cutoff_of(0), now.ids.len()),
+                    ))
+                }
+                _ => Ok((
+                    fallback_churn(now.table)?,
+                    fit_report("fallback_run_rate", cutoff_of(0), 0),
+                )),
+            }
+        },
+        || -> Result<Option<(Vec<f64>, FitReport)>> {
+            match (value_learner, value_train) {
+                (Learner::Trees, Some(t)) if t.buyers()? >= MIN_TRAINING_BUYERS => {
+                    let m = ValueModel::fit(
+                        t.design.clone(),
+                        &t.ids,
+                        &t.table.f64("next_365d_value")?,
+                        seed,
+                    )?;
+                    let report = trees_report(
+                        "gradient_boosted_trees",
+                        cutoff_of(VALUE_TRAIN),
+                        t,
+                        &m.fitted,
+                    );
+                    Ok(Some((m.predict(&now.design), report)))
+                }
+                _ => Ok(None),
+            }
+        },
+    );
+    let (churn, churn_report) = churn?;
+    let (value, value_report) = match value_trees? {
+        Some(trees) => trees,
+        None if now.classical.has_bgnbd() => (
             zero_nan(&now.outputs.clv),
             fit_report("bgnbd_gamma_gamma", cutoff_of(0), now.ids.len()),
         ),
-        _ => (
+        None => (
             fallback_value(now.table, &churn, rate)?,
             fit_report("fallback_run_rate", cutoff_of(0), 0),
         ),
@@ -478,12 +503,31 @@ fn run_backtest(
     report.customers = churned.len();
     report.churn_rate = churned.iter().sum::<f64>() / churned.len().max(1) as f64;
 
-    match prepared.get(&CHURN_BACKTEST_TRAIN) {
-        Some(t) if t.trainable()? => {
-            let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
-            report.churn_trees = Some(ChurnMetrics::new(&m.predict(&scored.design), &churned));
-        }
-        _ => report
+    // The two backtest models are independent: fitted side by side.
+    let (churn_scores, value_scores) = both(
+        || -> Result<Option<Vec<f64>>> {
+            match prepared.get(&CHURN_BACKTEST_TRAIN) {
+                Some(t) if t.trainable()? => {
+                    let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
+                    Ok(Some(m.predict(&scored.design)))
+                }
+                _ => Ok(None),
+            }
+        },
+        || -> Result<Option<Vec<f64>>> {
+            match prepared.get(&VALUE_BACKTEST_TRAIN) {
+                Some(t) if t.buyers()? >= MIN_TRAINING_BUYERS => {
+                    let value = t.table.f64("next_365d_value")?;
+                    let m = ValueModel::fit(t.design.clone(), &t.ids, &value, seed)?;
+                    Ok(Some(m.predict(&scored.design)))
+                }
+                _ => Ok(None),
+            }
+        },
+    );
+    match churn_scores? {
+        Some(scores) => report.churn_trees = Some(ChurnMetrics::new(&scores, &churned)),
+        None => report
             .notes
             .push("churn model: too little history before D−180 to fit the backtest model".into()),
     }
@@ -496,17 +540,9 @@ fn run_backtest(
     }
 
     let realised = scored.table.f64("next_90d_revenue")?;
-    match prepared.get(&VALUE_BACKTEST_TRAIN) {
-        Some(t) if t.buyers()? >= MIN_TRAINING_BUYERS => {
-            let m = ValueModel::fit(
-                t.design.clone(),
-                &t.ids,
-                &t.table.f64("next_365d_value")?,
-                seed,
-            )?;
-            report.value_trees = Some(ValueMetrics::new(&m.predict(&scored.design), &realised));
-        }
-        _ => report
+    match value_scores? {
+        Some(scores) => report.value_trees = Some(ValueMetrics::new(&scores, &realised)),
+        None => report
             .notes
             .push("value model: too little history before D−455 to fit the backtest model".into()),
     }

@@ -3,7 +3,11 @@
 //!
 //! Churn: logistic loss, fitted on three quarters of the customers (by id hash) and
 //! calibrated by isotonic regression on the remaining quarter, so the score is a probability.
-//! Value: squared loss on the discounted 365-day net revenue (an expectation, as CLV is).
+//! Value: squared loss on log(1 + discounted 365-day net revenue), which ranks customers far
+//! better than squared loss on the heavy-tailed revenue itself; back on the money scale, one
+//! factor fitted on the held-out quarter makes the predictions sum to what those customers
+//! really spent, so totals per segment are expectations, as CLV is, and the ranking is the
+//! trees'.
 
 use serde::Serialize;
 
@@ -21,7 +25,7 @@ pub const MAX_TRAINING_ROWS: usize = 40_000;
 pub struct Fitted {
     /// Rows used to fit the trees.
     pub training_rows: usize,
-    /// Rows used to calibrate (churn only).
+    /// Rows used to calibrate (churn: isotonic map; value: the money-scale factor).
     pub calibration_rows: usize,
     /// The most important features (share of total split gain), best first.
     pub top_features: Vec<(String, f64)>,
@@ -40,6 +44,8 @@ pub struct ChurnModel {
 pub struct ValueModel {
     design: Design,
     gbm: Gbm,
+    /// Money-scale factor (see the module documentation).
+    scale: f64,
     /// For the manifest.
     pub fitted: Fitted,
 }
@@ -108,18 +114,30 @@ impl ChurnModel {
 impl ValueModel {
     /// Fits on `design` with `value` = discounted net revenue over the following 365 days.
     pub fn fit(design: Design, ids: &[String], value: &[f64], seed: u64) -> Result<ValueModel> {
-        let rows = rows_in_part(ids, 1, 0, 1, MAX_TRAINING_ROWS);
-        let y: Vec<f64> = rows.iter().map(|&i| value[i]).collect();
-        let gbm = Gbm::fit(&design.select(&rows), &y, &params(Loss::Squared, seed))
+        let fit_rows = rows_in_part(ids, 4, 0, 3, MAX_TRAINING_ROWS);
+        let cal_rows = rows_in_part(ids, 4, 3, 4, MAX_TRAINING_ROWS / 3);
+        let y: Vec<f64> = fit_rows
+            .iter()
+            .map(|&i| value[i].max(0.0).ln_1p())
+            .collect();
+        let gbm = Gbm::fit(&design.select(&fit_rows), &y, &params(Loss::Squared, seed))
             .map_err(|e| model_err("fitting the value trees", e))?;
+        let predicted: f64 = gbm
+            .predict(&design.select(&cal_rows))
+            .into_iter()
+            .map(|v| v.exp_m1().max(0.0))
+            .sum();
+        let realised: f64 = cal_rows.iter().map(|&i| value[i].max(0.0)).sum();
+        let scale = money_scale(predicted, realised);
         let fitted = Fitted {
-            training_rows: rows.len(),
-            calibration_rows: 0,
+            training_rows: fit_rows.len(),
+            calibration_rows: cal_rows.len(),
             top_features: top_features(&design, &gbm),
         };
         Ok(ValueModel {
             design,
             gbm,
+            scale,
             fitted,
         })
     }
@@ -129,7 +147,31 @@ impl ValueModel {
         self.gbm
             .predict(&self.design.align(design))
             .into_iter()
-            .map(|v| v.max(0.0))
+            .map(|v| v.exp_m1().max(0.0) * self.scale)
             .collect()
+    }
+}
+
+/// The factor that turns back-transformed log predictions into expectations: realised over
+/// predicted on held-out rows; 1 when either side is empty or not finite.
+fn money_scale(predicted: f64, realised: f64) -> f64 {
+    let scale = realised / predicted;
+    if scale.is_finite() && scale > 0.0 {
+        scale
+    } else {
+        1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::money_scale;
+
+    #[test]
+    fn money_scale_is_realised_over_predicted_and_safe() {
+        assert_eq!(money_scale(50.0, 100.0), 2.0);
+        assert_eq!(money_scale(0.0, 100.0), 1.0);
+        assert_eq!(money_scale(100.0, 0.0), 1.0);
+        assert_eq!(money_scale(f64::NAN, 1.0), 1.0);
     }
 }
