@@ -69,6 +69,8 @@ SELECT
   h.avg_order_value,
   coalesce(h.return_rate, 0.0) AS return_rate,
   coalesce(h.cancel_rate, 0.0) AS cancel_rate,
+  coalesce(h.complaint_rate, 0.0) AS complaint_rate,
+  coalesce(h.repeat_purchase_rate, 0.0) AS repeat_purchase_rate,
   coalesce(h.discount_share, 0.0) AS discount_share,
   coalesce(h.orders_placed, 0) AS orders_placed,
   coalesce(h.purchase_days, 0) AS purchase_days,

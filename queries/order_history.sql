@@ -83,6 +83,10 @@ SELECT
   greatest(h.first_order_days, (s.cutoff_epoch - date_part('epoch', c.signup_ts)) / 86400.0) AS first_seen_days,
   CAST(h.returns AS DOUBLE) / nullif(h.frequency + h.returns, 0) AS return_rate,
   CAST(h.cancellations AS DOUBLE) / nullif(h.orders_placed, 0) AS cancel_rate,
+  -- complaints (returns and cancellations) per order placed: a churn signal
+  CAST(h.returns + h.cancellations AS DOUBLE) / nullif(h.orders_placed, 0) AS complaint_rate,
+  -- repeat purchase days per year since the first completed order (at least 30 days)
+  CAST(h.purchase_days - 1 AS DOUBLE) * 365.0 / greatest(h.first_completed_days, 30.0) AS repeat_purchase_rate,
   CAST(h.discounted_orders AS DOUBLE) / nullif(h.frequency + h.returns, 0) AS discount_share,
   coalesce(h.next_90d_orders, 0) AS next_90d_orders,
   coalesce(h.next_90d_revenue, 0.0) AS next_90d_revenue,

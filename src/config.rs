@@ -4,6 +4,7 @@
 //! Order of operations: TOML text → `toml::Value` → `--set` overrides → `${VAR}` expansion in
 //! string values → `RawPipeline` → [`RawPipeline::validate`] (every problem reported at once).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -102,12 +103,19 @@ impl Default for ModelParams {
     }
 }
 
-/// `[clustering]`: k-means settings, checked like linfa's `KMeansParams`.
+/// `[clustering]`: features, transform, k-means and segment matching settings (README
+/// "Segments").
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterParams {
-    /// Number of segments.
-    pub k: usize,
+    /// Number of segments: a number, or `"auto"` for the best silhouette in `k_min..=k_max`.
+    pub k: KSetting,
+    /// Smallest k tried by `k = "auto"`.
+    pub k_min: usize,
+    /// Largest k tried by `k = "auto"`.
+    pub k_max: usize,
+    /// Customers the silhouette of each k is computed on (`k = "auto"`).
+    pub silhouette_sample: usize,
     /// Independent k-means++ runs; the best (lowest inertia) wins.
     pub n_runs: usize,
     /// Iteration cap per run.
@@ -118,17 +126,140 @@ pub struct ClusterParams {
     pub seed: u64,
     /// Customers sampled for fitting (all customers are assigned).
     pub sample_size: usize,
+    /// Quantiles at which each transformed feature is clipped before standardising.
+    pub winsorize: [f64; 2],
+    /// A cluster farther than this (Euclidean, in the standardised, weighted space) from every
+    /// segment of the previous model is a new segment; the segment it would have replaced is
+    /// retired.
+    pub max_match_distance: f64,
+    /// The features k-means sees (replaces the default list when given).
+    pub features: BTreeMap<String, FeatureSpec>,
+}
+
+/// `clustering.k`: fixed, or chosen by silhouette.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KSetting {
+    /// Exactly this many segments.
+    Fixed(usize),
+    /// The best silhouette in `k_min..=k_max`.
+    Auto,
+}
+
+impl Serialize for KSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            KSetting::Fixed(k) => s.serialize_u64(*k as u64),
+            KSetting::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(k) if k >= 0 => Ok(KSetting::Fixed(k as usize)),
+            Raw::Text(t) if t == "auto" => Ok(KSetting::Auto),
+            _ => Err(serde::de::Error::custom(
+                "expected a number of segments or \"auto\"",
+            )),
+        }
+    }
+}
+
+/// How one clustering feature is transformed before standardising.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformKind {
+    /// ln(1 + max(x, 0)): counts, money, days.
+    Log1p,
+    /// As is: shares, rates, trends.
+    None,
+}
+
+/// `[clustering.features]` entry: `name = { transform = "log1p", weight = 1.0, missing = 0 }`.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureSpec {
+    /// `log1p` or `none`.
+    pub transform: TransformKind,
+    /// Multiplies the standardised feature: 2 counts it twice as much in the distance.
+    pub weight: f64,
+    /// Value used for NULL (e.g. no order yet: a long recency).
+    pub missing: f64,
+}
+
+impl Default for FeatureSpec {
+    fn default() -> Self {
+        FeatureSpec {
+            transform: TransformKind::None,
+            weight: 1.0,
+            missing: 0.0,
+        }
+    }
+}
+
+/// The default clustering features (README "Segments").
+pub fn default_cluster_features() -> BTreeMap<String, FeatureSpec> {
+    let log = |weight: f64, missing: f64| FeatureSpec {
+        transform: TransformKind::Log1p,
+        weight,
+        missing,
+    };
+    let plain = |weight: f64| FeatureSpec {
+        transform: TransformKind::None,
+        weight,
+        missing: 0.0,
+    };
+    [
+        ("recency_days", log(1.0, 1000.0)),
+        ("frequency", log(1.0, 0.0)),
+        ("monetary", log(1.0, 0.0)),
+        ("avg_order_value", log(1.0, 0.0)),
+        ("tenure_days", log(1.0, 0.0)),
+        ("repeat_purchase_rate", log(1.0, 0.0)),
+        ("complaint_rate", plain(1.0)),
+        ("discount_share", plain(1.0)),
+        ("sessions_90d", log(1.0, 0.0)),
+        ("add_to_cart_90d", log(1.0, 0.0)),
+        ("days_since_last_visit", log(1.0, 1000.0)),
+        ("engagement_trend", plain(1.0)),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s))
+    .collect()
 }
 
 impl Default for ClusterParams {
     fn default() -> Self {
         ClusterParams {
-            k: 8,
+            k: KSetting::Fixed(8),
+            k_min: 4,
+            k_max: 12,
+            silhouette_sample: 4_000,
             n_runs: 4,
             max_iterations: 200,
             tolerance: 1e-4,
             seed: 42,
             sample_size: 200_000,
+            winsorize: [0.01, 0.99],
+            max_match_distance: 1.5,
+            features: default_cluster_features(),
+        }
+    }
+}
+
+impl ClusterParams {
+    /// The largest k this configuration can produce.
+    pub fn max_k(&self) -> usize {
+        match self.k {
+            KSetting::Fixed(k) => k,
+            KSetting::Auto => self.k_max,
         }
     }
 }
@@ -606,8 +737,19 @@ fn check_model(m: &ModelParams, problems: &mut Vec<String>) {
 }
 
 fn check_clustering(c: &ClusterParams, problems: &mut Vec<String>) {
-    if !(2..=50).contains(&c.k) {
-        problems.push(format!("`clustering.k` = {} must be between 2 and 50", c.k));
+    match c.k {
+        KSetting::Fixed(k) if !(2..=50).contains(&k) => {
+            problems.push(format!(
+                "`clustering.k` = {k} must be between 2 and 50, or \"auto\""
+            ));
+        }
+        KSetting::Auto if !(2 <= c.k_min && c.k_min <= c.k_max && c.k_max <= 50) => {
+            problems.push(format!(
+                "`clustering.k_min` = {} and `clustering.k_max` = {} must satisfy 2 ≤ k_min ≤ k_max ≤ 50",
+                c.k_min, c.k_max
+            ));
+        }
+        _ => {}
     }
     if c.n_runs == 0 {
         problems.push("`clustering.n_runs` must be at least 1".into());
@@ -616,11 +758,45 @@ fn check_clustering(c: &ClusterParams, problems: &mut Vec<String>) {
         problems.push("`clustering.max_iterations` must be at least 1".into());
     }
     check_positive("clustering.tolerance", c.tolerance, problems);
-    if c.sample_size < c.k.max(2) * 10 {
+    check_positive(
+        "clustering.max_match_distance",
+        c.max_match_distance,
+        problems,
+    );
+    if c.sample_size < c.max_k().max(2) * 10 {
         problems.push(format!(
             "`clustering.sample_size` = {} is too small for k = {} (need ≥ 10·k)",
-            c.sample_size, c.k
+            c.sample_size,
+            c.max_k()
         ));
+    }
+    if matches!(c.k, KSetting::Auto) && c.silhouette_sample < c.k_max * 10 {
+        problems.push(format!(
+            "`clustering.silhouette_sample` = {} is too small for k_max = {} (need ≥ 10·k_max)",
+            c.silhouette_sample, c.k_max
+        ));
+    }
+    let [lo, hi] = c.winsorize;
+    if !(0.0 <= lo && lo < hi && hi <= 1.0) {
+        problems.push(format!(
+            "`clustering.winsorize` = [{lo}, {hi}] must be two quantiles with 0 ≤ low < high ≤ 1"
+        ));
+    }
+    if c.features.is_empty() {
+        problems.push("`clustering.features` must name at least one feature".into());
+    }
+    for (name, f) in &c.features {
+        if !(f.weight.is_finite() && f.weight > 0.0) {
+            problems.push(format!(
+                "`clustering.features.{name}.weight` = {} must be a positive number",
+                f.weight
+            ));
+        }
+        if !f.missing.is_finite() {
+            problems.push(format!(
+                "`clustering.features.{name}.missing` must be a finite number"
+            ));
+        }
     }
 }
 
@@ -743,7 +919,7 @@ root = "out"
         )
         .unwrap();
         assert_eq!(p.output_root.as_str(), "s3://b/seg/");
-        assert_eq!(p.clustering.k, 5);
+        assert_eq!(p.clustering.k, KSetting::Fixed(5));
         assert_eq!(p.model.churn_high, 0.8);
     }
 

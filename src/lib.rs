@@ -21,6 +21,7 @@ pub mod generate;
 pub mod inputs;
 pub mod models;
 pub mod outputs;
+pub mod previous;
 pub mod run;
 pub mod segments;
 pub mod storage;

@@ -36,6 +36,11 @@ enum Command {
         /// Override a pipeline key, e.g. --set output.root=s3://bucket/seg/ (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Refit the segments from scratch (transform, k, k-means) instead of warm-starting
+        /// from the previous run's model; ids and names are still matched to it. With a
+        /// range, only the first date refits.
+        #[arg(long)]
+        refit: bool,
     },
     /// Fit and backtest the models for a date and print the backtest (writes nothing).
     Evaluate {
@@ -153,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             to,
             overrides,
+            refit,
         } => {
             let pipeline = Pipeline::load(&pipeline, &overrides)?;
             let dates = match (date, from, to) {
@@ -173,8 +179,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()],
             };
             let rt = runtime()?;
-            for d in dates {
-                let summary = rt.block_on(segmenter::run(&pipeline, d))?;
+            for (i, d) in dates.into_iter().enumerate() {
+                let summary = rt.block_on(segmenter::run(&pipeline, d, refit && i == 0))?;
                 println!(
                     "published {} ({} customers): {}",
                     d, summary.customers, summary.manifest
@@ -260,7 +266,7 @@ fn demo(dir: &Path, customers: usize, seed: u64) -> anyhow::Result<ExitCode> {
         &|k| std::env::var(k).ok(),
     )?;
     println!("running pipelines/demo.toml for {end} ...");
-    let summary = runtime()?.block_on(segmenter::run(&pipeline, end))?;
+    let summary = runtime()?.block_on(segmenter::run(&pipeline, end, false))?;
     print_summary(&summary);
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@ use crate::features::{self, Cutoff};
 use crate::inputs;
 use crate::models;
 use crate::outputs::{self, Lock, Manifest};
+use crate::previous;
 use crate::storage;
 use crate::tables;
 
@@ -50,8 +51,9 @@ pub struct SegmentLine {
     pub total_value: f64,
 }
 
-/// Runs the pipeline for logical date `date` and publishes the outputs.
-pub async fn run(pipeline: &Pipeline, date: NaiveDate) -> Result<RunSummary> {
+/// Runs the pipeline for logical date `date` and publishes the outputs. `refit` fits the
+/// segments from scratch instead of warm-starting from the previous run's model.
+pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<RunSummary> {
     let started_at = chrono::Utc::now();
     let run_date = date.format("%Y-%m-%d").to_string();
     let run_id = format!(
@@ -75,28 +77,46 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate) -> Result<RunSummary> {
         pipeline,
         &ctx,
         &root,
-        &run_date,
-        &run_id,
-        cutoff,
+        Attempt {
+            run_date: &run_date,
+            date,
+            run_id: &run_id,
+            cutoff,
+            started_at,
+            refit,
+        },
         &mut timings,
-        started_at,
     )
     .await;
     lock.release().await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What identifies one attempt at a run.
+struct Attempt<'a> {
+    run_date: &'a str,
+    date: NaiveDate,
+    run_id: &'a str,
+    cutoff: Cutoff,
+    started_at: chrono::DateTime<chrono::Utc>,
+    refit: bool,
+}
+
 async fn run_locked(
     pipeline: &Pipeline,
     ctx: &SessionContext,
     root: &storage::StoreRef,
-    run_date: &str,
-    run_id: &str,
-    cutoff: Cutoff,
+    attempt: Attempt<'_>,
     timings: &mut BTreeMap<&'static str, f64>,
-    started_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<RunSummary> {
+    let Attempt {
+        run_date,
+        date,
+        run_id,
+        cutoff,
+        started_at,
+        refit,
+    } = attempt;
     let mut clock = Instant::now();
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
         let secs = clock.elapsed().as_secs_f64();
@@ -119,12 +139,57 @@ async fn run_locked(
     log_models(&scores.report);
     lap("models", timings);
 
-    let clusters = clustering::fit(features, &pipeline.clustering)?;
+    let previous_run = previous::find(root, date).await?;
+    let previous_model = match &previous_run {
+        Some(d) => previous::model(root, d).await?,
+        None => None,
+    };
+    let segmentation = clustering::segment(
+        features,
+        &pipeline.clustering,
+        previous_model.as_ref(),
+        refit,
+        run_date,
+    )?;
+    tracing::info!(
+        mode = segmentation.lineage.mode,
+        reason = segmentation.lineage.reason,
+        k = segmentation.k(),
+        new = segmentation.lineage.new_segments.len(),
+        retired = segmentation.lineage.retired.len(),
+        "segments fitted"
+    );
     lap("clustering", timings);
 
-    let assigned = tables::assign(pipeline, features, &scores, &clusters)?;
-    let segments_batch = tables::customer_segments(features, &scores, &clusters, &assigned)?;
-    let summary_batch = tables::segment_summary(features, &scores, &clusters, &assigned)?;
+    let assigned = tables::assign(pipeline, features, &scores, &segmentation)?;
+    let segments_batch = tables::customer_segments(features, &scores, &segmentation, &assigned)?;
+    let transitions = match &previous_run {
+        Some(d) => {
+            let before = previous::customers(root, d).await?;
+            let now = previous::states(&segments_batch)?;
+            Some(previous::transitions(d, &before, &now)?)
+        }
+        None => None,
+    };
+    if let Some(t) = &transitions {
+        tracing::info!(
+            previous_run = previous_run.as_deref(),
+            changed = t.batch.num_rows(),
+            kept_segment_share = t.kept_segment_share,
+            "transitions since the previous run"
+        );
+    }
+    let summary_batch = tables::segment_summary(
+        features,
+        &scores,
+        &segmentation,
+        &assigned,
+        transitions.as_ref(),
+    )?;
+    let transitions_batch = match &transitions {
+        Some(t) => t.batch.clone(),
+        None => previous::no_transitions()?,
+    };
     lap("segments", timings);
 
     let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
@@ -132,6 +197,7 @@ async fn run_locked(
     for (table, batch) in [
         ("customer_segments", &segments_batch),
         ("segment_summary", &summary_batch),
+        ("segment_transitions", &transitions_batch),
     ] {
         let name = format!("{table}/run_date={run_date}/{part}");
         files
@@ -139,7 +205,7 @@ async fn run_locked(
             .or_default()
             .push(outputs::write_parquet(root, &name, batch).await?);
     }
-    let exports = tables::exports(ctx, &segments_batch, &assigned.names).await?;
+    let exports = tables::exports(ctx, &segments_batch, &segmentation).await?;
     for (seg, csv) in exports {
         let name = format!("exports/run_date={run_date}/{seg}-{run_id}.csv");
         files
@@ -147,9 +213,15 @@ async fn run_locked(
             .or_default()
             .push(outputs::write_bytes(root, &name, csv).await?);
     }
+    let model_json = serde_json::to_vec_pretty(&segmentation.model)
+        .map_err(|e| Error::Model(format!("serialising the segment model: {e}")))?;
+    files
+        .entry("segment_model")
+        .or_default()
+        .push(outputs::write_bytes(root, &previous::model_name(run_date), model_json).await?);
     lap("write", timings);
 
-    let segment_lines = tables::summary_lines(&clusters, &scores, &assigned.names);
+    let segment_lines = tables::summary_lines(&segmentation, &scores);
     let manifest = Manifest {
         run_id,
         run_date,
@@ -164,13 +236,24 @@ async fn run_locked(
         customers: features.len(),
         models: &scores.report,
         clustering: serde_json::json!({
-            "k": clusters.centroids.len(),
-            "names": assigned.names,
-            "sizes": clusters.sizes,
-            "sample_size": clusters.sample_size,
-            "mean_squared_distance": clusters.mean_squared_distance,
+            "k": segmentation.k(),
+            "mode": segmentation.lineage.mode,
+            "reason": segmentation.lineage.reason,
+            "previous_run_date": previous_run,
+            "segments": segmentation.model.segments.iter().zip(&segmentation.sizes)
+                .map(|(s, n)| serde_json::json!({"id": s.id, "name": s.name, "customers": n}))
+                .collect::<Vec<_>>(),
+            "carried": segmentation.lineage.carried,
+            "new_segments": segmentation.lineage.new_segments,
+            "retired_segments": segmentation.lineage.retired,
+            "k_scores": segmentation.model.k_scores,
+            "transform_fitted_on": segmentation.model.transform_fitted_on,
+            "sample_size": segmentation.sample_size,
+            "mean_squared_distance": segmentation.mean_squared_distance,
             "seed": pipeline.clustering.seed,
-            "model": clusters,
+            "kept_segment_share": transitions.as_ref().map(|t| t.kept_segment_share),
+            "transition_matrix": transitions.as_ref().map(|t| &t.matrix),
+            "model": previous::model_name(run_date),
         }),
         pipeline: &pipeline.effective,
         outputs: files,
@@ -182,7 +265,12 @@ async fn run_locked(
     let manifest_url = outputs::write_bytes(root, &manifest_name, json).await?;
     tracing::info!(manifest = manifest_url, "published");
 
-    for dir in ["customer_segments", "segment_summary", "exports"] {
+    for dir in [
+        "customer_segments",
+        "segment_summary",
+        "segment_transitions",
+        "exports",
+    ] {
         let removed =
             outputs::remove_stale(root, &format!("{dir}/run_date={run_date}/"), run_id).await?;
         if removed > 0 {

@@ -1,7 +1,6 @@
 //! Segments: readable names for clusters, lifecycle stage and loyalty tier per customer
 //! (SEEDS.md), and the churn / value bands. Pure functions over features and scores.
 
-use crate::clustering::Clustering;
 use crate::config::{LifecycleRules, LoyaltyRules, ModelParams};
 
 /// The z-score of a feature in one centroid.
@@ -23,7 +22,9 @@ const NAME_RULES: &[NameRule] = &[
     NameRule {
         name: "Loyal regulars",
         score: |z| {
-            z("frequency") - z("recency_days") + 0.5 * z("tenure_days")
+            z("frequency") - z("recency_days")
+                + 0.5 * z("tenure_days")
+                + 0.5 * z("repeat_purchase_rate")
                 - 0.5 * z("avg_order_value").abs()
         },
     },
@@ -37,7 +38,7 @@ const NAME_RULES: &[NameRule] = &[
     },
     NameRule {
         name: "Frequent returners",
-        score: |z| 1.5 * z("return_rate"),
+        score: |z| 1.5 * (z("complaint_rate") + z("return_rate")),
     },
     NameRule {
         name: "New customers",
@@ -69,15 +70,18 @@ const NAME_RULES: &[NameRule] = &[
     },
 ];
 
-/// One unique name per cluster: the best-fitting (cluster, name) pairs are taken greedily,
-/// highest score first; clusters left over (k above the number of names) get "Group N".
-pub fn names(clustering: &Clustering) -> Vec<String> {
-    let k = clustering.centroids.len();
+/// One unique name per cluster. `fixed[c]` keeps cluster `c`'s name (a segment carried over
+/// from the previous run); the others take the best-fitting free names, greedily, highest
+/// score first (`z(c, feature)` is the centroid's z-score); clusters left over (more clusters
+/// than names) get "Group N".
+pub fn names(k: usize, z: &dyn Fn(usize, &str) -> f64, fixed: &[Option<String>]) -> Vec<String> {
+    let mut out: Vec<Option<String>> = (0..k).map(|c| fixed.get(c).cloned().flatten()).collect();
+    let taken = |out: &[Option<String>], name: &str| out.iter().flatten().any(|n| n == name);
     let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
-    for c in 0..k {
-        let z = |f: &str| clustering.z(c, f);
+    for c in (0..k).filter(|&c| out[c].is_none()) {
+        let zc = |f: &str| z(c, f);
         for (r, rule) in NAME_RULES.iter().enumerate() {
-            pairs.push(((rule.score)(&z), c, r));
+            pairs.push(((rule.score)(&zc), c, r));
         }
     }
     // Highest score first; ties by cluster then rule so the result is deterministic.
@@ -87,18 +91,107 @@ pub fn names(clustering: &Clustering) -> Vec<String> {
             .then(a.1.cmp(&b.1))
             .then(a.2.cmp(&b.2))
     });
-    let mut out: Vec<Option<String>> = vec![None; k];
-    let mut used = vec![false; NAME_RULES.len()];
     for (_, c, r) in pairs {
-        if out[c].is_none() && !used[r] {
+        if out[c].is_none() && !taken(&out, NAME_RULES[r].name) {
             out[c] = Some(NAME_RULES[r].name.to_string());
-            used[r] = true;
         }
     }
-    out.into_iter()
-        .enumerate()
-        .map(|(c, n)| n.unwrap_or_else(|| format!("Group {}", c + 1)))
+    let mut group = 0;
+    for c in 0..k {
+        while out[c].is_none() {
+            group += 1;
+            let name = format!("Group {group}");
+            if !taken(&out, &name) {
+                out[c] = Some(name);
+            }
+        }
+    }
+    out.into_iter().flatten().collect()
+}
+
+/// Plain-language label of a feature for descriptions.
+fn label(feature: &str) -> &str {
+    match feature {
+        "recency_days" => "days since the last order",
+        "frequency" => "orders",
+        "monetary" => "spend",
+        "avg_order_value" => "order value",
+        "tenure_days" => "tenure",
+        "repeat_purchase_rate" => "repeat purchases a year",
+        "complaint_rate" => "returns and cancellations",
+        "return_rate" => "returns",
+        "discount_share" => "discounted orders",
+        "sessions_90d" => "visits in the last 90 days",
+        "add_to_cart_90d" => "cart adds in the last 90 days",
+        "days_since_last_visit" => "days since the last visit",
+        "engagement_trend" => "engagement trend",
+        other => other,
+    }
+}
+
+/// The features that set a segment apart: the largest centroid z-scores by magnitude, at
+/// most `n`, those under 0.5σ left out; e.g. `"high discounted orders (+1.9σ)"`.
+pub fn distinguishing(profile: &[(String, f64)], n: usize) -> Vec<String> {
+    let mut z: Vec<&(String, f64)> = profile.iter().filter(|(_, v)| v.abs() >= 0.5).collect();
+    z.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+    z.into_iter()
+        .take(n)
+        .map(|(f, v)| {
+            let dir = if *v > 0.0 { "high" } else { "low" };
+            format!("{dir} {} ({v:+.1}σ)", label(f))
+        })
         .collect()
+}
+
+/// Median figures of a segment in original units, for its description.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Medians {
+    /// Completed orders.
+    pub orders: f64,
+    /// Days since the last completed order (NaN: none).
+    pub recency_days: f64,
+    /// Net revenue.
+    pub spend: f64,
+    /// Visits in the last 90 days.
+    pub sessions_90d: f64,
+}
+
+/// One sentence a marketer can read: who is in the segment, what they do, what stands out.
+pub fn describe(
+    name: &str,
+    customers: usize,
+    share: f64,
+    m: Medians,
+    mean_churn: f64,
+    standout: &[String],
+) -> String {
+    let orders = if m.orders.is_nan() || m.orders < 1.0 {
+        "have not bought yet".to_string()
+    } else {
+        let last = if m.recency_days.is_nan() {
+            String::new()
+        } else {
+            format!(", the last {:.0} days ago", m.recency_days)
+        };
+        format!(
+            "typically placed {:.0} order{}{last} and spent {:.0} in total",
+            m.orders,
+            if m.orders.round() == 1.0 { "" } else { "s" },
+            m.spend
+        )
+    };
+    let mut s = format!(
+        "{name}: {customers} customers ({:.1}%) who {orders}, with {:.0} visits in the last 90 days and a {:.0}% chance of not ordering in the next 90",
+        100.0 * share,
+        m.sessions_90d,
+        100.0 * mean_churn
+    );
+    if !standout.is_empty() {
+        s.push_str("; marked by ");
+        s.push_str(&standout.join(", "));
+    }
+    s.push('.');
+    s
 }
 
 /// The lifecycle stages of SEEDS.md, in order.
@@ -200,35 +293,20 @@ pub fn value_band((medium, high): (f64, f64), value: f64) -> &'static str {
 mod tests {
     use super::*;
 
-    fn clustering(profiles: &[&[(&str, f64)]]) -> Clustering {
-        let features: Vec<String> = crate::clustering::FEATURES
-            .iter()
-            .map(|(f, _)| f.to_string())
-            .collect();
-        let centroids = profiles
-            .iter()
-            .map(|p| {
-                features
-                    .iter()
-                    .map(|f| p.iter().find(|(n, _)| n == f).map_or(0.0, |(_, v)| *v))
-                    .collect()
-            })
-            .collect();
-        Clustering {
-            mean: vec![0.0; features.len()],
-            std: vec![1.0; features.len()],
-            features,
-            centroids,
-            assignment: vec![],
-            sizes: vec![],
-            sample_size: 0,
-            mean_squared_distance: 0.0,
-        }
+    /// Names for clusters with these profiles (z-scores; absent features are 0).
+    fn named(profiles: &[&[(&str, f64)]], fixed: &[Option<String>]) -> Vec<String> {
+        let z = |c: usize, f: &str| {
+            profiles[c]
+                .iter()
+                .find(|(n, _)| *n == f)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        names(profiles.len(), &z, fixed)
     }
 
     #[test]
     fn names_follow_profiles_and_are_unique() {
-        let c = clustering(&[
+        let profiles: [&[(&str, f64)]; 4] = [
             &[
                 ("frequency", 2.0),
                 ("monetary", 2.0),
@@ -246,8 +324,8 @@ mod tests {
                 ("days_since_last_visit", 2.0),
                 ("sessions_90d", -1.5),
             ],
-        ]);
-        let n = names(&c);
+        ];
+        let n = named(&profiles, &[]);
         assert_eq!(
             n,
             vec![
@@ -264,11 +342,70 @@ mod tests {
         let profiles: Vec<Vec<(&str, f64)>> =
             (0..14).map(|i| vec![("frequency", i as f64)]).collect();
         let refs: Vec<&[(&str, f64)]> = profiles.iter().map(|p| p.as_slice()).collect();
-        let n = names(&clustering(&refs));
+        let n = named(&refs, &[]);
         let mut u = n.clone();
         u.sort();
         u.dedup();
         assert_eq!(u.len(), 14, "{n:?}");
+    }
+
+    #[test]
+    fn kept_names_stay_and_new_clusters_avoid_them() {
+        let profiles: [&[(&str, f64)]; 2] =
+            [&[("discount_share", 3.0)], &[("discount_share", 2.9)]];
+        // Cluster 1 keeps "Bargain hunters" from the previous run; cluster 0 may not take it.
+        let n = named(&profiles, &[None, Some("Bargain hunters".into())]);
+        assert_eq!(n[1], "Bargain hunters");
+        assert_ne!(n[0], "Bargain hunters");
+        // A kept "Group 1" pushes a new overflow group to "Group 2".
+        let many: Vec<Vec<(&str, f64)>> = (0..13).map(|i| vec![("frequency", i as f64)]).collect();
+        let refs: Vec<&[(&str, f64)]> = many.iter().map(|p| p.as_slice()).collect();
+        let mut fixed = vec![None; 13];
+        fixed[0] = Some("Group 1".to_string());
+        let n = named(&refs, &fixed);
+        let mut u = n.clone();
+        u.sort();
+        u.dedup();
+        assert_eq!(u.len(), 13, "{n:?}");
+    }
+
+    #[test]
+    fn descriptions_read_as_sentences() {
+        let standout = distinguishing(
+            &[
+                ("discount_share".into(), 1.94),
+                ("frequency".into(), -0.2),
+                ("sessions_90d".into(), -0.8),
+            ],
+            3,
+        );
+        assert_eq!(
+            standout,
+            vec![
+                "high discounted orders (+1.9σ)",
+                "low visits in the last 90 days (-0.8σ)"
+            ]
+        );
+        let m = Medians {
+            orders: 4.0,
+            recency_days: 21.4,
+            spend: 180.0,
+            sessions_90d: 3.0,
+        };
+        let d = describe("Bargain hunters", 1200, 0.12, m, 0.31, &standout);
+        assert_eq!(
+            d,
+            "Bargain hunters: 1200 customers (12.0%) who typically placed 4 orders, the last 21 days ago and spent 180 in total, with 3 visits in the last 90 days and a 31% chance of not ordering in the next 90; marked by high discounted orders (+1.9σ), low visits in the last 90 days (-0.8σ)."
+        );
+        let none = Medians {
+            orders: 0.0,
+            recency_days: f64::NAN,
+            spend: 0.0,
+            sessions_90d: 5.0,
+        };
+        assert!(
+            describe("Window shoppers", 10, 0.01, none, 0.97, &[]).contains("have not bought yet")
+        );
     }
 
     #[test]

@@ -12,13 +12,14 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 
-use crate::clustering::Clustering;
+use crate::clustering::Segmentation;
 use crate::config::Pipeline;
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::features::CustomerTable;
 use crate::models::Scores;
 use crate::outputs::{self, csv_field, slug};
+use crate::previous::{self, Transitions};
 use crate::run::SegmentLine;
 use crate::segments;
 
@@ -41,7 +42,7 @@ pub fn assign(
     pipeline: &Pipeline,
     f: &CustomerTable,
     s: &Scores,
-    c: &Clustering,
+    c: &Segmentation,
 ) -> Result<Assigned> {
     let (freq, rec, ten) = (
         f.f64("frequency")?,
@@ -57,7 +58,7 @@ pub fn assign(
     let cut = segments::value_cutoffs(m, &s.value);
     let n = f.len();
     Ok(Assigned {
-        names: segments::names(c),
+        names: c.names(),
         churn_band: s
             .churn
             .iter()
@@ -96,10 +97,11 @@ fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> ArrayRef {
 pub fn customer_segments(
     f: &CustomerTable,
     s: &Scores,
-    c: &Clustering,
+    c: &Segmentation,
     a: &Assigned,
 ) -> Result<RecordBatch> {
     let batch = f.batch();
+    let ids: Vec<i32> = c.model.segments.iter().map(|s| s.id).collect();
     let mut cols: Vec<(String, ArrayRef)> = vec![
         (
             "customer_id".into(),
@@ -118,7 +120,7 @@ pub fn customer_segments(
         (
             "segment_id".into(),
             Arc::new(Int32Array::from_iter_values(
-                c.assignment.iter().map(|&k| k as i32 + 1),
+                c.assignment.iter().map(|&k| ids[k]),
             )),
         ),
         (
@@ -173,21 +175,41 @@ const PROFILE: &[&str] = &[
     "monetary",
     "avg_order_value",
     "tenure_days",
+    "repeat_purchase_rate",
+    "complaint_rate",
     "return_rate",
     "discount_share",
     "sessions_90d",
     "add_to_cart_90d",
     "days_since_last_visit",
+    "engagement_trend",
 ];
 
-/// segment_summary: one row per segment — size, share, profile, churn, value, revenue at risk.
+/// Per-segment medians of every [`PROFILE`] feature (NaN when a segment has no value).
+fn profile_medians(f: &CustomerTable, c: &Segmentation) -> Result<Vec<Vec<f64>>> {
+    let k = c.k();
+    let mut out = Vec::with_capacity(PROFILE.len());
+    for feature in PROFILE {
+        let values = f.f64(feature)?;
+        let mut per: Vec<Vec<f64>> = vec![Vec::new(); k];
+        for (i, &seg) in c.assignment.iter().enumerate() {
+            per[seg].push(values[i]);
+        }
+        out.push(per.into_iter().map(median).collect());
+    }
+    Ok(out)
+}
+
+/// segment_summary: one row per segment (by id): size, share, description, distinguishing
+/// features, profile, churn, value, revenue at risk, flows since the previous run, centroid.
 pub fn segment_summary(
     f: &CustomerTable,
     s: &Scores,
-    c: &Clustering,
+    c: &Segmentation,
     a: &Assigned,
+    transitions: Option<&Transitions>,
 ) -> Result<RecordBatch> {
-    let k = c.centroids.len();
+    let k = c.k();
     let n = f.len() as f64;
     let m365 = f.f64("monetary_365d")?;
     let mut churn_sum = vec![0.0; k];
@@ -200,15 +222,65 @@ pub fn segment_summary(
         at_risk[seg] += s.churn[i] * m365[i].max(0.0);
         high[seg] += i64::from(a.churn_band[i] == "high");
     }
-    let size = |j: usize| c.sizes[j].max(1) as f64;
+    let mean_churn: Vec<f64> = (0..k)
+        .map(|j| churn_sum[j] / c.sizes[j].max(1) as f64)
+        .collect();
+    let medians = profile_medians(f, c)?;
+    let median_of = |feature: &str, j: usize| {
+        PROFILE
+            .iter()
+            .position(|p| *p == feature)
+            .map_or(f64::NAN, |p| medians[p][j])
+    };
+    let features = c.model.transform.names();
+    let standout: Vec<Vec<String>> = (0..k)
+        .map(|j| {
+            let profile: Vec<(String, f64)> = features
+                .iter()
+                .map(|name| (name.clone(), c.z(j, name)))
+                .collect();
+            segments::distinguishing(&profile, 3)
+        })
+        .collect();
+    let descriptions: Vec<String> = (0..k)
+        .map(|j| {
+            let m = segments::Medians {
+                orders: median_of("frequency", j),
+                recency_days: median_of("recency_days", j),
+                spend: median_of("monetary", j),
+                sessions_90d: median_of("sessions_90d", j),
+            };
+            segments::describe(
+                &a.names[j],
+                c.sizes[j],
+                c.sizes[j] as f64 / n.max(1.0),
+                m,
+                mean_churn[j],
+                &standout[j],
+            )
+        })
+        .collect();
+    let ids: Vec<i32> = c.model.segments.iter().map(|x| x.id).collect();
     let mut cols: Vec<(String, ArrayRef)> = vec![
-        (
-            "segment_id".into(),
-            Arc::new(Int32Array::from_iter_values((0..k).map(|j| j as i32 + 1))),
-        ),
+        ("segment_id".into(), Arc::new(Int32Array::from(ids.clone()))),
         (
             "segment".into(),
             strings(a.names.iter().map(String::as_str)),
+        ),
+        (
+            "description".into(),
+            strings(descriptions.iter().map(String::as_str)),
+        ),
+        (
+            "distinguishing_features".into(),
+            strings(
+                standout
+                    .iter()
+                    .map(|v| v.join("; "))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str),
+            ),
         ),
         (
             "customers".into(),
@@ -219,14 +291,12 @@ pub fn segment_summary(
         (
             "share".into(),
             Arc::new(Float64Array::from_iter_values(
-                c.sizes.iter().map(|&x| x as f64 / n),
+                c.sizes.iter().map(|&x| x as f64 / n.max(1.0)),
             )),
         ),
         (
             "mean_churn_risk_score".into(),
-            Arc::new(Float64Array::from_iter_values(
-                (0..k).map(|j| churn_sum[j] / size(j)),
-            )),
+            Arc::new(Float64Array::from(mean_churn)),
         ),
         (
             "high_churn_customers".into(),
@@ -241,25 +311,20 @@ pub fn segment_summary(
             Arc::new(Float64Array::from(at_risk)),
         ),
     ];
-    for feature in PROFILE {
-        let values = f.f64(feature)?;
-        let mut per: Vec<Vec<f64>> = vec![Vec::new(); k];
-        for (i, &seg) in c.assignment.iter().enumerate() {
-            per[seg].push(values[i]);
-        }
+    for (p, feature) in PROFILE.iter().enumerate() {
         cols.push((
             format!("median_{feature}"),
-            Arc::new(Float64Array::from_iter(per.into_iter().map(|v| {
-                let m = median(v);
-                (!m.is_nan()).then_some(m)
-            }))),
+            Arc::new(Float64Array::from_iter(
+                medians[p].iter().map(|m| (!m.is_nan()).then_some(*m)),
+            )),
         ));
     }
-    for (j, feature) in c.features.iter().enumerate() {
+    cols.extend(previous::flow_columns(&ids, transitions));
+    for feature in &features {
         cols.push((
             format!("centroid_z_{feature}"),
             Arc::new(Float64Array::from_iter_values(
-                (0..k).map(|seg| c.centroids[seg][j]),
+                (0..k).map(|seg| c.z(seg, feature)),
             )),
         ));
     }
@@ -268,13 +333,16 @@ pub fn segment_summary(
 }
 
 /// One line per segment for the run summary (the demo prints them).
-pub fn summary_lines(c: &Clustering, s: &Scores, names: &[String]) -> Vec<SegmentLine> {
-    let k = c.centroids.len();
-    let mut lines: Vec<SegmentLine> = (0..k)
-        .map(|j| SegmentLine {
-            segment_id: j as i32 + 1,
-            segment: names[j].clone(),
-            customers: c.sizes[j],
+pub fn summary_lines(c: &Segmentation, s: &Scores) -> Vec<SegmentLine> {
+    let mut lines: Vec<SegmentLine> = c
+        .model
+        .segments
+        .iter()
+        .zip(&c.sizes)
+        .map(|(seg, &size)| SegmentLine {
+            segment_id: seg.id,
+            segment: seg.name.clone(),
+            customers: size,
             mean_churn: 0.0,
             total_value: 0.0,
         })
@@ -293,8 +361,16 @@ pub fn summary_lines(c: &Clustering, s: &Scores, names: &[String]) -> Vec<Segmen
 pub async fn exports(
     ctx: &SessionContext,
     segs: &RecordBatch,
-    names: &[String],
+    c: &Segmentation,
 ) -> Result<Vec<(String, Vec<u8>)>> {
+    let names = c.names();
+    let index: HashMap<i32, usize> = c
+        .model
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(j, s)| (s.id, j))
+        .collect();
     let contacts = contacts(ctx).await?;
     let col = |name: &str| -> Result<ArrayRef> {
         segs.column_by_name(name)
@@ -324,7 +400,9 @@ pub async fn exports(
     let header = "customer_id,email,segment,churn_risk,value_segment,lifecycle_stage,loyalty_tier,churn_risk_score,value_score\n";
     let mut files: Vec<Vec<u8>> = names.iter().map(|_| header.as_bytes().to_vec()).collect();
     for i in 0..segs.num_rows() {
-        let seg = (seg_id.value(i) - 1) as usize;
+        let seg = *index
+            .get(&seg_id.value(i))
+            .ok_or_else(|| Error::Model(format!("unknown segment id {}", seg_id.value(i))))?;
         let id = ids.value(i);
         let email = contacts.get(id).map(String::as_str).unwrap_or("");
         let mut line = format!(
