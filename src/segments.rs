@@ -54,7 +54,10 @@ const NAME_RULES: &[NameRule] = &[
     },
     NameRule {
         name: "Hibernating",
-        score: |z| z("recency_days") + z("days_since_last_visit") - z("sessions_90d"),
+        // Bought before (frequency), but long ago, and no longer visits.
+        score: |z| {
+            z("recency_days") + z("days_since_last_visit") - z("sessions_90d") + z("frequency")
+        },
     },
     NameRule {
         name: "Window shoppers",
@@ -66,7 +69,8 @@ const NAME_RULES: &[NameRule] = &[
     },
     NameRule {
         name: "Prospects",
-        score: |z| -z("sessions_90d") - z("frequency") - z("add_to_cart_90d") - z("tenure_days"),
+        // No order yet and little activity: signed up, or browsed once.
+        score: |z| -1.5 * z("frequency") - z("sessions_90d") - z("add_to_cart_90d"),
     },
 ];
 

@@ -11,8 +11,9 @@
 //! * Every customer has a planted type ([`PLANTED_TYPES`]), a signup time, a Gamma-distributed
 //!   purchase rate around the type's mean and a dropout time. While alive, orders arrive as a
 //!   Poisson process (modulated by season, weekday and hour of day); after dropout there are no
-//!   more orders. Customers of the "alive" types survive to the end of the data by construction
-//!   and then have an exponential remaining lifetime; `at_risk`, `hibernating` and
+//!   more orders. Customers of the "alive" types are alive 180 days before the end of the data
+//!   by construction and from then on have an exponential remaining lifetime (so neither the
+//!   last 180 days nor the future window is conditioned on survival); `at_risk`, `hibernating` and
 //!   `one_time_buyer` have planted dropout times. Returned and cancelled orders raise the
 //!   dropout hazard (complaints are churn signals).
 //! * Demand is episodic for most repeat buyers (`EPISODIC_SHARE` in `world.rs`): active spells

@@ -72,6 +72,12 @@ const T_HIBERNATING: u8 = 6;
 const T_ONE_TIME: u8 = 8;
 const T_SIGNUP_ONLY: u8 = 9;
 
+/// Customers of the "alive" types are alive this many days before the end of the data by
+/// construction (so that their type describes them), and from then on drop out at their
+/// natural hazard. Neither the last 180 days (the window segmenter's backtest labels) nor the
+/// future window is conditioned on survival, so a model cannot profit from the construction.
+const TYPE_ANCHOR_DAYS: f64 = 180.0;
+
 /// Episodic demand. Real purchase rates are not constant: customers go through active spells
 /// and lulls (a project finished, a season over, a competitor tried) and come back, and their
 /// browsing shows it before their orders do: it thins out during a lull and picks up again
@@ -776,9 +782,9 @@ impl<'w> ChunkGen<'w> {
             if cand >= horizon {
                 break;
             }
-            if !dropout_drawn && cand >= 0.0 {
-                // Alive at the end by construction; memoryless remaining lifetime from here.
-                dropout = self.exp() * p.lifetime_days / hazard;
+            if !dropout_drawn && cand >= -TYPE_ANCHOR_DAYS {
+                // Alive at the anchor by construction; memoryless remaining lifetime from there.
+                dropout = -TYPE_ANCHOR_DAYS + self.exp() * p.lifetime_days / hazard;
                 dropout_drawn = true;
             }
             if cand >= dropout {
@@ -808,13 +814,13 @@ impl<'w> ChunkGen<'w> {
             if status != COMPLETED {
                 // Complaints raise the dropout hazard.
                 hazard = (hazard * 1.35).min(4.0);
-                if planted_dropout.is_none() && !single && t >= 0.0 {
+                if planted_dropout.is_none() && !single && t >= -TYPE_ANCHOR_DAYS {
                     dropout = t + self.exp() * p.lifetime_days / hazard;
                 }
             }
         }
         if !dropout_drawn {
-            dropout = self.exp() * p.lifetime_days / hazard;
+            dropout = -TYPE_ANCHOR_DAYS + self.exp() * p.lifetime_days / hazard;
         }
 
         for (seq, &(ts, status, amount, discount, channel)) in self.order_times.iter().enumerate() {
