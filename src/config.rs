@@ -190,8 +190,43 @@ pub struct FeatureSpec {
     pub transform: TransformKind,
     /// Multiplies the standardised feature: 2 counts it twice as much in the distance.
     pub weight: f64,
-    /// Value used for NULL (e.g. no order yet: a long recency).
-    pub missing: f64,
+    /// Value used for NULL (e.g. no order yet: a long recency), or `"median"`: the median of
+    /// the known values, fitted with the transform.
+    pub missing: Missing,
+}
+
+/// `missing` of a clustering feature.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Missing {
+    /// This value.
+    Value(f64),
+    /// The median of the known values.
+    Median,
+}
+
+impl Serialize for Missing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Missing::Value(v) => s.serialize_f64(*v),
+            Missing::Median => s.serialize_str("median"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Missing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(v) => Ok(Missing::Value(v)),
+            Raw::Text(t) if t == "median" => Ok(Missing::Median),
+            _ => Err(serde::de::Error::custom("expected a number or \"median\"")),
+        }
+    }
 }
 
 impl Default for FeatureSpec {
@@ -199,14 +234,17 @@ impl Default for FeatureSpec {
         FeatureSpec {
             transform: TransformKind::None,
             weight: 1.0,
-            missing: 0.0,
+            missing: Missing::Value(0.0),
         }
     }
 }
 
-/// The default clustering features (README "Segments").
+/// The default clustering features (README "Segments"). Money, counts and days on a log
+/// scale; two measures of one behaviour (visits and cart adds; orders and repeat rate) are not
+/// both at full weight, so no behaviour dominates the distance; zero-heavy rates at half
+/// weight, so a handful of extreme customers does not take a segment of their own.
 pub fn default_cluster_features() -> BTreeMap<String, FeatureSpec> {
-    let log = |weight: f64, missing: f64| FeatureSpec {
+    let log = |weight: f64, missing: Missing| FeatureSpec {
         transform: TransformKind::Log1p,
         weight,
         missing,
@@ -214,21 +252,22 @@ pub fn default_cluster_features() -> BTreeMap<String, FeatureSpec> {
     let plain = |weight: f64| FeatureSpec {
         transform: TransformKind::None,
         weight,
-        missing: 0.0,
+        missing: Missing::Value(0.0),
     };
+    let zero = Missing::Value(0.0);
+    let never = Missing::Value(1000.0);
     [
-        ("recency_days", log(1.0, 1000.0)),
-        ("frequency", log(1.0, 0.0)),
-        ("monetary", log(1.0, 0.0)),
-        ("avg_order_value", log(1.0, 0.0)),
-        ("tenure_days", log(1.0, 0.0)),
-        ("repeat_purchase_rate", log(1.0, 0.0)),
-        ("complaint_rate", plain(1.0)),
+        ("recency_days", log(1.0, never)),
+        ("frequency", log(1.0, zero)),
+        ("monetary", log(1.0, zero)),
+        ("avg_order_value", log(1.0, Missing::Median)),
+        ("tenure_days", log(1.0, zero)),
+        ("repeat_purchase_rate", log(0.5, zero)),
+        ("complaint_rate", plain(0.5)),
         ("discount_share", plain(1.0)),
-        ("sessions_90d", log(1.0, 0.0)),
-        ("add_to_cart_90d", log(1.0, 0.0)),
-        ("days_since_last_visit", log(1.0, 1000.0)),
-        ("engagement_trend", plain(1.0)),
+        ("sessions_90d", log(1.0, zero)),
+        ("days_since_last_visit", log(1.0, never)),
+        ("engagement_trend", plain(0.5)),
     ]
     .into_iter()
     .map(|(n, s)| (n.to_string(), s))
@@ -792,7 +831,7 @@ fn check_clustering(c: &ClusterParams, problems: &mut Vec<String>) {
                 f.weight
             ));
         }
-        if !f.missing.is_finite() {
+        if matches!(f.missing, Missing::Value(v) if !v.is_finite()) {
             problems.push(format!(
                 "`clustering.features.{name}.missing` must be a finite number"
             ));

@@ -20,7 +20,7 @@ pub mod transform;
 use ndarray::{Array2, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ClusterParams, KSetting};
+use crate::config::{ClusterParams, KSetting, Missing};
 use crate::error::{Error, Result};
 use crate::features::CustomerTable;
 use crate::segments;
@@ -154,7 +154,12 @@ fn warm_start_refusal(previous: &SegmentModel, params: &ClusterParams) -> Option
     let same_features = previous.transform.features.len() == params.features.len()
         && previous.transform.features.iter().all(|f| {
             params.features.get(&f.name).is_some_and(|s| {
-                s.transform == f.transform && s.weight == f.weight && s.missing == f.missing
+                s.transform == f.transform
+                    && s.weight == f.weight
+                    && match s.missing {
+                        Missing::Value(v) => v == f.missing,
+                        Missing::Median => true,
+                    }
             })
         });
     if !same_features {
@@ -459,7 +464,7 @@ mod tests {
                     FeatureSpec {
                         transform: TransformKind::Log1p,
                         weight: 1.0,
-                        missing: 0.0,
+                        missing: Missing::Value(0.0),
                     },
                 )
             })

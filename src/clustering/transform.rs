@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{FeatureSpec, TransformKind};
+use crate::config::{FeatureSpec, Missing, TransformKind};
 use crate::error::{Error, Result};
 use crate::features::CustomerTable;
 
@@ -19,7 +19,7 @@ pub struct FittedFeature {
     pub name: String,
     /// `log1p` or `none`.
     pub transform: TransformKind,
-    /// Value used for NULL, before the transform.
+    /// Value used for NULL, before the transform (a configured `"median"` resolved).
     pub missing: f64,
     /// Multiplies the standardised value (its share of the distance).
     pub weight: f64,
@@ -77,10 +77,17 @@ impl Transform {
         let mut features = Vec::with_capacity(specs.len());
         for (name, spec) in specs {
             let raw = column(table, name)?;
+            let missing = match spec.missing {
+                Missing::Value(v) => v,
+                Missing::Median => {
+                    let mut known: Vec<f64> = raw.iter().copied().filter(|v| !v.is_nan()).collect();
+                    quantile(&mut known, 0.5)
+                }
+            };
             let mut f = FittedFeature {
                 name: name.clone(),
                 transform: spec.transform,
-                missing: spec.missing,
+                missing,
                 weight: spec.weight,
                 lo: f64::NEG_INFINITY,
                 hi: f64::INFINITY,

@@ -72,8 +72,9 @@ const T_HIBERNATING: u8 = 6;
 const T_ONE_TIME: u8 = 8;
 const T_SIGNUP_ONLY: u8 = 9;
 
-/// Customers of the "alive" types are alive this many days before the end of the data by
-/// construction (so that their type describes them), and from then on drop out at their
+/// Customers of the "alive" types are alive this many days before the end of the data (or at
+/// their signup, if later) by construction (so that their type describes them), and from then
+/// on drop out at their
 /// natural hazard. Neither the last 180 days (the window segmenter's backtest labels) nor the
 /// future window is conditioned on survival, so a model cannot profit from the construction.
 const TYPE_ANCHOR_DAYS: f64 = 180.0;
@@ -754,6 +755,8 @@ impl<'w> ChunkGen<'w> {
         let mut dropout = planted_dropout.unwrap_or(f64::INFINITY);
         let mut dropout_drawn = planted_dropout.is_some();
         let mut t = signup;
+        // Later signups are alive at their signup (and then drop out at the natural hazard).
+        let anchor = (-TYPE_ANCHOR_DAYS).max(signup);
         let mut first = self.rng.gen::<f64>() < p.first_order_prob;
         loop {
             let cand = if first {
@@ -782,9 +785,9 @@ impl<'w> ChunkGen<'w> {
             if cand >= horizon {
                 break;
             }
-            if !dropout_drawn && cand >= -TYPE_ANCHOR_DAYS {
+            if !dropout_drawn && cand >= anchor {
                 // Alive at the anchor by construction; memoryless remaining lifetime from there.
-                dropout = -TYPE_ANCHOR_DAYS + self.exp() * p.lifetime_days / hazard;
+                dropout = anchor + self.exp() * p.lifetime_days / hazard;
                 dropout_drawn = true;
             }
             if cand >= dropout {
@@ -814,13 +817,13 @@ impl<'w> ChunkGen<'w> {
             if status != COMPLETED {
                 // Complaints raise the dropout hazard.
                 hazard = (hazard * 1.35).min(4.0);
-                if planted_dropout.is_none() && !single && t >= -TYPE_ANCHOR_DAYS {
+                if planted_dropout.is_none() && !single && t >= anchor {
                     dropout = t + self.exp() * p.lifetime_days / hazard;
                 }
             }
         }
         if !dropout_drawn {
-            dropout = -TYPE_ANCHOR_DAYS + self.exp() * p.lifetime_days / hazard;
+            dropout = anchor + self.exp() * p.lifetime_days / hazard;
         }
 
         for (seq, &(ts, status, amount, discount, channel)) in self.order_times.iter().enumerate() {
