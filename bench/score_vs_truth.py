@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Score outputs against the generator's planted truth (what really happened next).
 
-usage: score_vs_truth.py DATA_DIR END_DATE NAME=SCORES.parquet [NAME=SCORES.parquet ...]
+usage: score_vs_truth.py [--json] DATA_DIR END_DATE NAME=SCORES.parquet [NAME=SCORES.parquet ...]
 
 DATA_DIR is a `segmenter generate` directory (it holds truth/customers.parquet and
 truth/future_orders/); END_DATE the run date (the generator's --end-date). Each SCORES file
@@ -13,7 +13,9 @@ partition or the peer's output). For each it prints:
   top20 cap   : share of realised revenue held by the top 20% by value_score
   ARI         : adjusted Rand index of `segment` vs the planted customer types
 Only customers present in the scores file are scored. No fitting happens here.
+With --json the figures are printed as one JSON object keyed by NAME instead of a table.
 """
+import json
 import sys
 from datetime import date, timedelta
 
@@ -24,9 +26,11 @@ from scipy.stats import spearmanr
 
 
 def main():
-    if len(sys.argv) < 4:
+    args = [a for a in sys.argv[1:] if a != "--json"]
+    as_json = len(args) < len(sys.argv) - 1
+    if len(args) < 3:
         sys.exit(__doc__)
-    data, end = sys.argv[1], date.fromisoformat(sys.argv[2])
+    data, end = args[0], date.fromisoformat(args[1])
     cut = end + timedelta(days=1)
     con = duckdb.connect()
     truth = con.sql(f"""
@@ -40,9 +44,8 @@ def main():
                  sum(amount) FILTER (WHERE status = 'completed') AS revenue_365d
           FROM read_parquet('{data}/truth/future_orders/*.parquet') GROUP BY customer_id
         ) f USING (customer_id)""").df()
-    print(f"{'scores':<12} {'n':>8} {'churn AUC':>10} {'Brier':>8} {'base Brier':>10} "
-          f"{'value rho':>10} {'top20 cap':>10} {'ARI':>7}")
-    for spec in sys.argv[3:]:
+    results = {}
+    for spec in args[2:]:
         name, path = spec.split("=", 1)
         s = con.sql(f"SELECT customer_id, churn_risk_score, value_score, CAST(segment AS VARCHAR) AS segment "
                     f"FROM read_parquet('{path}')").df()
@@ -57,8 +60,17 @@ def main():
         top = np.argsort(-v, kind="stable")[: max(1, len(v) // 5)]
         cap = r[top].sum() / r.sum() if r.sum() > 0 else float("nan")
         ari = adjusted_rand_score(m.planted_type, m.segment)
-        print(f"{name:<12} {len(m):>8} {auc:>10.4f} {brier:>8.4f} {base:>10.4f} "
-              f"{rho:>10.4f} {cap:>10.4f} {ari:>7.4f}")
+        results[name] = {"n": len(m), "churn_auc": auc, "brier": brier, "base_brier": base,
+                         "value_rho": rho, "top20_cap": cap, "ari": ari}
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'scores':<12} {'n':>8} {'churn AUC':>10} {'Brier':>8} {'base Brier':>10} "
+          f"{'value rho':>10} {'top20 cap':>10} {'ARI':>7}")
+    for name, r in results.items():
+        print(f"{name:<12} {r['n']:>8} {r['churn_auc']:>10.4f} {r['brier']:>8.4f} "
+              f"{r['base_brier']:>10.4f} {r['value_rho']:>10.4f} {r['top20_cap']:>10.4f} "
+              f"{r['ari']:>7.4f}")
 
 
 if __name__ == "__main__":

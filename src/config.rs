@@ -166,7 +166,7 @@ impl<'de> Deserialize<'de> for KSetting {
             Raw::Number(k) if k >= 0 => Ok(KSetting::Fixed(k as usize)),
             Raw::Text(t) if t == "auto" => Ok(KSetting::Auto),
             _ => Err(serde::de::Error::custom(
-                "expected a number of segments or \"auto\"",
+                "`clustering.k` must be a number of segments or \"auto\"",
             )),
         }
     }
@@ -224,7 +224,9 @@ impl<'de> Deserialize<'de> for Missing {
         match Raw::deserialize(d)? {
             Raw::Number(v) => Ok(Missing::Value(v)),
             Raw::Text(t) if t == "median" => Ok(Missing::Median),
-            _ => Err(serde::de::Error::custom("expected a number or \"median\"")),
+            _ => Err(serde::de::Error::custom(
+                "`missing` of a `clustering.features` entry must be a number or \"median\"",
+            )),
         }
     }
 }

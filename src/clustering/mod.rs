@@ -3,7 +3,8 @@
 //!
 //! * First run (or `--refit`): fit the [`Transform`] on everyone, choose k (fixed, or the best
 //!   silhouette in a range), k-means++ with several seeded runs on a deterministic sample,
-//!   clusters in a canonical order (highest-spending centroid first).
+//!   clusters in a canonical order (highest-spending centroid first). A refit also re-optimises
+//!   the previous segments (when k is unchanged) as one more start; the lowest inertia wins.
 //! * Later runs warm-start from the previous run's [`SegmentModel`]: its transform, and k-means
 //!   started at its centroids.
 //! * Either way the new clusters are matched one-to-one to the previous segments (Hungarian
@@ -184,6 +185,15 @@ fn to_array(rows: &[Vec<f64>]) -> Result<Array2<f64>> {
         .map_err(|e| Error::Model(format!("centroid matrix: {e}")))
 }
 
+/// Mean squared distance of the rows of `x` to their nearest centroid.
+fn inertia(x: &Array2<f64>, centroids: &Array2<f64>) -> f64 {
+    kmeans::assign(x, centroids)
+        .iter()
+        .map(|p| p.1)
+        .sum::<f64>()
+        / x.nrows().max(1) as f64
+}
+
 /// Chooses k by silhouette (ties: the smaller k) and returns its centroids and every score.
 fn choose_k(sample: &Array2<f64>, params: &ClusterParams) -> Result<(Array2<f64>, Vec<KScore>)> {
     let sil_rows = kmeans::even_sample(sample.nrows(), params.silhouette_sample);
@@ -193,8 +203,7 @@ fn choose_k(sample: &Array2<f64>, params: &ClusterParams) -> Result<(Array2<f64>
     let mut scores = Vec::new();
     for k in params.k_min..=k_max {
         let c = kmeans::fit(sample, k, params)?;
-        let inertia = kmeans::assign(sample, &c).iter().map(|p| p.1).sum::<f64>()
-            / sample.nrows().max(1) as f64;
+        let inertia = inertia(sample, &c);
         let labels: Vec<usize> = kmeans::assign(&sil_x, &c)
             .into_iter()
             .map(|p| p.0)
@@ -278,10 +287,25 @@ pub fn segment(
         transform = Transform::fit(table, &params.features, params.winsorize)?;
         let x = transform.apply(table)?;
         let sample = x.select(Axis(0), &sample_rows);
-        let (c, scores) = match params.k {
+        let (mut c, scores) = match params.k {
             KSetting::Fixed(k) => (kmeans::fit(&sample, k, params)?, Vec::new()),
             KSetting::Auto => choose_k(&sample, params)?,
         };
+        // The previous segments, re-optimised on today's data, are one more start: when no
+        // fresh start does better (lower inertia), the refit keeps that solution.
+        if let Some(p) = previous.filter(|p| p.segments.len() == c.nrows()) {
+            let old: Option<Vec<Vec<f64>>> = p
+                .segments
+                .iter()
+                .map(|s| transform.convert(&p.transform, &s.centroid))
+                .collect();
+            if let Some(old) = old {
+                let warm = kmeans::fit_from(&sample, to_array(&old)?, params)?;
+                if inertia(&sample, &warm) < inertia(&sample, &c) {
+                    c = warm;
+                }
+            }
+        }
         let c = rows(&c);
         centroids = canonical_order(&transform, &c)
             .into_iter()

@@ -7,3 +7,4 @@ mod models;
 mod producers;
 mod run;
 mod s3;
+mod segments;
