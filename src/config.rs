@@ -948,6 +948,33 @@ root = "out"
         assert!(p.features_sql.contains("customer_id"));
     }
 
+    /// pipelines/nightly.toml says its values are the defaults: it must parse and agree.
+    #[test]
+    fn the_nightly_template_shows_the_defaults() {
+        let text = include_str!("../pipelines/nightly.toml");
+        let vars = |k: &str| match k {
+            "SHOP_RAW_BUCKET" | "SHOP_MARTS_BUCKET" => Some("b".to_string()),
+            _ => None,
+        };
+        let p = Pipeline::from_toml(text, "nightly.toml", Path::new("/p"), &[], &vars).unwrap();
+        assert_eq!(p.clustering, ClusterParams::default());
+        assert_eq!(p.lifecycle, LifecycleRules::default());
+        assert_eq!(p.loyalty, LoyaltyRules::default());
+        assert_eq!(p.model, ModelParams::default());
+        // And the auto k and feature table forms parse.
+        let p = load(
+            &format!(
+                "{MINIMAL}\n[clustering]\nk = \"auto\"\n[clustering.features]\n\
+                 monetary = {{ transform = \"log1p\", missing = \"median\" }}\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.clustering.k, KSetting::Auto);
+        assert_eq!(p.clustering.features["monetary"].missing, Missing::Median);
+        assert_eq!(p.clustering.features["monetary"].weight, 1.0);
+    }
+
     #[test]
     fn overrides_set_nested_keys_with_types() {
         let p = load(
