@@ -24,6 +24,7 @@ pub fn fit(sample: &Array2<f64>, k: usize, params: &ClusterParams) -> Result<Arr
 }
 
 /// Centroids from k-means started at `init` (one run): the warm start from the previous model.
+/// A centre that ends up with no finite value (no customer near it) stays where it started.
 pub fn fit_from(
     sample: &Array2<f64>,
     init: Array2<f64>,
@@ -33,12 +34,18 @@ pub fn fit_from(
     let rng = Xoshiro256Plus::seed_from_u64(params.seed);
     let model = KMeans::params_with_rng(k, rng)
         .n_runs(1)
-        .init_method(KMeansInit::Precomputed(init))
+        .init_method(KMeansInit::Precomputed(init.clone()))
         .max_n_iterations(params.max_iterations)
         .tolerance(params.tolerance)
         .fit(&DatasetBase::from(sample.clone()))
         .map_err(|e| Error::Model(format!("k-means warm start (k = {k}) did not fit: {e}")))?;
-    Ok(model.centroids().clone())
+    let mut c = model.centroids().clone();
+    for (mut row, start) in c.axis_iter_mut(Axis(0)).zip(init.axis_iter(Axis(0))) {
+        if row.iter().any(|v| !v.is_finite()) {
+            row.assign(&start);
+        }
+    }
+    Ok(c)
 }
 
 fn sq(a: ArrayView1<f64>, b: ArrayView1<f64>) -> f64 {
@@ -125,6 +132,20 @@ mod tests {
         let x = array![[0.4], [1.0], [1.9]];
         let a: Vec<usize> = assign(&x, &c).into_iter().map(|p| p.0).collect();
         assert_eq!(a, vec![0, 0, 1]);
+    }
+
+    #[test]
+    fn a_warm_start_keeps_a_centre_nobody_is_near() {
+        let x = array![[0.0], [0.1], [0.2], [10.0], [10.1]];
+        let init = array![[0.0], [10.0], [1000.0]];
+        let c = fit_from(&x, init, &ClusterParams::default()).unwrap();
+        assert!(c.iter().all(|v| v.is_finite()), "{c}");
+        // linfa stops at its tolerance, so the means are close, not exact.
+        assert!(
+            (c[[0, 0]] - 0.1).abs() < 1e-3 && (c[[1, 0]] - 10.05).abs() < 1e-3,
+            "{c}"
+        );
+        assert_eq!(c[[2, 0]], 1000.0, "{c}");
     }
 
     #[test]
