@@ -43,6 +43,45 @@ pub struct RawPipeline {
     /// Query engine resources.
     #[serde(default)]
     pub engine: EngineParams,
+    /// Data quality gates.
+    #[serde(default)]
+    pub quality: QualityParams,
+}
+
+/// `[quality]`: row rules and the gates that stop a run on bad input (README "Data quality").
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityParams {
+    /// Above this share of rejected rows in any input the run fails (exit 3).
+    pub max_rejected_share: f64,
+    /// If an input's usable rows fall by more than this share against the previous
+    /// published run, the run fails (exit 3).
+    pub max_row_drop: f64,
+    /// Rows with a timestamp before this date (UTC) are rejected (`before_floor`).
+    pub earliest_date: String,
+    /// A corrupt or truncated Parquet file: `"fail"` (exit 3) or `"skip"` (counted).
+    pub on_corrupt_file: OnCorruptFile,
+}
+
+/// What to do with an unreadable input file.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCorruptFile {
+    /// Stop with exit 3, naming the file.
+    Fail,
+    /// Leave it out, count and list it in the manifest.
+    Skip,
+}
+
+impl Default for QualityParams {
+    fn default() -> Self {
+        QualityParams {
+            max_rejected_share: 0.05,
+            max_row_drop: 0.5,
+            earliest_date: "1980-01-01".into(),
+            on_corrupt_file: OnCorruptFile::Fail,
+        }
+    }
 }
 
 /// `[inputs]`: prefixes or directories of Parquet files.
@@ -486,6 +525,10 @@ pub struct Pipeline {
     pub memory_limit_bytes: Option<usize>,
     /// Parallelism.
     pub target_partitions: usize,
+    /// Quality gates.
+    pub quality: QualityParams,
+    /// `quality.earliest_date`, parsed.
+    pub earliest_date: chrono::NaiveDate,
     /// The effective settings, for the manifest (no secrets: only URLs and numbers).
     pub effective: RawPipeline,
 }
@@ -693,6 +736,27 @@ impl RawPipeline {
         check_clustering(&self.clustering, &mut problems);
         check_lifecycle(&self.lifecycle, &mut problems);
         check_loyalty(&self.loyalty, &mut problems);
+        check_unit(
+            "quality.max_rejected_share",
+            self.quality.max_rejected_share,
+            &mut problems,
+        );
+        check_unit(
+            "quality.max_row_drop",
+            self.quality.max_row_drop,
+            &mut problems,
+        );
+        let earliest_date =
+            match chrono::NaiveDate::parse_from_str(&self.quality.earliest_date, "%Y-%m-%d") {
+                Ok(d) => d,
+                Err(_) => {
+                    problems.push(format!(
+                        "`quality.earliest_date` = \"{}\" is not a date; write YYYY-MM-DD",
+                        self.quality.earliest_date
+                    ));
+                    chrono::NaiveDate::default()
+                }
+            };
         let memory_limit_bytes = match &self.engine.memory_limit {
             None => physical_memory().map(|m| m / 10 * 6),
             Some(text) => match parse_memory(text, physical_memory()) {
@@ -735,6 +799,8 @@ impl RawPipeline {
             loyalty: self.loyalty.clone(),
             memory_limit_bytes,
             target_partitions,
+            quality: self.quality.clone(),
+            earliest_date,
             effective: self,
         })
     }

@@ -30,7 +30,7 @@ use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::config::{Location, Pipeline};
+use crate::config::{Location, OnCorruptFile, Pipeline};
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::storage::{self, StoreRef};
@@ -101,13 +101,43 @@ pub struct InputReport {
     pub rows_after_cutoff: u64,
     /// Rows the run uses.
     pub rows_used: u64,
-    /// Rows dropped, by reason.
+    /// Rows dropped, by reason (`anonymous` events are counted here but are not errors).
     pub rejected: BTreeMap<String, u64>,
+    /// Unreadable files left out (`quality.on_corrupt_file = "skip"`).
+    pub skipped_files: Vec<String>,
+}
+
+impl InputReport {
+    /// Rows the run looked at: every row in the files before the cut-off.
+    pub fn rows_before_cutoff(&self) -> u64 {
+        self.rows_in_files.saturating_sub(self.rows_after_cutoff)
+    }
+
+    /// Rejected rows that are errors (everything but `anonymous` events).
+    pub fn rows_rejected(&self) -> u64 {
+        self.rejected
+            .iter()
+            .filter(|(r, _)| r.as_str() != "anonymous")
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// The rules as SQL for one run: the as-of cut and the timestamp floor.
+#[derive(Debug, Clone, Default)]
+pub struct Bounds {
+    /// First instant the run must not see (SQL timestamp literal).
+    pub cutoff: String,
+    /// First instant a row may have (SQL timestamp literal); earlier rows are rejected.
+    pub floor: String,
 }
 
 /// Reports for every input.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Inputs {
+    /// The cut-off and floor the rules used.
+    #[serde(skip)]
+    pub bounds: Bounds,
     /// Orders.
     pub orders: InputReport,
     /// Events (absent if not configured).
@@ -123,29 +153,59 @@ pub async fn register(
     pipeline: &Pipeline,
     cutoff_sql: &str,
 ) -> Result<Inputs> {
-    let orders = register_raw(ctx, "orders_raw", &pipeline.orders, "inputs.orders", ORDERS).await?;
-    let orders = clean_orders(ctx, orders, cutoff_sql).await?;
+    let bounds = Bounds {
+        cutoff: cutoff_sql.to_string(),
+        floor: format!(
+            "TIMESTAMP '{} 00:00:00'",
+            pipeline.earliest_date.format("%Y-%m-%d")
+        ),
+    };
+    let skip = pipeline.quality.on_corrupt_file == OnCorruptFile::Skip;
+    let orders = register_raw(
+        ctx,
+        "orders_raw",
+        &pipeline.orders,
+        "inputs.orders",
+        ORDERS,
+        skip,
+    )
+    .await?;
+    let orders = clean_orders(ctx, orders, &bounds).await?;
 
     let events = match &pipeline.events {
         Some(loc) => {
-            let report = register_raw(ctx, "events_raw", loc, "inputs.events", EVENTS).await?;
-            Some(count_events(ctx, report, cutoff_sql).await?)
+            let report =
+                register_raw(ctx, "events_raw", loc, "inputs.events", EVENTS, skip).await?;
+            Some(count_events(ctx, report, &bounds).await?)
         }
         None => {
             register_empty(ctx, "events_raw", EVENTS)?;
             None
         }
     };
+    // Only rows that pass every rule; `anonymous` ones are valid but not about a customer.
+    let valid: Vec<String> = event_rules(&bounds)
+        .into_iter()
+        .map(|(_, cond)| format!("NOT coalesce({cond}, false)"))
+        .collect();
     let view = format!(
         "CREATE VIEW events AS SELECT customer_id, session_id, event_ts, event_type \
-         FROM events_raw WHERE event_ts < {cutoff_sql} AND customer_id IS NOT NULL AND customer_id <> ''"
+         FROM events_raw WHERE {}",
+        valid.join(" AND ")
     );
     engine::collect(ctx, &view, "creating the events view").await?;
 
     let customers = match &pipeline.customers {
         Some(loc) => {
-            let report =
-                register_raw(ctx, "customers_raw", loc, "inputs.customers", CUSTOMERS).await?;
+            let report = register_raw(
+                ctx,
+                "customers_raw",
+                loc,
+                "inputs.customers",
+                CUSTOMERS,
+                skip,
+            )
+            .await?;
             Some(clean_customers(ctx, report, cutoff_sql).await?)
         }
         None => {
@@ -155,6 +215,7 @@ pub async fn register(
         }
     };
     Ok(Inputs {
+        bounds,
         orders,
         events,
         customers,
@@ -169,6 +230,7 @@ async fn register_raw(
     location: &Location,
     key: &str,
     cols: &[Col],
+    skip_corrupt: bool,
 ) -> Result<InputReport> {
     let store = storage::open(ctx, location)?;
     let files: Vec<_> = store
@@ -187,20 +249,60 @@ async fn register_raw(
             ),
         ));
     }
+    // In listing order, so that skipped files are reported in a stable order.
     let checks = futures::stream::iter(files.iter().cloned().map(|meta| {
         let store = store.clone();
         async move { check_file(&store, meta, cols).await }
     }))
-    .buffer_unordered(16)
-    .try_collect::<Vec<_>>()
-    .await?;
+    .buffered(16)
+    .collect::<Vec<_>>()
+    .await;
+    let mut rows = Vec::with_capacity(checks.len());
+    let mut good = Vec::with_capacity(checks.len());
+    let mut skipped = Vec::new();
+    for (meta, check) in files.iter().zip(checks) {
+        match check {
+            Ok(n) => {
+                rows.push(n);
+                good.push(meta.clone());
+            }
+            Err(FileProblem::Unreadable(file, e)) if skip_corrupt => {
+                tracing::warn!(file, error = e, "skipping an unreadable Parquet file");
+                skipped.push(file);
+            }
+            Err(FileProblem::Unreadable(file, e)) => {
+                return Err(Error::InputRejected(format!(
+                    "{file} is not a readable Parquet file ({e}); re-export it, remove it, or set \
+                     quality.on_corrupt_file = \"skip\" to leave such files out"
+                )))
+            }
+            Err(FileProblem::Schema(msg)) => return Err(Error::InputRejected(msg)),
+        }
+    }
+    if good.is_empty() {
+        return Err(Error::InputRejected(format!(
+            "`{key}`: none of the {} Parquet files at {} is readable",
+            files.len(),
+            location.as_str()
+        )));
+    }
 
     let schema = schema_of(cols);
-    let url = ListingTableUrl::parse(location.as_str())
+    let urls = if skipped.is_empty() {
+        vec![ListingTableUrl::parse(location.as_str())]
+    } else {
+        // Only the readable files.
+        good.iter()
+            .map(|m| ListingTableUrl::parse(file_url(&store, &m.location)))
+            .collect()
+    };
+    let urls = urls
+        .into_iter()
+        .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::engine(format!("registering {}", location.as_str()), e))?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(url)
+    let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(schema);
     let table = ListingTable::try_new(config)
@@ -210,11 +312,30 @@ async fn register_raw(
 
     Ok(InputReport {
         location: location.as_str().to_string(),
-        files: files.len(),
-        bytes: files.iter().map(|m| m.size).sum(),
-        rows_in_files: checks.iter().sum(),
+        files: good.len(),
+        bytes: good.iter().map(|m| m.size).sum(),
+        rows_in_files: rows.iter().sum(),
+        skipped_files: skipped,
         ..Default::default()
     })
+}
+
+/// Why a file cannot be used.
+enum FileProblem {
+    /// Not Parquet, or truncated: (file URL, reason).
+    Unreadable(String, String),
+    /// A required column missing or of an unconvertible type (the whole message).
+    Schema(String),
+}
+
+/// The URL of an object of `store`, for messages and for the engine.
+fn file_url(store: &StoreRef, path: &object_store::path::Path) -> String {
+    format!(
+        "{}://{}/{}",
+        store.location.url().scheme(),
+        store.location.url().host_str().unwrap_or_default(),
+        path
+    )
 }
 
 /// Parquet data files: `*.parquet`, skipping hidden and `_`-prefixed names (Spark/Hadoop markers).
@@ -224,36 +345,37 @@ fn is_data_file(key: &str) -> bool {
 }
 
 /// Reads one footer; checks required columns are present and castable. Returns the row count.
-async fn check_file(store: &StoreRef, meta: object_store::ObjectMeta, cols: &[Col]) -> Result<u64> {
-    let file = format!(
-        "{}://{}/{}",
-        store.location.url().scheme(),
-        store.location.url().host_str().unwrap_or_default(),
-        meta.location
-    );
+async fn check_file(
+    store: &StoreRef,
+    meta: object_store::ObjectMeta,
+    cols: &[Col],
+) -> std::result::Result<u64, FileProblem> {
+    let file = file_url(store, &meta.location);
     #[allow(deprecated)]
     let reader = ParquetObjectReader::new(Arc::clone(&store.store), meta.location.clone())
         .with_file_size(meta.size);
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| {
-            Error::InputRejected(format!(
-                "{file} is not a readable Parquet file ({e}); re-export it or remove it"
-            ))
-        })?;
-    let schema = builder.schema();
+        .map_err(|e| FileProblem::Unreadable(file.clone(), e.to_string()))?;
+    check_schema(&file, builder.schema(), cols).map_err(FileProblem::Schema)?;
+    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// Checks a file's schema against an input's columns: every required column present, every
+/// present column convertible to its canonical type; extra columns are ignored.
+fn check_schema(file: &str, schema: &Schema, cols: &[Col]) -> std::result::Result<(), String> {
     for Col(name, ty, required) in cols {
         match schema.field_with_name(name) {
             Ok(field) => {
                 if !can_cast_types(field.data_type(), ty) {
-                    return Err(Error::InputRejected(format!(
+                    return Err(format!(
                         "{file}: column `{name}` has type {} which cannot be converted to {ty}",
                         field.data_type()
-                    )));
+                    ));
                 }
             }
             Err(_) if *required => {
-                return Err(Error::InputRejected(format!(
+                return Err(format!(
                     "{file}: required column `{name}` is missing (columns present: {})",
                     schema
                         .fields()
@@ -261,12 +383,12 @@ async fn check_file(store: &StoreRef, meta: object_store::ObjectMeta, cols: &[Co
                         .map(|f| f.name().as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                )))
+                ))
             }
             Err(_) => {}
         }
     }
-    Ok(builder.metadata().file_metadata().num_rows().max(0) as u64)
+    Ok(())
 }
 
 fn register_empty(ctx: &SessionContext, name: &str, cols: &[Col]) -> Result<()> {
@@ -280,12 +402,14 @@ fn register_empty(ctx: &SessionContext, name: &str, cols: &[Col]) -> Result<()> 
 
 /// The order rules, in order: the first that fails names the reason. `after_cutoff` rows are
 /// not rejects: they are simply in this run's future.
-fn order_reason_sql(cutoff_sql: &str) -> String {
+fn order_reason_sql(b: &Bounds) -> String {
     let statuses = ORDER_STATUSES.map(|s| format!("'{s}'")).join(", ");
+    let (cutoff_sql, floor) = (&b.cutoff, &b.floor);
     format!(
         "CASE \
            WHEN order_ts IS NULL THEN 'null_timestamp' \
            WHEN order_ts >= {cutoff_sql} THEN 'after_cutoff' \
+           WHEN order_ts < {floor} THEN 'before_floor' \
            WHEN order_id IS NULL OR order_id = '' THEN 'null_order_id' \
            WHEN customer_id IS NULL OR customer_id = '' THEN 'null_customer_id' \
            WHEN NOT (amount >= 0 AND amount < 1e15) OR amount IS NULL THEN 'invalid_amount' \
@@ -297,9 +421,9 @@ fn order_reason_sql(cutoff_sql: &str) -> String {
 async fn clean_orders(
     ctx: &SessionContext,
     mut report: InputReport,
-    cutoff_sql: &str,
+    bounds: &Bounds,
 ) -> Result<InputReport> {
-    let reason = order_reason_sql(cutoff_sql);
+    let reason = order_reason_sql(bounds);
     // Valid rows, one per order_id: the earliest version wins, ties broken on every column so
     // the choice does not depend on file order.
     let clean = format!(
@@ -336,27 +460,46 @@ async fn clean_orders(
     Ok(report)
 }
 
-async fn count_events(
-    ctx: &SessionContext,
-    mut report: InputReport,
-    cutoff_sql: &str,
-) -> Result<InputReport> {
+/// The event rules, in order (as [`order_reason_sql`]); `anonymous` rows are counted, not
+/// errors.
+fn event_rules(b: &Bounds) -> Vec<(&'static str, String)> {
     let types = EVENT_TYPES.map(|s| format!("'{s}'")).join(", ");
-    // One row of filtered counts: far cheaper than grouping 50M+ rows by a reason string.
-    // The conditions mirror the rules in order (each row counts for its first failing rule).
-    let rules = [
+    vec![
         ("null_timestamp", "event_ts IS NULL".to_string()),
-        ("after_cutoff", format!("event_ts >= {cutoff_sql}")),
+        ("after_cutoff", format!("event_ts >= {}", b.cutoff)),
+        ("before_floor", format!("event_ts < {}", b.floor)),
         (
             "anonymous",
             "customer_id IS NULL OR customer_id = ''".to_string(),
         ),
-        ("null_session_id", "session_id IS NULL".to_string()),
+        (
+            "null_session_id",
+            "session_id IS NULL OR session_id = ''".to_string(),
+        ),
         (
             "unknown_event_type",
             format!("event_type IS NULL OR event_type NOT IN ({types})"),
         ),
-    ];
+    ]
+}
+
+/// The reason an event fails the rules (NULL when it passes), as SQL.
+fn event_reason_sql(b: &Bounds) -> String {
+    let whens: Vec<String> = event_rules(b)
+        .into_iter()
+        .map(|(reason, cond)| format!("WHEN {cond} THEN '{reason}'"))
+        .collect();
+    format!("CASE {} END", whens.join(" "))
+}
+
+async fn count_events(
+    ctx: &SessionContext,
+    mut report: InputReport,
+    bounds: &Bounds,
+) -> Result<InputReport> {
+    // One row of filtered counts: far cheaper than grouping 50M+ rows by a reason string.
+    // The conditions mirror the rules in order (each row counts for its first failing rule).
+    let rules = event_rules(bounds);
     let mut earlier = Vec::new();
     let mut columns = vec!["count(*)".to_string()];
     for (_, cond) in &rules {
@@ -382,6 +525,90 @@ async fn count_events(
     }
     report.rows_used = counts[0].saturating_sub(rejected_or_excluded);
     Ok(report)
+}
+
+/// Writes the rejected rows of orders and events (with a `reason` column) under `dir`
+/// (e.g. `_rejected/run_date=D/`), one file per input named with `run_id`. Events are only
+/// scanned again when the counts found errors; `anonymous` and `after_cutoff` rows are not
+/// rejects and are not written. Returns the URLs written.
+pub async fn write_rejected(
+    ctx: &SessionContext,
+    root: &StoreRef,
+    dir: &str,
+    run_id: &str,
+    inputs: &Inputs,
+) -> Result<Vec<String>> {
+    let bounds = &inputs.bounds;
+    let mut written = Vec::new();
+    if inputs.orders.rows_rejected() > 0 {
+        let reason = order_reason_sql(bounds);
+        let sql = format!(
+            "SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, reason FROM ( \
+               SELECT *, {reason} AS reason FROM orders_raw) \
+             WHERE reason IS NOT NULL AND reason <> 'after_cutoff' \
+             UNION ALL \
+             SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, \
+                    'duplicate_order_id' AS reason FROM ( \
+               SELECT *, row_number() OVER (PARTITION BY order_id \
+                 ORDER BY order_ts, customer_id, amount, lower(trim(status)), discount_amount, channel) AS version \
+               FROM orders_raw WHERE ({reason}) IS NULL) \
+             WHERE version > 1 \
+             ORDER BY reason, order_id, order_ts"
+        );
+        written.push(
+            write_query(
+                ctx,
+                root,
+                &format!("{dir}orders/part-{run_id}.parquet"),
+                &sql,
+            )
+            .await?,
+        );
+    }
+    if let Some(events) = &inputs.events {
+        if events.rows_rejected() > 0 {
+            let sql = format!(
+                "SELECT event_id, customer_id, session_id, event_ts, event_type, reason FROM ( \
+                   SELECT *, {} AS reason FROM events_raw) \
+                 WHERE reason IS NOT NULL AND reason NOT IN ('after_cutoff', 'anonymous') \
+                 ORDER BY reason, event_ts, event_id",
+                event_reason_sql(bounds)
+            );
+            written.push(
+                write_query(
+                    ctx,
+                    root,
+                    &format!("{dir}events/part-{run_id}.parquet"),
+                    &sql,
+                )
+                .await?,
+            );
+        }
+    }
+    Ok(written)
+}
+
+/// Runs `sql` and writes its result as one Parquet file `name` under `root`, streaming.
+async fn write_query(
+    ctx: &SessionContext,
+    root: &StoreRef,
+    name: &str,
+    sql: &str,
+) -> Result<String> {
+    use datafusion::dataframe::DataFrameWriteOptions;
+    let url = root.url_of(name);
+    let what = format!("writing {url}");
+    ctx.sql(sql)
+        .await
+        .map_err(|e| Error::engine(format!("planning {what}"), e))?
+        .write_parquet(
+            &url,
+            DataFrameWriteOptions::new().with_single_file_output(true),
+            None,
+        )
+        .await
+        .map_err(|e| Error::engine(what, e))?;
+    Ok(url)
 }
 
 async fn clean_customers(

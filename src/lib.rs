@@ -22,6 +22,7 @@ pub mod inputs;
 pub mod models;
 pub mod outputs;
 pub mod previous;
+pub mod quality;
 pub mod run;
 pub mod segments;
 pub mod storage;

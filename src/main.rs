@@ -83,6 +83,11 @@ enum Command {
         /// Last day of the data (the history covers the two years up to it).
         #[arg(long, default_value = "2026-10-31")]
         end_date: NaiveDate,
+        /// Also write extra files with planted defects (duplicates from an old producer,
+        /// invalid rows, a truncated file) and their exact counts in truth/defects.json; the
+        /// clean files stay the same.
+        #[arg(long)]
+        dirty: bool,
     },
 }
 
@@ -209,16 +214,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             customers,
             seed,
             end_date,
+            dirty,
         } => {
             let mut opts = GenerateOptions::new(out, customers);
             opts.seed = seed;
             opts.end_date = end_date;
+            opts.dirty = dirty;
             let s = generate(&opts).map_err(|e| Error::config(None, format!("generate: {e}")))?;
             println!(
                 "generated {} customers, {} orders, {} events ({} anonymous), {} future orders in {} files under {} ({:.1}s)",
                 s.customers, s.orders, s.events, s.anonymous_events, s.future_orders, s.files,
                 opts.out.display(), s.elapsed.as_secs_f64()
             );
+            if let Some(d) = &s.dirty {
+                println!(
+                    "dirty: added {} duplicate orders, {} invalid orders, {} invalid events and a truncated file; planted counts in {}",
+                    d.duplicate_orders,
+                    d.invalid_orders,
+                    d.invalid_events,
+                    opts.out.join(segmenter::generate::DEFECTS_FILE).display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

@@ -58,6 +58,29 @@ pub async fn find(root: &StoreRef, run_date: NaiveDate) -> Result<Option<String>
     Ok(None)
 }
 
+/// Usable rows per input of the published run `run_date` (from its manifest).
+pub async fn rows(root: &StoreRef, run_date: &str) -> Result<Option<crate::quality::PreviousRows>> {
+    let name = format!("_runs/{run_date}/manifest.json");
+    let bytes = root
+        .store
+        .get(&root.key(&name))
+        .await
+        .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?
+        .bytes()
+        .await
+        .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?;
+    let manifest: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(manifest = root.url_of(&name), error = %e, "previous manifest unreadable; row-drop gate skipped");
+            return Ok(None);
+        }
+    };
+    Ok(manifest
+        .get("inputs")
+        .map(|i| crate::quality::PreviousRows::from_manifest(run_date, i)))
+}
+
 /// The segment model of run `run_date`; `None` (logged) when that run stored none or it cannot
 /// be read as a model (then this run refits).
 pub async fn model(root: &StoreRef, run_date: &str) -> Result<Option<SegmentModel>> {

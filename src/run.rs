@@ -16,6 +16,7 @@ use crate::inputs;
 use crate::models;
 use crate::outputs::{self, Lock, Manifest};
 use crate::previous;
+use crate::quality;
 use crate::storage;
 use crate::tables;
 
@@ -127,6 +128,16 @@ async fn run_locked(
 
     let inputs = inputs::register(ctx, pipeline, &cutoff.sql()).await?;
     log_inputs(&inputs);
+    // Rejected rows are written before the gates, so that a run stopped by them leaves the
+    // evidence; they are not a published table.
+    let rejected_dir = format!("_rejected/run_date={run_date}/");
+    let rejected_files = inputs::write_rejected(ctx, root, &rejected_dir, run_id, &inputs).await?;
+    let previous_run = previous::find(root, date).await?;
+    let previous_rows = match &previous_run {
+        Some(d) => previous::rows(root, d).await?,
+        None => None,
+    };
+    quality::check(&inputs, &pipeline.quality, previous_rows.as_ref())?;
     lap("inputs", timings);
 
     let snapshots = models::snapshots(cutoff);
@@ -139,7 +150,6 @@ async fn run_locked(
     log_models(&scores.report);
     lap("models", timings);
 
-    let previous_run = previous::find(root, date).await?;
     let previous_model = match &previous_run {
         Some(d) => previous::model(root, d).await?,
         None => None,
@@ -193,6 +203,9 @@ async fn run_locked(
     lap("segments", timings);
 
     let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    if !rejected_files.is_empty() {
+        files.insert("_rejected", rejected_files);
+    }
     let part = format!("part-{run_id}.parquet");
     for (table, batch) in [
         ("customer_segments", &segments_batch),
@@ -270,6 +283,7 @@ async fn run_locked(
         "segment_summary",
         "segment_transitions",
         "exports",
+        "_rejected",
     ] {
         let removed =
             outputs::remove_stale(root, &format!("{dir}/run_date={run_date}/"), run_id).await?;

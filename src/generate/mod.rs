@@ -59,6 +59,30 @@
 //! truth/customers.parquet
 //! truth/future_orders/part-00000.parquet ...
 //! ```
+//!
+//! With [`GenerateOptions::dirty`] (`segmenter generate --dirty`), after the clean files are
+//! written (and left byte-identical to a clean generation's), extra files with planted defects
+//! are added, and their exact counts by the consumer's rejection reasons:
+//! ```text
+//! orders/part-legacy-00000.parquet       exact duplicates of 1 % of the orders from an "old
+//!                                        producer" (LargeUtf8, Dictionary, Decimal128(18,2),
+//!                                        +02:00 timestamps, Utf8View): duplicate_order_id
+//! orders/part-dirty-00000.parquet        0.2 % of the order count each of: null customer_id,
+//!                                        negative / NaN / +inf amount, status "pending",
+//!                                        order_ts 1-30 days after the end, order_ts in 1970
+//! orders/part-truncated-00000.parquet    the first 60 % of the bytes of the file above (an
+//!                                        unreadable upload: skipped, never counted)
+//! events/dt=<end month>/part-dirty-00000.parquet
+//!                                        0.3 % of the identified event count each of: event_type
+//!                                        "video_play", null session_id, event_ts in 1970,
+//!                                        event_ts 1-30 days after the end
+//! truth/defects.json                     {"orders": {reason: count}, "events": {reason: count},
+//!                                        "skipped_files": [...]} ([`Defects`]; `after_cutoff`
+//!                                        for a run dated the end date; events' `anonymous`
+//!                                        counts every anonymous event)
+//! ```
+//! Planted rows use existing customer ids and new `X-` order, session and event ids, and each
+//! breaks exactly one rule: a run on the dirty shop computes what it computes on the clean one.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -73,8 +97,14 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
 
+mod dirty;
 mod world;
 mod write;
+
+pub use dirty::{
+    Defects, DirtySummary, EventDefects, OrderDefects, DEFECTS_FILE, DIRTY_EVENTS_NAME,
+    DIRTY_ORDERS_FILE, LEGACY_ORDERS_FILE, TRUNCATED_ORDERS_FILE,
+};
 
 use world::World;
 use write::truth_schema;
@@ -121,11 +151,14 @@ pub struct GenerateOptions {
     pub end_date: NaiveDate,
     /// Number of worker threads (0 means the available parallelism). Does not change the output.
     pub threads: usize,
+    /// Also write extra files with planted defects and `truth/defects.json` (see "Layout" in
+    /// the module documentation); the clean files are the same bytes either way.
+    pub dirty: bool,
 }
 
 impl GenerateOptions {
     /// Options for `customers` customers written under `out`, with seed 42, end date
-    /// 2026-10-31 and as many threads as the machine offers.
+    /// 2026-10-31, as many threads as the machine offers and clean data only.
     pub fn new(out: impl Into<PathBuf>, customers: usize) -> Self {
         GenerateOptions {
             out: out.into(),
@@ -133,6 +166,7 @@ impl GenerateOptions {
             seed: 42,
             end_date: NaiveDate::from_ymd_opt(2026, 10, 31).expect("valid date"),
             threads: default_threads(),
+            dirty: false,
         }
     }
 }
@@ -150,8 +184,10 @@ pub struct GenerateSummary {
     pub anonymous_events: u64,
     /// Rows written to `truth/future_orders/` (the 365 days after the end).
     pub future_orders: u64,
-    /// Number of Parquet files written.
+    /// Number of Parquet files written (the clean shop; see [`GenerateSummary::dirty`]).
     pub files: usize,
+    /// What dirty mode added ([`GenerateOptions::dirty`]); `None` for a clean generation.
+    pub dirty: Option<DirtySummary>,
     /// Wall-clock time of the generation.
     pub elapsed: Duration,
 }
@@ -177,7 +213,7 @@ pub enum GenerateError {
 ///
 /// Existing `orders/`, `events/`, `customers/` and `truth/` subdirectories of `opts.out` are
 /// removed first; other content of `opts.out` is left alone. The output is byte-identical for
-/// the same `(seed, customers, end_date)` whatever `threads` is.
+/// the same `(seed, customers, end_date, dirty)` whatever `threads` is.
 pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, GenerateError> {
     generate_chunked(opts, CHUNK_SIZE)
 }
@@ -259,6 +295,7 @@ fn generate_chunked(
         opts.threads
     };
     let world = World::new(opts, chunk_size)?;
+    dirty::check(opts)?;
     prepare_dirs(&opts.out)?;
 
     let n_chunks = opts.customers.div_ceil(chunk_size);
@@ -329,15 +366,20 @@ fn generate_chunked(
         w.close()?;
     }
     let totals = totals.into_inner().unwrap_or_else(|e| e.into_inner());
-    let summary = GenerateSummary {
+    let mut summary = GenerateSummary {
         customers: opts.customers,
         orders: totals.orders,
         events: totals.events,
         anonymous_events: totals.anonymous_events,
         future_orders: totals.future_orders,
         files: totals.files + 1,
-        elapsed: started.elapsed(),
+        dirty: None,
+        elapsed: Duration::ZERO,
     };
+    if opts.dirty {
+        summary.dirty = Some(dirty::write_dirty(opts, &summary)?);
+    }
+    summary.elapsed = started.elapsed();
     tracing::info!(
         orders = summary.orders,
         events = summary.events,

@@ -592,3 +592,415 @@ fn the_world_is_realistic() {
     println!("signed up in the last 90 days: {new_signups:.3}");
     assert!((0.1..=0.3).contains(&new_signups), "{new_signups}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dirty mode
+// ---------------------------------------------------------------------------------------------
+
+fn dirty_options(dir: &Path, customers: usize, threads: usize) -> GenerateOptions {
+    let mut o = options(dir, customers, threads);
+    o.dirty = true;
+    o
+}
+
+/// The files dirty mode adds for the default end date (2026-10-31).
+fn dirty_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = [
+        LEGACY_ORDERS_FILE,
+        DIRTY_ORDERS_FILE,
+        TRUNCATED_ORDERS_FILE,
+        DEFECTS_FILE,
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    files.push(Path::new("events/dt=2026-10").join(DIRTY_EVENTS_NAME));
+    files.sort();
+    files
+}
+
+#[test]
+fn dirty_mode_only_adds_files_and_is_deterministic() {
+    let clean = tempfile::tempdir().unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let sc = generate_chunked(&options(clean.path(), 700, 2), 250).unwrap();
+    let sa = generate_chunked(&dirty_options(a.path(), 700, 1), 250).unwrap();
+    let sb = generate_chunked(&dirty_options(b.path(), 700, 2), 250).unwrap();
+    assert!(sc.dirty.is_none());
+    let da = sa.dirty.clone().unwrap();
+    assert_eq!(da.files, dirty_files().len());
+    assert_eq!(
+        (sa.orders, sa.events, sa.anonymous_events, sa.files),
+        (sc.orders, sc.events, sc.anonymous_events, sc.files)
+    );
+
+    // (a) The clean files are byte-identical; dirty mode only adds files.
+    let clean_files = files_under(clean.path());
+    let files = files_under(a.path());
+    let added: Vec<PathBuf> = files
+        .iter()
+        .filter(|f| !clean_files.contains(f))
+        .cloned()
+        .collect();
+    assert_eq!(added, dirty_files());
+    assert_eq!(files.len(), clean_files.len() + added.len());
+    for f in &clean_files {
+        let bc = fs::read(clean.path().join(f)).unwrap();
+        let ba = fs::read(a.path().join(f)).unwrap();
+        assert!(bc == ba, "{} differs with --dirty", f.display());
+    }
+
+    // (d) Same seed, same bytes (whatever the threads).
+    assert_eq!(sa.dirty, sb.dirty);
+    assert_eq!(files, files_under(b.path()));
+    for f in &files {
+        let ba = fs::read(a.path().join(f)).unwrap();
+        let bb = fs::read(b.path().join(f)).unwrap();
+        assert!(
+            ba == bb,
+            "{} differs between two dirty generations",
+            f.display()
+        );
+    }
+
+    // (c) The truncated upload is a prefix of the dirty orders file and is not Parquet.
+    let dirty = fs::read(a.path().join(DIRTY_ORDERS_FILE)).unwrap();
+    let truncated = fs::read(a.path().join(TRUNCATED_ORDERS_FILE)).unwrap();
+    assert_eq!(truncated.len(), dirty.len() * 6 / 10);
+    assert!(dirty.starts_with(&truncated));
+    let file = File::open(a.path().join(TRUNCATED_ORDERS_FILE)).unwrap();
+    assert!(ParquetRecordBatchReaderBuilder::try_new(file).is_err());
+    read(&a.path().join(DIRTY_ORDERS_FILE));
+
+    // Another seed plants other rows.
+    let c = tempfile::tempdir().unwrap();
+    let mut other = dirty_options(c.path(), 700, 2);
+    other.seed = 7;
+    generate_chunked(&other, 250).unwrap();
+    assert_ne!(dirty, fs::read(c.path().join(DIRTY_ORDERS_FILE)).unwrap());
+
+    // Dirty mode refuses an end date without valid timestamps, before writing anything.
+    let d = tempfile::tempdir().unwrap();
+    let mut early = dirty_options(d.path(), 10, 1);
+    early.end_date = NaiveDate::from_ymd_opt(1979, 12, 31).unwrap();
+    let err = generate(&early).unwrap_err();
+    assert!(matches!(err, GenerateError::InvalidOptions(_)), "{err}");
+    assert!(!d.path().join("orders").exists());
+}
+
+/// 1980-01-01 00:00 UTC: older rows are rejected as `before_floor`.
+fn floor_us() -> i64 {
+    NaiveDate::from_ymd_opt(1980, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
+/// A column of `batch` cast to `to` (how a consumer unifies the producers' types).
+fn cast_column(
+    batch: &RecordBatch,
+    name: &str,
+    to: &DataType,
+) -> datafusion::arrow::array::ArrayRef {
+    datafusion::arrow::compute::cast(batch.column_by_name(name).unwrap(), to).unwrap()
+}
+
+fn cast_strings(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
+    let col = cast_column(batch, name, &DataType::Utf8);
+    let col = col.as_string::<i32>();
+    (0..col.len())
+        .map(|i| col.is_valid(i).then(|| col.value(i).to_string()))
+        .collect()
+}
+
+fn cast_times(batch: &RecordBatch, name: &str) -> Vec<Option<i64>> {
+    let col = cast_column(batch, name, &ts_type());
+    let col = col.as_primitive::<TimestampMicrosecondType>();
+    (0..col.len())
+        .map(|i| col.is_valid(i).then(|| col.value(i)))
+        .collect()
+}
+
+fn cast_floats(batch: &RecordBatch, name: &str) -> Vec<Option<f64>> {
+    let col = cast_column(batch, name, &DataType::Float64);
+    let col = col.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+    (0..col.len())
+        .map(|i| col.is_valid(i).then(|| col.value(i)))
+        .collect()
+}
+
+/// The readable Parquet files under `out/sub` and the relative paths of the unreadable ones.
+fn read_or_skip(out: &Path, sub: &str) -> (Vec<(PathBuf, Vec<RecordBatch>)>, Vec<String>) {
+    let (mut ok, mut skipped) = (Vec::new(), Vec::new());
+    for rel in files_under(&out.join(sub)) {
+        let rel = Path::new(sub).join(rel);
+        let file = File::open(out.join(&rel)).unwrap();
+        match ParquetRecordBatchReaderBuilder::try_new(file) {
+            Ok(b) => ok.push((rel, b.build().unwrap().map(|b| b.unwrap()).collect())),
+            Err(_) => skipped.push(rel.to_str().unwrap().to_string()),
+        }
+    }
+    (ok, skipped)
+}
+
+/// One order with the consumer's types; `amount` and `discount` as bits for exact equality.
+type OrderKey = (
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<u64>,
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+);
+
+const ORDER_REASONS: [&str; 8] = [
+    "null_timestamp",
+    "after_cutoff",
+    "before_floor",
+    "null_order_id",
+    "null_customer_id",
+    "invalid_amount",
+    "unknown_status",
+    "duplicate_order_id",
+];
+const EVENT_REASONS: [&str; 6] = [
+    "null_timestamp",
+    "after_cutoff",
+    "before_floor",
+    "anonymous",
+    "null_session_id",
+    "unknown_event_type",
+];
+
+fn blank(s: &Option<String>) -> bool {
+    s.as_deref().is_none_or(str::is_empty)
+}
+
+/// Every row rule an order breaks, in the consumer's order (the first one is its reason).
+fn order_rules(o: &OrderKey, cutoff: i64) -> Vec<&'static str> {
+    let (order_id, customer_id, ts, amount, status, _, _) = o;
+    let amount = amount.map(f64::from_bits);
+    let status = status.as_deref().map(|s| s.trim().to_lowercase());
+    [
+        ("null_timestamp", ts.is_none()),
+        ("after_cutoff", ts.is_some_and(|t| t >= cutoff)),
+        ("before_floor", ts.is_some_and(|t| t < floor_us())),
+        ("null_order_id", order_id.is_none()),
+        ("null_customer_id", blank(customer_id)),
+        (
+            "invalid_amount",
+            !amount.is_some_and(|a| a.is_finite() && a >= 0.0),
+        ),
+        (
+            "unknown_status",
+            !status.is_some_and(|s| ["completed", "returned", "cancelled"].contains(&s.as_str())),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(reason, broken)| broken.then_some(reason))
+    .collect()
+}
+
+#[test]
+fn planted_defects_match_an_independent_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let summary = generate(&dirty_options(out, 600, 2)).unwrap();
+    let defects: Defects =
+        serde_json::from_str(&fs::read_to_string(out.join(DEFECTS_FILE)).unwrap()).unwrap();
+    assert_eq!(Some(&defects), summary.dirty.as_ref().map(|d| &d.defects));
+    let cutoff = end_us();
+    let as_map =
+        |v: serde_json::Value| -> BTreeMap<String, u64> { serde_json::from_value(v).unwrap() };
+    let planted_orders = as_map(serde_json::to_value(&defects.orders).unwrap());
+    let planted_events = as_map(serde_json::to_value(&defects.events).unwrap());
+    let names = |m: &BTreeMap<String, u64>| m.keys().cloned().collect::<HashSet<String>>();
+    let set = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<HashSet<String>>();
+    assert_eq!(names(&planted_orders), set(&ORDER_REASONS));
+    assert_eq!(names(&planted_events), set(&EVENT_REASONS));
+
+    // Orders, every file, the consumer's rules.
+    let (files, skipped) = read_or_skip(out, "orders");
+    assert_eq!(skipped, vec![TRUNCATED_ORDERS_FILE.to_string()]);
+    assert_eq!(defects.skipped_files, skipped);
+    let legacy = files
+        .iter()
+        .find(|(rel, _)| rel == Path::new(LEGACY_ORDERS_FILE))
+        .unwrap();
+    let (legacy_schema, _) = read(&out.join(LEGACY_ORDERS_FILE));
+    let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    assert_eq!(
+        legacy_schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect::<Vec<_>>(),
+        vec![
+            DataType::LargeUtf8,
+            dict.clone(),
+            DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("+02:00".into())
+            ),
+            DataType::Decimal128(18, 2),
+            dict,
+            DataType::Decimal128(18, 2),
+            DataType::Utf8View,
+        ]
+    );
+    assert!(legacy.1.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
+
+    let mut counted: BTreeMap<String, u64> =
+        ORDER_REASONS.iter().map(|r| (r.to_string(), 0)).collect();
+    let mut valid: BTreeMap<String, Vec<OrderKey>> = BTreeMap::new();
+    let mut clean: BTreeMap<String, OrderKey> = BTreeMap::new();
+    let mut rows = 0u64;
+    for (rel, batches) in &files {
+        let name = rel.file_name().unwrap().to_str().unwrap();
+        let is_clean = name.len() == "part-00000.parquet".len();
+        let is_invalid = rel == Path::new(DIRTY_ORDERS_FILE);
+        for b in batches {
+            let ids = cast_strings(b, "order_id");
+            let customers = cast_strings(b, "customer_id");
+            let ts = cast_times(b, "order_ts");
+            let amount = cast_floats(b, "amount");
+            let status = cast_strings(b, "status");
+            let discount = cast_floats(b, "discount_amount");
+            let channel = cast_strings(b, "channel");
+            for i in 0..b.num_rows() {
+                rows += 1;
+                let o: OrderKey = (
+                    ids[i].clone(),
+                    customers[i].clone(),
+                    ts[i],
+                    amount[i].map(f64::to_bits),
+                    status[i].clone(),
+                    discount[i].map(f64::to_bits),
+                    channel[i].clone(),
+                );
+                let broken = order_rules(&o, cutoff);
+                // A planted invalid row breaks exactly one rule; a clean row or a duplicate none.
+                assert!(
+                    broken.len() == usize::from(is_invalid),
+                    "{}: {o:?} breaks {broken:?}",
+                    rel.display()
+                );
+                if is_clean {
+                    clean.insert(o.0.clone().unwrap(), o.clone());
+                } else {
+                    assert!(is_invalid == o.0.as_deref().unwrap().starts_with("X-"));
+                }
+                match broken.first() {
+                    Some(reason) => *counted.get_mut(*reason).unwrap() += 1,
+                    None => valid.entry(o.0.clone().unwrap()).or_default().push(o),
+                }
+            }
+        }
+    }
+    for (id, versions) in &valid {
+        counted.insert(
+            "duplicate_order_id".into(),
+            counted["duplicate_order_id"] + versions.len() as u64 - 1,
+        );
+        // Duplicates are exact, so which one survives changes nothing.
+        assert!(
+            versions.iter().all(|v| *v == versions[0]),
+            "{id}: {versions:?}"
+        );
+    }
+    println!("orders: {rows} rows read, planted {planted_orders:?}");
+    assert_eq!(counted, planted_orders);
+    // What survives is exactly the clean orders.
+    let survivors: BTreeMap<String, OrderKey> = valid
+        .into_iter()
+        .map(|(id, mut v)| (id, v.swap_remove(0)))
+        .collect();
+    assert_eq!(survivors, clean);
+    assert_eq!(clean.len() as u64, summary.orders);
+    let duplicate_share = counted["duplicate_order_id"] as f64 / summary.orders as f64;
+    assert!(
+        (0.005..0.015).contains(&duplicate_share),
+        "{duplicate_share}"
+    );
+    for reason in ORDER_REASONS {
+        if !["null_timestamp", "null_order_id"].contains(&reason) {
+            assert!(counted[reason] > 0, "no {reason} planted");
+        }
+    }
+    let rejected = rows - clean.len() as u64 - counted["after_cutoff"];
+    assert!(
+        (rejected as f64) < 0.05 * rows as f64 / 2.0,
+        "{rejected} of {rows}"
+    );
+
+    // Events.
+    let (files, skipped) = read_or_skip(out, "events");
+    assert!(skipped.is_empty());
+    let mut counted: BTreeMap<String, u64> =
+        EVENT_REASONS.iter().map(|r| (r.to_string(), 0)).collect();
+    let (mut rows, mut rejected, mut used) = (0u64, 0u64, 0u64);
+    for (rel, batches) in &files {
+        let planted = rel.file_name().unwrap().to_str().unwrap() == DIRTY_EVENTS_NAME;
+        for b in batches {
+            let customers = cast_strings(b, "customer_id");
+            let sessions = cast_strings(b, "session_id");
+            let ts = cast_times(b, "event_ts");
+            let types = cast_strings(b, "event_type");
+            for i in 0..b.num_rows() {
+                rows += 1;
+                let t = ts[i];
+                let broken: Vec<&str> = [
+                    ("null_timestamp", t.is_none()),
+                    ("after_cutoff", t.is_some_and(|t| t >= cutoff)),
+                    ("before_floor", t.is_some_and(|t| t < floor_us())),
+                    ("anonymous", blank(&customers[i])),
+                    ("null_session_id", sessions[i].is_none()),
+                    (
+                        "unknown_event_type",
+                        !types[i]
+                            .as_deref()
+                            .is_some_and(|t| EVENT_TYPES.contains(&t)),
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(reason, broken)| broken.then_some(reason))
+                .collect();
+                assert!(
+                    broken.len() <= 1,
+                    "{}: row {i} breaks {broken:?}",
+                    rel.display()
+                );
+                if planted {
+                    assert!(broken.len() == 1 && broken[0] != "anonymous");
+                    assert!(sessions[i].as_deref().is_none_or(|s| s.starts_with("X-")));
+                } else {
+                    assert!(broken.is_empty() || broken == ["anonymous"]);
+                }
+                match broken.first() {
+                    Some(reason) => {
+                        *counted.get_mut(*reason).unwrap() += 1;
+                        rejected += u64::from(!["anonymous", "after_cutoff"].contains(reason));
+                    }
+                    None => used += 1,
+                }
+            }
+        }
+    }
+    println!("events: {rows} rows read, planted {planted_events:?}");
+    assert_eq!(counted, planted_events);
+    assert_eq!(counted["anonymous"], summary.anonymous_events);
+    assert_eq!(used, summary.events - summary.anonymous_events);
+    for reason in EVENT_REASONS {
+        if reason != "null_timestamp" {
+            assert!(counted[reason] > 0, "no {reason} planted");
+        }
+    }
+    assert!(
+        (rejected as f64) < 0.05 * rows as f64 / 2.0,
+        "{rejected} of {rows}"
+    );
+}
