@@ -195,19 +195,31 @@ impl Serialize for KSetting {
 
 impl<'de> Deserialize<'de> for KSetting {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = KSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of segments or \"auto\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<KSetting, E> {
+                usize::try_from(v).map(KSetting::Fixed).map_err(|_| {
+                    E::custom("`clustering.k` must be a number of segments or \"auto\"")
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<KSetting, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<KSetting, E> {
+                if v == "auto" {
+                    Ok(KSetting::Auto)
+                } else {
+                    Err(E::custom(
+                        "`clustering.k` must be a number of segments or \"auto\"",
+                    ))
+                }
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Number(k) if k >= 0 => Ok(KSetting::Fixed(k as usize)),
-            Raw::Text(t) if t == "auto" => Ok(KSetting::Auto),
-            _ => Err(serde::de::Error::custom(
-                "`clustering.k` must be a number of segments or \"auto\"",
-            )),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -254,19 +266,32 @@ impl Serialize for Missing {
 
 impl<'de> Deserialize<'de> for Missing {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(f64),
-            Text(String),
+        struct V;
+        const WHAT: &str =
+            "`missing` of a `clustering.features` entry must be a number or \"median\"";
+        impl serde::de::Visitor<'_> for V {
+            type Value = Missing;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or \"median\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Missing, E> {
+                Ok(Missing::Value(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Missing, E> {
+                Ok(Missing::Value(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Missing, E> {
+                Ok(Missing::Value(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Missing, E> {
+                if v == "median" {
+                    Ok(Missing::Median)
+                } else {
+                    Err(E::custom(WHAT))
+                }
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Number(v) => Ok(Missing::Value(v)),
-            Raw::Text(t) if t == "median" => Ok(Missing::Median),
-            _ => Err(serde::de::Error::custom(
-                "`missing` of a `clustering.features` entry must be a number or \"median\"",
-            )),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -582,9 +607,23 @@ impl Pipeline {
                 problems,
             });
         }
-        let raw: RawPipeline = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config(Some(source), explain_serde(&e)))?;
+        let raw: RawPipeline =
+            toml::Value::Table(value)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    // The converted value has no positions; the file itself has, if the problem is in
+                    // the file (and not in a --set override or an ${VAR} value).
+                    match toml::from_str::<RawPipeline>(text) {
+                        Err(in_file) => Error::config(Some(source), explain_serde(&in_file)),
+                        Ok(_) => Error::config(
+                            Some(source),
+                            format!(
+                                "{} (from a --set override or an ${{VAR}} value)",
+                                explain_serde(&e)
+                            ),
+                        ),
+                    }
+                })?;
         raw.validate(source, base_dir)
     }
 }
@@ -592,12 +631,20 @@ impl Pipeline {
 /// Makes serde's message actionable (it already names unknown fields and the expected ones).
 fn explain_serde(e: &toml::de::Error) -> String {
     let msg = e.message().trim().to_string();
-    if msg.starts_with("unknown field") {
+    let msg = if msg.starts_with("unknown field") {
         format!("{msg} (see README \"Pipeline file\" for the keys)")
     } else if msg.starts_with("missing field") {
         format!("{msg}: this key is required")
+    } else if msg.starts_with("invalid type") {
+        format!("{msg}; see README \"Pipeline file\" for the key's type")
     } else {
         msg
+    };
+    // "TOML parse error at line 7, column 5" when the error has a position in the file.
+    let first = e.to_string().lines().next().unwrap_or_default().to_string();
+    match first.strip_prefix("TOML parse error at ") {
+        Some(at) if e.span().is_some() => format!("{}: {msg}", at.trim()),
+        _ => msg,
     }
 }
 
@@ -1012,6 +1059,75 @@ root = "out"
         assert!(p.events.is_none());
         assert_eq!(p.clustering, ClusterParams::default());
         assert!(p.features_sql.contains("customer_id"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Keys and values that reach deep into the parser: every section and key, odd values.
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "inputs.orders",
+                "inputs.events",
+                "output.root",
+                "model.churn_high",
+                "model.monthly_discount_rate",
+                "clustering.k",
+                "clustering.k_min",
+                "clustering.winsorize",
+                "clustering.features.monetary.weight",
+                "clustering.features.x.missing",
+                "quality.max_rejected_share",
+                "quality.earliest_date",
+                "quality.on_corrupt_file",
+                "engine.memory_limit",
+                "lifecycle.decline_days",
+                "queries.features",
+                "nope.nothing",
+                "clustering",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| v.to_string()),
+                Just("auto".to_string()),
+                Just("median".to_string()),
+                Just("[0.5, 0.1]".to_string()),
+                Just("{ weight = -1 }".to_string()),
+                Just("true".to_string()),
+                Just("s3://".to_string()),
+                Just("${NOPE}".to_string()),
+                "\\PC{0,12}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Arbitrary text as a pipeline file: an error or a pipeline, never a panic.
+            #[test]
+            fn any_text_is_handled(text in "\\PC{0,200}") {
+                if let Ok(p) = load(&text, &[]) {
+                    prop_assert!(p.output_root.as_str().ends_with('/'));
+                }
+            }
+
+            /// Arbitrary overrides on a valid file: an error or a pipeline, never a panic; and
+            /// an accepted pipeline always passed its checks.
+            #[test]
+            fn any_overrides_are_handled(sets in prop::collection::vec((key(), value()), 0..4)) {
+                let sets: Vec<String> = sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
+                if let Ok(p) = load(MINIMAL, &refs) {
+                    prop_assert!((0.0..=1.0).contains(&p.quality.max_rejected_share));
+                    prop_assert!(p.clustering.features.values().all(|f| f.weight > 0.0));
+                }
+            }
+        }
     }
 
     /// pipelines/nightly.toml says its values are the defaults: it must parse and agree.

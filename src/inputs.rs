@@ -671,6 +671,74 @@ async fn single_row_counts(ctx: &SessionContext, sql: &str, what: &str) -> Resul
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Types producers write, castable or not.
+        fn data_type() -> impl Strategy<Value = DataType> {
+            prop::sample::select(vec![
+                DataType::Utf8,
+                DataType::LargeUtf8,
+                DataType::Utf8View,
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::LargeUtf8)),
+                DataType::Int32,
+                DataType::Int64,
+                DataType::UInt64,
+                DataType::Float32,
+                DataType::Float64,
+                DataType::Decimal128(12, 2),
+                DataType::Decimal256(40, 4),
+                DataType::Boolean,
+                DataType::Date32,
+                DataType::Timestamp(TimeUnit::Second, None),
+                DataType::Timestamp(TimeUnit::Millisecond, Some("+02:00".into())),
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                DataType::Binary,
+                DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+                DataType::Struct(vec![Field::new("a", DataType::Utf8, true)].into()),
+                DataType::Null,
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any mix of present, missing, extra and oddly typed columns: a verdict, never a
+            /// panic; an accepted file has every required column, each convertible.
+            #[test]
+            fn schema_unification_never_panics(
+                which in prop::sample::select(vec![0usize, 1, 2]),
+                cols in prop::collection::vec((any::<bool>(), data_type()), 7),
+                extra in prop::collection::vec(data_type(), 0..3),
+            ) {
+                let input = [ORDERS, EVENTS, CUSTOMERS][which];
+                let mut fields: Vec<Field> = input
+                    .iter()
+                    .zip(&cols)
+                    .filter(|(_, (present, _))| *present)
+                    .map(|(Col(name, _, _), (_, ty))| Field::new(*name, ty.clone(), true))
+                    .collect();
+                for (i, ty) in extra.iter().enumerate() {
+                    fields.push(Field::new(format!("extra_{i}"), ty.clone(), true));
+                }
+                let schema = Schema::new(fields);
+                match check_schema("f.parquet", &schema, input) {
+                    Ok(()) => {
+                        for Col(name, ty, required) in input {
+                            match schema.field_with_name(name) {
+                                Ok(f) => prop_assert!(can_cast_types(f.data_type(), ty)),
+                                Err(_) => prop_assert!(!required),
+                            }
+                        }
+                    }
+                    Err(msg) => prop_assert!(msg.starts_with("f.parquet: ")),
+                }
+            }
+        }
+    }
+
     #[test]
     fn data_files() {
         assert!(is_data_file("a/dt=2024-01/part-0.parquet"));

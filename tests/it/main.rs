@@ -5,6 +5,7 @@ mod common;
 mod interop;
 mod models;
 mod producers;
+mod quality;
 mod run;
 mod s3;
 mod segments;
