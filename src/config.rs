@@ -1143,6 +1143,7 @@ root = "out"
         assert_eq!(p.lifecycle, LifecycleRules::default());
         assert_eq!(p.loyalty, LoyaltyRules::default());
         assert_eq!(p.model, ModelParams::default());
+        assert_eq!(p.quality, QualityParams::default());
         // And the auto k and feature table forms parse.
         let p = load(
             &format!(
