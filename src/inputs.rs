@@ -184,8 +184,17 @@ pub async fn register(
         }
     };
     // Only rows that pass every rule; `anonymous` ones are valid but not about a customer.
+    // The count above scanned the same files: a rule that matched no row needs no filter (the
+    // string comparisons cost a third of the feature query on 60M events). The as-of cut and
+    // the customer check stay whatever the counts say.
+    let fired = |reason: &str| {
+        events
+            .as_ref()
+            .is_some_and(|r| r.rejected.get(reason).is_some_and(|n| *n > 0))
+    };
     let valid: Vec<String> = event_rules(&bounds)
         .into_iter()
+        .filter(|(reason, _)| matches!(*reason, "after_cutoff" | "anonymous") || fired(reason))
         .map(|(_, cond)| format!("NOT coalesce({cond}, false)"))
         .collect();
     let view = format!(
