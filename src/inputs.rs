@@ -636,6 +636,28 @@ async fn clean_customers(
     );
     let what = format!("reading customers from {}", report.location);
     report.rows_used = engine::materialize(ctx, "customers", &sql, &what).await? as u64;
+    // Counts (never values): signed up after the cut-off, no id, and extra versions of an id.
+    let counts = format!(
+        "SELECT count(*), \
+           count(*) FILTER (WHERE signup_ts >= {cutoff_sql}), \
+           count(*) FILTER (WHERE (customer_id IS NULL OR customer_id = '') \
+                              AND (signup_ts IS NULL OR signup_ts < {cutoff_sql})) \
+         FROM customers_raw"
+    );
+    let c = single_row_counts(ctx, &counts, "counting customers").await?;
+    report.rows_after_cutoff = c[1];
+    let duplicates = c[0]
+        .saturating_sub(c[1])
+        .saturating_sub(c[2])
+        .saturating_sub(report.rows_used);
+    for (reason, n) in [
+        ("null_customer_id", c[2]),
+        ("duplicate_customer_id", duplicates),
+    ] {
+        if n > 0 {
+            report.rejected.insert(reason.to_string(), n);
+        }
+    }
     Ok(report)
 }
 
