@@ -278,6 +278,7 @@ fn config_errors_name_the_file_line_and_what_to_do() {
             "`quality.max_rejected_share` = 5 must be between 0 and 1",
         ),
         ("[queries]\nfeatures = \"missing.sql\"\n", "missing.sql"),
+        ("[inputs\n", "line 5, column 8"),
     ] {
         let p = tmp.path().join("p.toml");
         std::fs::write(&p, format!("{base}{extra}")).unwrap();
@@ -287,4 +288,13 @@ fn config_errors_name_the_file_line_and_what_to_do() {
         assert!(err.contains(p.to_str().unwrap()), "names the file: {err}");
         assert!(err.contains(says), "{extra}: {err}");
     }
+    let p = tmp.path().join("p.toml");
+    std::fs::write(&p, &base).unwrap();
+    let run = run_pipeline(&p, DATE, &["--set", "output.root=ftp://host/x/"]);
+    assert_eq!(run.status.code(), Some(2), "{}", describe(&run));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("`output.root` = \"ftp://host/x/\": URL scheme `ftp` is not supported"),
+        "{err}"
+    );
 }
