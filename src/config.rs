@@ -917,14 +917,14 @@ fn check_clustering(c: &ClusterParams, problems: &mut Vec<String>) {
         c.max_match_distance,
         problems,
     );
-    if c.sample_size < c.max_k().max(2) * 10 {
+    if c.sample_size < c.max_k().max(2).saturating_mul(10) {
         problems.push(format!(
             "`clustering.sample_size` = {} is too small for k = {} (need ≥ 10·k)",
             c.sample_size,
             c.max_k()
         ));
     }
-    if matches!(c.k, KSetting::Auto) && c.silhouette_sample < c.k_max * 10 {
+    if matches!(c.k, KSetting::Auto) && c.silhouette_sample < c.k_max.saturating_mul(10) {
         problems.push(format!(
             "`clustering.silhouette_sample` = {} is too small for k_max = {} (need ≥ 10·k_max)",
             c.silhouette_sample, c.k_max
@@ -1061,6 +1061,19 @@ root = "out"
         assert!(p.features_sql.contains("customer_id"));
     }
 
+    /// Found by the property test below: a huge `clustering.k` overflowed the sample-size
+    /// check.
+    #[test]
+    fn huge_numbers_are_problems_not_panics() {
+        for set in [
+            "clustering.k_max=9223372036854775807",
+            "clustering.k=9223372036854775807",
+        ] {
+            let err = load(MINIMAL, &["clustering.k=auto", set]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{set}");
+        }
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -1093,6 +1106,7 @@ root = "out"
         fn value() -> impl Strategy<Value = String> {
             prop_oneof![
                 any::<i64>().prop_map(|v| v.to_string()),
+                Just(i64::MAX.to_string()),
                 any::<f64>().prop_map(|v| v.to_string()),
                 Just("auto".to_string()),
                 Just("median".to_string()),
@@ -1120,6 +1134,7 @@ root = "out"
             /// an accepted pipeline always passed its checks.
             #[test]
             fn any_overrides_are_handled(sets in prop::collection::vec((key(), value()), 0..4)) {
+                // Huge numbers too (they once overflowed a check).
                 let sets: Vec<String> = sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
                 if let Ok(p) = load(MINIMAL, &refs) {
