@@ -58,8 +58,17 @@ pub async fn find(root: &StoreRef, run_date: NaiveDate) -> Result<Option<String>
     Ok(None)
 }
 
-/// Usable rows per input of the published run `run_date` (from its manifest).
-pub async fn rows(root: &StoreRef, run_date: &str) -> Result<Option<crate::quality::PreviousRows>> {
+/// What the manifest of a published run says that this run needs.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Its run id: its data files carry it in their names.
+    pub run_id: String,
+    /// Usable rows per input (the row-drop gate).
+    pub rows: crate::quality::PreviousRows,
+}
+
+/// The manifest of the published run `run_date`; `None` (logged) if it cannot be parsed.
+pub async fn published(root: &StoreRef, run_date: &str) -> Result<Option<Published>> {
     let name = format!("_runs/{run_date}/manifest.json");
     let bytes = root
         .store
@@ -72,13 +81,20 @@ pub async fn rows(root: &StoreRef, run_date: &str) -> Result<Option<crate::quali
     let manifest: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            tracing::warn!(manifest = root.url_of(&name), error = %e, "previous manifest unreadable; row-drop gate skipped");
+            tracing::warn!(manifest = root.url_of(&name), error = %e, "previous manifest unreadable; no row-drop gate, no transitions");
             return Ok(None);
         }
     };
-    Ok(manifest
+    let run_id = manifest
+        .get("run_id")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let rows = manifest
         .get("inputs")
-        .map(|i| crate::quality::PreviousRows::from_manifest(run_date, i)))
+        .map(|i| crate::quality::PreviousRows::from_manifest(run_date, i))
+        .unwrap_or_default();
+    Ok(Some(Published { run_id, rows }))
 }
 
 /// The segment model of run `run_date`; `None` (logged) when that run stored none or it cannot
@@ -172,14 +188,22 @@ pub fn states(batch: &RecordBatch) -> Result<Vec<(String, State)>> {
         .collect())
 }
 
-/// Every customer's state in the published `customer_segments` of run `run_date`.
-pub async fn customers(root: &StoreRef, run_date: &str) -> Result<HashMap<String, State>> {
+/// Every customer's state in the published `customer_segments` of run `run_date`: only the
+/// files of its published attempt `run_id` (an earlier attempt's files may still be there).
+pub async fn customers(
+    root: &StoreRef,
+    run_date: &str,
+    run_id: &str,
+) -> Result<HashMap<String, State>> {
     let dir = format!("customer_segments/run_date={run_date}/");
     let files: Vec<ObjectPath> = root
         .store
         .list(Some(&root.key(&dir)))
         .map_ok(|m| m.location)
-        .try_filter(|p| futures::future::ready(p.as_ref().ends_with(".parquet")))
+        .try_filter(|p| {
+            let name = p.as_ref();
+            futures::future::ready(name.ends_with(".parquet") && name.contains(run_id))
+        })
         .try_collect()
         .await
         .map_err(|e| Error::storage(format!("listing {}", root.url_of(&dir)), e))?;

@@ -133,11 +133,15 @@ async fn run_locked(
     let rejected_dir = format!("_rejected/run_date={run_date}/");
     let rejected_files = inputs::write_rejected(ctx, root, &rejected_dir, run_id, &inputs).await?;
     let previous_run = previous::find(root, date).await?;
-    let previous_rows = match &previous_run {
-        Some(d) => previous::rows(root, d).await?,
+    let published = match &previous_run {
+        Some(d) => previous::published(root, d).await?,
         None => None,
     };
-    quality::check(&inputs, &pipeline.quality, previous_rows.as_ref())?;
+    quality::check(
+        &inputs,
+        &pipeline.quality,
+        published.as_ref().map(|p| &p.rows),
+    )?;
     lap("inputs", timings);
 
     let snapshots = models::snapshots(cutoff);
@@ -173,13 +177,13 @@ async fn run_locked(
 
     let assigned = tables::assign(pipeline, features, &scores, &segmentation)?;
     let segments_batch = tables::customer_segments(features, &scores, &segmentation, &assigned)?;
-    let transitions = match &previous_run {
-        Some(d) => {
-            let before = previous::customers(root, d).await?;
+    let transitions = match (&previous_run, &published) {
+        (Some(d), Some(p)) => {
+            let before = previous::customers(root, d, &p.run_id).await?;
             let now = previous::states(&segments_batch)?;
             Some(previous::transitions(d, &before, &now)?)
         }
-        None => None,
+        _ => None,
     };
     if let Some(t) = &transitions {
         tracing::info!(
