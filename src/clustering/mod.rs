@@ -267,11 +267,24 @@ pub fn segment(
     let warm = previous.filter(|_| !refit && refusal.is_none());
     let sample_rows = kmeans::even_sample(n, params.sample_size);
 
-    let (transform, centroids, k_scores, transform_fitted_on, mode, reason);
+    let transform = match warm {
+        Some(p) => p.transform.clone(),
+        None => Transform::fit(table, &params.features, params.winsorize)?,
+    };
+    let x = transform.apply(table)?;
+    let sample = x.select(Axis(0), &sample_rows);
+    // The previous segments in this run's space (`None`: no feature in common).
+    let old: Vec<(StoredSegment, Option<Vec<f64>>)> = previous
+        .map(|p| {
+            p.segments
+                .iter()
+                .map(|s| (s.clone(), transform.convert(&p.transform, &s.centroid)))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let (centroids, k_scores, transform_fitted_on, mode, reason);
     if let Some(p) = warm {
-        transform = p.transform.clone();
-        let x = transform.apply(table)?;
-        let sample = x.select(Axis(0), &sample_rows);
         let init = to_array(
             &p.segments
                 .iter()
@@ -284,26 +297,17 @@ pub fn segment(
         mode = "warm_start";
         reason = format!("started from the model of {}", p.run_date);
     } else {
-        transform = Transform::fit(table, &params.features, params.winsorize)?;
-        let x = transform.apply(table)?;
-        let sample = x.select(Axis(0), &sample_rows);
         let (mut c, scores) = match params.k {
             KSetting::Fixed(k) => (kmeans::fit(&sample, k, params)?, Vec::new()),
             KSetting::Auto => choose_k(&sample, params)?,
         };
         // The previous segments, re-optimised on today's data, are one more start: when no
         // fresh start does better (lower inertia), the refit keeps that solution.
-        if let Some(p) = previous.filter(|p| p.segments.len() == c.nrows()) {
-            let old: Option<Vec<Vec<f64>>> = p
-                .segments
-                .iter()
-                .map(|s| transform.convert(&p.transform, &s.centroid))
-                .collect();
-            if let Some(old) = old {
-                let warm = kmeans::fit_from(&sample, to_array(&old)?, params)?;
-                if inertia(&sample, &warm) < inertia(&sample, &c) {
-                    c = warm;
-                }
+        let starts: Option<Vec<Vec<f64>>> = old.iter().map(|(_, c)| c.clone()).collect();
+        if let Some(starts) = starts.filter(|s| !s.is_empty() && s.len() == c.nrows()) {
+            let warm = kmeans::fit_from(&sample, to_array(&starts)?, params)?;
+            if inertia(&sample, &warm) < inertia(&sample, &c) {
+                c = warm;
             }
         }
         let c = rows(&c);
@@ -321,14 +325,6 @@ pub fn segment(
     }
 
     // Match to the previous segments, in this run's space.
-    let old: Vec<(StoredSegment, Option<Vec<f64>>)> = previous
-        .map(|p| {
-            p.segments
-                .iter()
-                .map(|s| (s.clone(), transform.convert(&p.transform, &s.centroid)))
-                .collect()
-        })
-        .unwrap_or_default();
     let comparable: Vec<usize> = (0..old.len()).filter(|&j| old[j].1.is_some()).collect();
     let old_points: Vec<Vec<f64>> = comparable
         .iter()
@@ -397,7 +393,6 @@ pub fn segment(
             .map(|s| s.centroid.clone())
             .collect::<Vec<_>>(),
     )?;
-    let x = transform.apply(table)?;
     let nearest = kmeans::assign(&x, &c);
     let mut sizes = vec![0usize; segments.len()];
     let mut sq = 0.0;
