@@ -427,6 +427,18 @@ fn order_reason_sql(b: &Bounds) -> String {
     )
 }
 
+/// Valid orders numbered per `order_id` (`version` 1 is kept; the others are duplicates): the
+/// earliest version wins, ties broken on every column so the choice does not depend on file
+/// order. One definition for the kept rows and the rejected ones.
+fn order_versions_sql(b: &Bounds) -> String {
+    format!(
+        "SELECT *, row_number() OVER (PARTITION BY order_id \
+           ORDER BY order_ts, customer_id, amount, status, discount_amount, channel) AS version \
+         FROM orders_raw WHERE ({}) IS NULL",
+        order_reason_sql(b)
+    )
+}
+
 async fn clean_orders(
     ctx: &SessionContext,
     mut report: InputReport,
@@ -436,14 +448,11 @@ async fn clean_orders(
     // Valid rows, one per order_id: the earliest version wins, ties broken on every column so
     // the choice does not depend on file order.
     let clean = format!(
-        "SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel FROM ( \
-           SELECT order_id, customer_id, order_ts, amount, lower(trim(status)) AS status, \
-                  CASE WHEN discount_amount >= 0 AND discount_amount < 1e15 THEN discount_amount ELSE 0.0 END AS discount_amount, \
-                  channel, \
-                  row_number() OVER (PARTITION BY order_id \
-                    ORDER BY order_ts, customer_id, amount, status, discount_amount, channel) AS version \
-           FROM orders_raw WHERE ({reason}) IS NULL \
-         ) WHERE version = 1"
+        "SELECT order_id, customer_id, order_ts, amount, lower(trim(status)) AS status, \
+                CASE WHEN discount_amount >= 0 AND discount_amount < 1e15 THEN discount_amount ELSE 0.0 END AS discount_amount, \
+                channel \
+         FROM ({}) WHERE version = 1",
+        order_versions_sql(bounds)
     );
     let what = format!("reading orders from {}", report.location);
     let kept = engine::materialize(ctx, "orders", &clean, &what).await? as u64;
@@ -557,12 +566,10 @@ pub async fn write_rejected(
              WHERE reason IS NOT NULL AND reason <> 'after_cutoff' \
              UNION ALL \
              SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, \
-                    'duplicate_order_id' AS reason FROM ( \
-               SELECT *, row_number() OVER (PARTITION BY order_id \
-                 ORDER BY order_ts, customer_id, amount, lower(trim(status)), discount_amount, channel) AS version \
-               FROM orders_raw WHERE ({reason}) IS NULL) \
+                    'duplicate_order_id' AS reason FROM ({}) \
              WHERE version > 1 \
-             ORDER BY reason, order_id, order_ts"
+             ORDER BY reason, order_id, order_ts",
+            order_versions_sql(bounds)
         );
         written.push(
             write_query(
