@@ -184,10 +184,16 @@ pub fn describe(
             m.spend
         )
     };
+    let visits = if m.sessions_90d.is_nan() || m.sessions_90d.round() == 0.0 {
+        "no visits".to_string()
+    } else if m.sessions_90d.round() == 1.0 {
+        "1 visit".to_string()
+    } else {
+        format!("{:.0} visits", m.sessions_90d)
+    };
     let mut s = format!(
-        "{name}: {customers} customers ({:.1}%) who {orders}, with {:.0} visits in the last 90 days and a {:.0}% chance of not ordering in the next 90",
+        "{name}: {customers} customers ({:.1}%) who {orders}, with {visits} in the last 90 days and a {:.0}% chance of not ordering in the next 90",
         100.0 * share,
-        m.sessions_90d,
         100.0 * mean_churn
     );
     if !standout.is_empty() {
