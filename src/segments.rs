@@ -413,9 +413,14 @@ mod tests {
             spend: 0.0,
             sessions_90d: 5.0,
         };
-        assert!(
-            describe("Window shoppers", 10, 0.01, none, 0.97, &[]).contains("have not bought yet")
-        );
+        let d = describe("Window shoppers", 10, 0.01, none, 0.97, &[]);
+        assert!(d.contains("have not bought yet, with 5 visits in"), "{d}");
+        let one = Medians {
+            sessions_90d: 1.0,
+            ..none
+        };
+        let d = describe("Prospects", 10, 0.01, one, 0.97, &[]);
+        assert!(d.contains("with 1 visit in"), "{d}");
     }
 
     #[test]
