@@ -86,20 +86,32 @@ pub fn describe(out: &Output) -> String {
 /// read-only by every test.
 pub fn shop() -> &'static Path {
     static SHOP: OnceLock<PathBuf> = OnceLock::new();
-    SHOP.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("segmenter-it-shop-{}", std::process::id()));
-        let out = segmenter(&[
-            "generate",
-            "--out",
-            dir.to_str().unwrap(),
-            "--customers",
-            "600",
-            "--seed",
-            "7",
-        ]);
-        assert!(out.status.success(), "generate failed: {}", describe(&out));
-        dir
-    })
+    SHOP.get_or_init(|| generate_shop("shop", &[]))
+}
+
+/// The same shop generated with `--dirty`: the same clean files plus the planted defects.
+pub fn dirty_shop() -> &'static Path {
+    static SHOP: OnceLock<PathBuf> = OnceLock::new();
+    SHOP.get_or_init(|| generate_shop("dirty", &["--dirty"]))
+}
+
+/// `segmenter generate` of 600 customers, seed 7 (plus `extra` options) into a temporary
+/// directory named by `tag`.
+fn generate_shop(tag: &str, extra: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("segmenter-it-{tag}-{}", std::process::id()));
+    let mut args = vec![
+        "generate",
+        "--out",
+        dir.to_str().unwrap(),
+        "--customers",
+        "600",
+        "--seed",
+        "7",
+    ];
+    args.extend_from_slice(extra);
+    let out = segmenter(&args);
+    assert!(out.status.success(), "generate failed: {}", describe(&out));
+    dir
 }
 
 /// Writes a pipeline file reading `data` and writing to `out`; returns its path.

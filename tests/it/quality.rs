@@ -4,37 +4,17 @@
 //! from the data.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::parquet::arrow::ArrowWriter;
 
-use crate::common::{describe, parquet_files, pipeline, read_table, run_pipeline, segmenter, shop};
+use crate::common::{
+    describe, dirty_shop, parquet_files, pipeline, read_table, run_pipeline, shop,
+};
 
 const DATE: &str = "2026-10-31";
 const SKIP: &str = "[quality]\non_corrupt_file = \"skip\"\n";
-
-/// The common shop (600 customers, seed 7) generated with --dirty: same clean files plus the
-/// planted defects.
-fn dirty_shop() -> &'static Path {
-    static SHOP: OnceLock<PathBuf> = OnceLock::new();
-    SHOP.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("segmenter-it-dirty-{}", std::process::id()));
-        let out = segmenter(&[
-            "generate",
-            "--out",
-            dir.to_str().unwrap(),
-            "--customers",
-            "600",
-            "--seed",
-            "7",
-            "--dirty",
-        ]);
-        assert!(out.status.success(), "{}", describe(&out));
-        dir
-    })
-}
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
