@@ -615,17 +615,34 @@ impl Pipeline {
                     // the file (and not in a --set override or an ${VAR} value).
                     match toml::from_str::<RawPipeline>(text) {
                         Err(in_file) => Error::config(Some(source), explain_serde(&in_file)),
-                        Ok(_) => Error::config(
-                            Some(source),
-                            format!(
-                                "{} (from a --set override or an ${{VAR}} value)",
-                                explain_serde(&e)
-                            ),
-                        ),
+                        Ok(_) => {
+                            let culprit = failing_override(text, overrides);
+                            let from = match culprit {
+                                Some(ov) => format!("from --set {ov}"),
+                                None => "from an ${VAR} value".to_string(),
+                            };
+                            Error::config(Some(source), format!("{} ({from})", explain_serde(&e)))
+                        }
                     }
                 })?;
         raw.validate(source, base_dir)
     }
+}
+
+/// The first override that makes a valid file fail to deserialize (overrides applied in
+/// order, without `${VAR}` expansion), if any.
+fn failing_override<'a>(text: &str, overrides: &'a [String]) -> Option<&'a str> {
+    let mut table: toml::Table = toml::from_str(text).ok()?;
+    for ov in overrides {
+        apply_override(&mut table, ov).ok()?;
+        if toml::Value::Table(table.clone())
+            .try_into::<RawPipeline>()
+            .is_err()
+        {
+            return Some(ov);
+        }
+    }
+    None
 }
 
 /// Makes serde's message actionable (it already names unknown fields and the expected ones).

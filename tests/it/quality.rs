@@ -270,6 +270,22 @@ fn config_errors_name_the_file_line_and_what_to_do() {
     }
     let p = tmp.path().join("p.toml");
     std::fs::write(&p, &base).unwrap();
+    let run = run_pipeline(
+        &p,
+        DATE,
+        &[
+            "--set",
+            "model.churn_high=0.8",
+            "--set",
+            "clustering.seed=abc",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", describe(&run));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("(from --set clustering.seed=abc)"),
+        "names the override: {err}"
+    );
     let run = run_pipeline(&p, DATE, &["--set", "output.root=ftp://host/x/"]);
     assert_eq!(run.status.code(), Some(2), "{}", describe(&run));
     let err = String::from_utf8_lossy(&run.stderr);
