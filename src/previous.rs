@@ -31,6 +31,24 @@ pub fn model_name(run_date: &str) -> String {
     format!("_models/run_date={run_date}/segment_model.json")
 }
 
+/// Where a run's manifest is stored, relative to the output root; it exists once the run is
+/// published.
+pub fn manifest_name(run_date: &str) -> String {
+    format!("_runs/{run_date}/manifest.json")
+}
+
+/// The bytes of object `name` under the root; `None` when there is no such object.
+async fn read_object(root: &StoreRef, name: &str) -> Result<Option<Bytes>> {
+    let what = || format!("reading {}", root.url_of(name));
+    match root.store.get(&root.key(name)).await {
+        Ok(r) => Ok(Some(
+            r.bytes().await.map_err(|e| Error::storage(what(), e))?,
+        )),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::storage(what(), e)),
+    }
+}
+
 /// The latest published run before `run_date`, if any.
 pub async fn find(root: &StoreRef, run_date: NaiveDate) -> Result<Option<String>> {
     let prefix = root.key("_runs");
@@ -48,7 +66,7 @@ pub async fn find(root: &StoreRef, run_date: NaiveDate) -> Result<Option<String>
         .collect();
     dates.sort_unstable_by(|a, b| b.cmp(a));
     for d in dates {
-        let name = format!("_runs/{}/manifest.json", d.format("%Y-%m-%d"));
+        let name = manifest_name(&d.format("%Y-%m-%d").to_string());
         match root.store.head(&root.key(&name)).await {
             Ok(_) => return Ok(Some(d.format("%Y-%m-%d").to_string())),
             Err(object_store::Error::NotFound { .. }) => continue,
@@ -67,17 +85,13 @@ pub struct Published {
     pub rows: crate::quality::PreviousRows,
 }
 
-/// The manifest of the published run `run_date`; `None` (logged) if it cannot be parsed.
+/// The manifest of the published run `run_date`; `None` if it is gone or (logged) cannot be
+/// parsed.
 pub async fn published(root: &StoreRef, run_date: &str) -> Result<Option<Published>> {
-    let name = format!("_runs/{run_date}/manifest.json");
-    let bytes = root
-        .store
-        .get(&root.key(&name))
-        .await
-        .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?
-        .bytes()
-        .await
-        .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?;
+    let name = manifest_name(run_date);
+    let Some(bytes) = read_object(root, &name).await? else {
+        return Ok(None);
+    };
     let manifest: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -101,19 +115,12 @@ pub async fn published(root: &StoreRef, run_date: &str) -> Result<Option<Publish
 /// be read as a model (then this run refits).
 pub async fn model(root: &StoreRef, run_date: &str) -> Result<Option<SegmentModel>> {
     let name = model_name(run_date);
-    let bytes = match root.store.get(&root.key(&name)).await {
-        Ok(r) => r
-            .bytes()
-            .await
-            .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?,
-        Err(object_store::Error::NotFound { .. }) => {
-            tracing::warn!(
-                model = root.url_of(&name),
-                "previous run has no segment model; refitting"
-            );
-            return Ok(None);
-        }
-        Err(e) => return Err(Error::storage(format!("reading {}", root.url_of(&name)), e)),
+    let Some(bytes) = read_object(root, &name).await? else {
+        tracing::warn!(
+            model = root.url_of(&name),
+            "previous run has no segment model; refitting"
+        );
+        return Ok(None);
     };
     match serde_json::from_slice::<SegmentModel>(&bytes) {
         Ok(m) => Ok(Some(m)),

@@ -278,7 +278,7 @@ async fn run_locked(
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
-    let manifest_name = format!("_runs/{run_date}/manifest.json");
+    let manifest_name = previous::manifest_name(run_date);
     let manifest_url = outputs::write_bytes(root, &manifest_name, json).await?;
     tracing::info!(manifest = manifest_url, "published");
 
