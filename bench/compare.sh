@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark segmenter against the DuckDB + scikit-learn peer (../shared/peers) on generated data.
+# Benchmark segmenter against the DuckDB + scikit-learn peer (bench/peer_duckdb.py) on generated data.
 #
 #   bench/compare.sh [N ...]                 # N = customers; default: 20000 200000
 #   SEGMENTER_BIN=target/release/segmenter bench/compare.sh 20000    # skip the release build
@@ -20,9 +20,7 @@ say() { echo "compare.sh: $*" >&2; }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/.." && pwd))"
-[ -d "$ROOT/../shared" ] || die "$ROOT/../shared not found (the peer lives in shared/peers/)"
-SHARED="$(cd "$ROOT/../shared" && pwd)"
-PEER="$SHARED/peers/duckdb_sklearn.py"
+PEER="$ROOT/bench/peer_duckdb.py"
 [ -f "$PEER" ] || die "peer script $PEER not found"
 
 DATE="${BENCH_DATE:-2026-10-31}"

@@ -1,5 +1,5 @@
 //! Validation of the BG/NBD and Gamma-Gamma fits against the published CDNOW results
-//! (`../shared/data/cdnow`, see its README for the conventions). Tests only.
+//! (`tests/data/cdnow`, see its README for the conventions). Tests only.
 #![cfg(test)]
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use super::gamma_gamma::GammaGamma;
 
 const ORDERS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/cdnow/orders/part-0.parquet"
+    "/tests/data/cdnow/orders/part-0.parquet"
 );
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 

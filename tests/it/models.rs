@@ -10,7 +10,7 @@ use segmenter::models::metrics::roc_auc;
 
 use crate::common::{describe, pipeline, read_table, run_pipeline, segmenter, shop};
 
-const CDNOW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cdnow/orders");
+const CDNOW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cdnow/orders");
 
 fn f64_col(b: &datafusion::arrow::array::RecordBatch, name: &str) -> Vec<f64> {
     let c = b

@@ -304,8 +304,8 @@ fn bad_clustering_settings_are_config_errors() {
 
 /// The quality floor of the segments: on a generated shop (20,000 customers, a seed no default
 /// was chosen on), the adjusted Rand index of segments vs the planted customer types is at least
-/// 0.1 above the DuckDB + scikit-learn peer's (../shared/peers/) on the same data. Needs
-/// SEGMENTER_PYTHON (as the interop test) and the peer script; CI has both.
+/// 0.1 above the DuckDB + scikit-learn peer's (bench/peer_duckdb.py) on the same data. Needs
+/// SEGMENTER_PYTHON (as the interop test); CI sets it.
 #[test]
 fn segments_recover_planted_types_better_than_the_peer() {
     let Some(python) = std::env::var_os("SEGMENTER_PYTHON") else {
@@ -317,7 +317,7 @@ fn segments_recover_planted_types_better_than_the_peer() {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let peer = root.join("../shared/peers/duckdb_sklearn.py");
+    let peer = root.join("bench/peer_duckdb.py");
     assert!(peer.exists(), "{} missing", peer.display());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
