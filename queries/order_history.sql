@@ -6,7 +6,8 @@
 --              the others are earlier, for training and backtesting the models
 --   orders     clean orders before the run's cut-off, one row per order_id
 --   customers  one row per customer_id (may be empty)
--- Parameters (substituted by segmenter): {{monthly_discount_rate}}
+-- Parameters (substituted by segmenter): {{monthly_discount_rate}}; {{in_sample}}: true for the
+--   customers the models train on (snapshots other than 0 keep only those)
 --
 -- Columns named next_* are outcomes after the snapshot's cut-off (labels for the models); they
 -- are only complete when the window ends before the run's cut-off, and segmenter only uses
@@ -25,7 +26,7 @@ WITH timed AS (
     CAST(round(o.amount * 10000) AS BIGINT) AS amount_e4,
     (date_part('epoch', o.order_ts) - s.cutoff_epoch) / 86400.0 AS days_after
   FROM orders o
-  JOIN snapshots s ON o.order_ts < s.cutoff + INTERVAL '365 days'
+  JOIN snapshots s ON o.order_ts < s.cutoff + INTERVAL '365 days' AND (s.snapshot = 0 OR {{in_sample}})
 ),
 history AS (
   SELECT
@@ -65,7 +66,7 @@ known AS (
   UNION
   SELECT s.snapshot, c.customer_id
   FROM customers c
-  JOIN snapshots s ON c.signup_ts < s.cutoff OR c.signup_ts IS NULL
+  JOIN snapshots s ON (c.signup_ts < s.cutoff OR c.signup_ts IS NULL) AND (s.snapshot = 0 OR {{in_sample}})
 )
 SELECT
   k.snapshot,

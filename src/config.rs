@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 pub const DEFAULT_ORDER_HISTORY_SQL: &str = include_str!("../queries/order_history.sql");
 /// Built-in SQL: one row of features per known customer (queries/features.sql).
 pub const DEFAULT_FEATURES_SQL: &str = include_str!("../queries/features.sql");
+/// Built-in SQL: the clickstream's single pass, one row per session (queries/sessions.sql).
+pub const DEFAULT_SESSIONS_SQL: &str = include_str!("../queries/sessions.sql");
+/// Built-in SQL: engagement per customer and snapshot (queries/engagement.sql).
+pub const DEFAULT_ENGAGEMENT_SQL: &str = include_str!("../queries/engagement.sql");
 
 /// The pipeline file as written by the user.
 #[derive(Debug, Deserialize, Serialize, Clone)]
@@ -112,6 +116,10 @@ pub struct RawQueries {
     pub order_history: Option<String>,
     /// Per-customer features at the run's cut-off.
     pub features: Option<String>,
+    /// The clickstream's per-session rollup (with the rule counts).
+    pub sessions: Option<String>,
+    /// Engagement per customer and snapshot, from the sessions.
+    pub engagement: Option<String>,
 }
 
 /// `[model]`: scoring settings.
@@ -128,6 +136,9 @@ pub struct ModelParams {
     pub value_high_quantile: f64,
     /// Quantile of positive value scores at or above which a customer is `medium` value.
     pub value_medium_quantile: f64,
+    /// Customers kept (a stable sample by id) in each earlier snapshot the models train and
+    /// backtest on; everyone is scored.
+    pub training_sample: usize,
 }
 
 impl Default for ModelParams {
@@ -138,6 +149,7 @@ impl Default for ModelParams {
             churn_high: 0.7,
             value_high_quantile: 0.8,
             value_medium_quantile: 0.5,
+            training_sample: 100_000,
         }
     }
 }
@@ -538,6 +550,10 @@ pub struct Pipeline {
     pub order_history_sql: String,
     /// SQL text of the features query.
     pub features_sql: String,
+    /// SQL text of the sessions query.
+    pub sessions_sql: String,
+    /// SQL text of the engagement query.
+    pub engagement_sql: String,
     /// Scoring settings.
     pub model: ModelParams,
     /// k-means settings.
@@ -795,6 +811,16 @@ impl RawPipeline {
             &self.queries.features,
             DEFAULT_FEATURES_SQL,
         );
+        let sessions_sql = sql(
+            "queries.sessions",
+            &self.queries.sessions,
+            DEFAULT_SESSIONS_SQL,
+        );
+        let engagement_sql = sql(
+            "queries.engagement",
+            &self.queries.engagement,
+            DEFAULT_ENGAGEMENT_SQL,
+        );
 
         check_model(&self.model, &mut problems);
         check_clustering(&self.clustering, &mut problems);
@@ -857,6 +883,8 @@ impl RawPipeline {
             output_root,
             order_history_sql,
             features_sql,
+            sessions_sql,
+            engagement_sql,
             model: self.model.clone(),
             clustering: self.clustering.clone(),
             lifecycle: self.lifecycle.clone(),
@@ -904,6 +932,12 @@ fn check_model(m: &ModelParams, problems: &mut Vec<String>) {
         problems.push(
             "`model.value_medium_quantile` must not exceed `model.value_high_quantile`".into(),
         );
+    }
+    if m.training_sample < 1000 {
+        problems.push(format!(
+            "`model.training_sample` = {} must be at least 1000 customers",
+            m.training_sample
+        ));
     }
 }
 

@@ -1,12 +1,27 @@
 //! The query engine: one DataFusion session per run, configured from the pipeline, and the
 //! one way the crate runs SQL (errors say which query failed).
 
-use datafusion::arrow::array::RecordBatch;
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch};
+use datafusion::arrow::compute::{filter_record_batch, is_not_null, is_null};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::{exec_err, DataFusionError};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
+use crate::models::design::id_hash;
 
 /// A query engine configured for the pipeline: bounded memory (spilling to disk), parallelism,
 /// and Parquet reading that keeps strings as Utf8 and lists files in subdirectories.
@@ -20,45 +35,317 @@ pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
     opts.execution.listing_table_ignore_subdirectory = false;
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(bytes) = pipeline.memory_limit_bytes {
-        runtime = runtime.with_memory_limit(bytes, 1.0);
+        // Fair, not greedy: the session rollup's aggregations can spill, the joins cannot;
+        // with a greedy pool the aggregations took the whole limit and a join then failed
+        // (1,000,000 customers, 2 GiB). The fair pool leaves the joins what they need.
+        use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+        let five = std::num::NonZeroUsize::new(5).unwrap_or(std::num::NonZeroUsize::MIN);
+        runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(bytes),
+            five,
+        )));
     }
     let runtime = runtime
         .build_arc()
         .map_err(|e| Error::engine("starting the query engine", e))?;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_udf(ScalarUDF::new_from_impl(SampleUnit::new()));
+    Ok(ctx)
 }
 
-/// Runs `sql` and keeps the result in memory as table `name` (replacing any table of that
-/// name); returns its row count. For small tables that several queries read.
-pub async fn materialize(ctx: &SessionContext, name: &str, sql: &str, what: &str) -> Result<usize> {
-    let df = ctx
+/// `sample_unit(customer_id)`: a number in [0, 1) fixed for each customer id (the high bits of
+/// its FNV-1a hash), so `sample_unit(customer_id) < 0.1` keeps the same tenth of the customers
+/// in every query, snapshot and run. NULL for a NULL id.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SampleUnit {
+    signature: Signature,
+}
+
+impl SampleUnit {
+    fn new() -> Self {
+        SampleUnit {
+            signature: Signature::uniform(
+                1,
+                vec![DataType::Utf8, DataType::Utf8View, DataType::LargeUtf8],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+/// The unit interval value of an id (53 high bits of the hash).
+pub fn sample_unit(id: &str) -> f64 {
+    (id_hash(id) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl ScalarUDFImpl for SampleUnit {
+    fn name(&self) -> &str {
+        "sample_unit"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let ids = &arrays[0];
+        let out: Float64Array = match ids.data_type() {
+            DataType::Utf8 => ids
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.map(sample_unit))
+                .collect(),
+            DataType::LargeUtf8 => ids
+                .as_string::<i64>()
+                .iter()
+                .map(|v| v.map(sample_unit))
+                .collect(),
+            DataType::Utf8View => ids
+                .as_string_view()
+                .iter()
+                .map(|v| v.map(sample_unit))
+                .collect(),
+            other => return exec_err!("sample_unit takes a string, got {other}"),
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// One query's result split in two as it streams: rows whose `side` column is NULL are served
+/// to later queries as table `table` (read once, while they are produced: never held whole),
+/// the others are kept (they must be few). How the clickstream is read once: session rows go
+/// on to the features, the rows counting rejected events are kept.
+pub struct Tee {
+    table: String,
+    pumps: Vec<tokio::task::JoinHandle<Result<Vec<RecordBatch>>>>,
+    /// The plan, for its metrics.
+    running: Running,
+}
+
+/// Starts `sql` and registers its main rows as table `table` (see [`Tee`]).
+pub async fn tee(
+    ctx: &SessionContext,
+    sql: &str,
+    what: &str,
+    table: &str,
+    side: &str,
+) -> Result<Tee> {
+    let plan = ctx
         .sql(sql)
         .await
         .map_err(|e| Error::engine(format!("planning {what}"), e))?
-        .cache()
+        .create_physical_plan()
         .await
-        .map_err(|e| Error::engine(what, e))?;
-    let rows = df
-        .clone()
-        .count()
-        .await
-        .map_err(|e| Error::engine(format!("counting {name}"), e))?;
-    ctx.deregister_table(name)
-        .map_err(|e| Error::engine(format!("registering {name}"), e))?;
-    ctx.register_table(name, df.into_view())
-        .map_err(|e| Error::engine(format!("registering {name}"), e))?;
-    Ok(rows)
+        .map_err(|e| Error::engine(format!("planning {what}"), e))?;
+    let schema: SchemaRef = plan.schema();
+    let side_index = schema
+        .index_of(side)
+        .map_err(|e| Error::config(None, format!("{what} must return a column `{side}`: {e}")))?;
+    let streams =
+        datafusion::physical_plan::execute_stream_partitioned(Arc::clone(&plan), ctx.task_ctx())
+            .map_err(|e| Error::engine(what, e))?;
+    let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
+    let mut pumps = Vec::new();
+    for stream in streams {
+        // A few batches in flight per partition: the producer waits for the consumer.
+        let (tx, rx) = mpsc::channel(4);
+        partitions.push(Arc::new(ChannelPartition {
+            schema: Arc::clone(&schema),
+            rx: Mutex::new(Some(rx)),
+        }));
+        pumps.push(tokio::spawn(pump(stream, tx, side_index, what.to_string())));
+    }
+    let provider = StreamingTable::try_new(Arc::clone(&schema), partitions)
+        .map_err(|e| Error::engine(format!("registering {table}"), e))?;
+    ctx.deregister_table(table)
+        .map_err(|e| Error::engine(format!("registering {table}"), e))?;
+    ctx.register_table(table, Arc::new(provider))
+        .map_err(|e| Error::engine(format!("registering {table}"), e))?;
+    Ok(Tee {
+        table: table.to_string(),
+        pumps,
+        running: Running {
+            plan,
+            what: what.to_string(),
+            stream: Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&schema),
+                futures::stream::empty(),
+            )),
+        },
+    })
+}
+
+impl Tee {
+    /// Waits for the query to finish (reading the rest if no query read the table) and
+    /// returns the side rows.
+    pub async fn finish(self, ctx: &SessionContext) -> Result<Vec<RecordBatch>> {
+        // Dropping the table drops any receiver not taken, so the pumps stop forwarding.
+        ctx.deregister_table(&self.table)
+            .map_err(|e| Error::engine(format!("releasing {}", self.table), e))?;
+        let mut side = Vec::new();
+        for pump in self.pumps {
+            let rows = pump
+                .await
+                .map_err(|e| Error::Model(format!("reading {}: {e}", self.table)))??;
+            side.extend(rows);
+        }
+        self.running.done();
+        Ok(side)
+    }
+}
+
+async fn pump(
+    mut stream: SendableRecordBatchStream,
+    tx: mpsc::Sender<datafusion::common::Result<RecordBatch>>,
+    side: usize,
+    what: String,
+) -> Result<Vec<RecordBatch>> {
+    let mut kept = Vec::new();
+    let mut forward = true;
+    while let Some(batch) = stream.next().await {
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                if forward {
+                    // The consumer fails too; the caller reports this, the original error.
+                    let copy = DataFusionError::Execution(format!("{what}: {e}"));
+                    // If the consumer is gone it has failed already; nothing more to tell.
+                    tx.send(Err(copy)).await.ok();
+                }
+                return Err(Error::engine(what, e));
+            }
+        };
+        let column = batch.column(side);
+        if column.null_count() < batch.num_rows() {
+            let mask = is_not_null(column.as_ref()).map_err(|e| Error::engine(&what, e.into()))?;
+            let rows =
+                filter_record_batch(&batch, &mask).map_err(|e| Error::engine(&what, e.into()))?;
+            kept.push(rows);
+        }
+        if forward {
+            let main = if column.null_count() == batch.num_rows() {
+                batch
+            } else {
+                let mask = is_null(column.as_ref()).map_err(|e| Error::engine(&what, e.into()))?;
+                filter_record_batch(&batch, &mask).map_err(|e| Error::engine(&what, e.into()))?
+            };
+            // The consumer is gone (or never came): keep reading for the side rows.
+            forward = tx.send(Ok(main)).await.is_ok();
+        }
+    }
+    Ok(kept)
+}
+
+/// One partition of a [`Tee`]'s table: the receiving end of its pump.
+#[derive(Debug)]
+struct ChannelPartition {
+    schema: SchemaRef,
+    rx: Mutex<Option<mpsc::Receiver<datafusion::common::Result<RecordBatch>>>>,
+}
+
+impl PartitionStream for ChannelPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let rx = self.rx.lock().ok().and_then(|mut r| r.take());
+        let schema = Arc::clone(&self.schema);
+        match rx {
+            Some(rx) => {
+                let stream = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+            }
+            None => Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::once(async {
+                    Err(DataFusionError::Execution(
+                        "a streamed table (sessions) can be read only once per run: \
+                         refer to it once in the query"
+                            .into(),
+                    ))
+                }),
+            )),
+        }
+    }
 }
 
 /// Runs `sql` to completion; `what` names the query in errors ("counting events").
 /// With `SEGMENTER_EXPLAIN_ANALYZE=1` the query's `EXPLAIN ANALYZE` is logged first (it runs
 /// the query twice: for tuning queries/*.sql, not for production).
 pub async fn collect(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<RecordBatch>> {
-    if std::env::var_os("SEGMENTER_EXPLAIN_ANALYZE").is_some()
-        && !sql.trim_start().starts_with("CREATE")
+    explain_if_asked(ctx, sql, what).await?;
+    ctx.sql(sql)
+        .await
+        .map_err(|e| Error::engine(format!("planning {what}"), e))?
+        .collect()
+        .await
+        .map_err(|e| Error::engine(what, e))
+}
+
+/// A query running as a stream of batches, consumed by the caller as they come.
+pub struct Running {
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    what: String,
+    /// The batches.
+    pub stream: SendableRecordBatchStream,
+}
+
+/// Starts `sql` as a stream. With `SEGMENTER_EXPLAIN_ANALYZE` set, [`Running::done`] logs
+/// the plan with the metrics of this very execution (the query runs once).
+pub async fn stream(ctx: &SessionContext, sql: &str, what: &str) -> Result<Running> {
+    let plan = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| Error::engine(format!("planning {what}"), e))?
+        .create_physical_plan()
+        .await
+        .map_err(|e| Error::engine(format!("planning {what}"), e))?;
+    let stream = datafusion::physical_plan::execute_stream(Arc::clone(&plan), ctx.task_ctx())
+        .map_err(|e| Error::engine(what, e))?;
+    Ok(Running {
+        plan,
+        what: what.to_string(),
+        stream,
+    })
+}
+
+impl Running {
+    /// Call when the stream is finished: logs the executed plan's metrics if asked.
+    pub fn done(self) {
+        if std::env::var_os("SEGMENTER_EXPLAIN_ANALYZE").is_some() {
+            let text = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                self.plan.as_ref(),
+            )
+            .indent(true)
+            .to_string();
+            tracing::info!(query = self.what, "executed plan with metrics\n{text}");
+        }
+    }
+}
+
+/// With `SEGMENTER_EXPLAIN_ANALYZE=1`, logs the query's `EXPLAIN ANALYZE` (it runs the
+/// query twice: for tuning queries/*.sql, not for production).
+async fn explain_if_asked(ctx: &SessionContext, sql: &str, what: &str) -> Result<()> {
+    if std::env::var_os("SEGMENTER_EXPLAIN_ANALYZE").is_none()
+        || sql.trim_start().starts_with("CREATE")
+    {
+        return Ok(());
+    }
+    let verb = "EXPLAIN ANALYZE";
     {
         let plan = ctx
-            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .sql(&format!("{verb} {sql}"))
             .await
             .map_err(|e| Error::engine(format!("explaining {what}"), e))?
             .collect()
@@ -67,12 +354,7 @@ pub async fn collect(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
             .map(|t| t.to_string())
             .unwrap_or_default();
-        tracing::info!(query = what, "EXPLAIN ANALYZE\n{text}");
+        tracing::info!(query = what, "{verb}\n{text}");
     }
-    ctx.sql(sql)
-        .await
-        .map_err(|e| Error::engine(format!("planning {what}"), e))?
-        .collect()
-        .await
-        .map_err(|e| Error::engine(what, e))
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Features: runs the pipeline's SQL (queries/*.sql) with its parameters and returns typed
 //! per-customer tables. Features are computed by DataFusion, never by row loops in Rust.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -12,6 +12,8 @@ use datafusion::prelude::SessionContext;
 use crate::config::Pipeline;
 use crate::engine;
 use crate::error::{Error, Result};
+use crate::inputs::Inputs;
+use crate::rules::{self, Bounds};
 
 /// A point in time, as the SQL templates need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +42,71 @@ impl Cutoff {
 }
 
 /// Replaces every `{{name}}` in `sql`; an unknown `{{…}}` left over is an error (a typo in an
-/// analyst's query must not run silently).
+/// analyst's query must not run silently). `{{#each snapshot}}…{{/each}}` repeats its text once
+/// per snapshot, the copies joined by commas (`{{#each snapshot sep=" "}}`: by a space), with
+/// that snapshot's parameters added (`snapshot`, `cutoff`, `cutoff_epoch`).
 pub fn render(sql: &str, params: &HashMap<&str, String>, query: &str) -> Result<String> {
+    render_with(sql, params, &[], query)
+}
+
+fn render_with(
+    sql: &str,
+    params: &HashMap<&str, String>,
+    each: &[HashMap<&'static str, String>],
+    query: &str,
+) -> Result<String> {
+    const OPEN: &str = "{{#each snapshot";
+    const CLOSE: &str = "{{/each}}";
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&render_plain(&rest[..start], params, query)?);
+        let after = &rest[start + OPEN.len()..];
+        let head_end = after
+            .find("}}")
+            .ok_or_else(|| Error::config(None, format!("query {query}: unterminated `{OPEN}`")))?;
+        let separator = match after[..head_end].trim() {
+            "" => ", ",
+            opt => opt
+                .strip_prefix("sep=\"")
+                .and_then(|s| s.strip_suffix('"'))
+                .ok_or_else(|| {
+                    Error::config(
+                        None,
+                        format!("query {query}: `{OPEN} {opt}}}}}`: the only option is sep=\"…\""),
+                    )
+                })?,
+        };
+        let body_and_rest = &after[head_end + 2..];
+        let end = body_and_rest.find(CLOSE).ok_or_else(|| {
+            Error::config(
+                None,
+                format!("query {query}: `{OPEN}` without a closing `{CLOSE}`"),
+            )
+        })?;
+        let body = &body_and_rest[..end];
+        if each.is_empty() {
+            return Err(Error::config(
+                None,
+                format!("query {query}: `{OPEN}` is not available in this query"),
+            ));
+        }
+        let copies = each
+            .iter()
+            .map(|extra| {
+                let mut p = params.clone();
+                p.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+                render_plain(body, &p, query)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push_str(&copies.join(separator));
+        rest = &body_and_rest[end + CLOSE.len()..];
+    }
+    out.push_str(&render_plain(rest, params, query)?);
+    Ok(out)
+}
+
+fn render_plain(sql: &str, params: &HashMap<&str, String>, query: &str) -> Result<String> {
     let mut out = String::with_capacity(sql.len());
     let mut rest = sql;
     while let Some(start) = rest.find("{{") {
@@ -119,7 +184,7 @@ impl Snapshots {
 /// Features of every snapshot, split into one table per snapshot.
 #[derive(Debug, Clone)]
 pub struct SnapshotFeatures {
-    tables: std::collections::BTreeMap<i32, CustomerTable>,
+    tables: BTreeMap<i32, CustomerTable>,
 }
 
 impl SnapshotFeatures {
@@ -139,13 +204,56 @@ impl SnapshotFeatures {
     }
 }
 
-/// Registers `snapshots` and `order_history`, runs features.sql once for all snapshots (one
-/// scan of the events) and splits the result by snapshot. Rows are ordered by customer_id.
+/// What the clickstream's single pass counted: per reason, the events that a rule rejected or
+/// left out (`after_cutoff`, `anonymous`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventCounts {
+    /// Events per reason.
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+/// The parameters every query may use.
+fn query_params(
+    pipeline: &Pipeline,
+    sample_share: f64,
+    bounds: &Bounds,
+) -> HashMap<&'static str, String> {
+    let mut p = params(pipeline);
+    p.insert(
+        "in_sample",
+        format!("(sample_unit(customer_id) < {sample_share:?})"),
+    );
+    p.insert(
+        "event_reason",
+        rules::reason_sql(rules::Input::Events, bounds),
+    );
+    p
+}
+
+async fn create_view(ctx: &SessionContext, name: &str, sql: &str, query: &str) -> Result<()> {
+    engine::collect(
+        ctx,
+        &format!("CREATE OR REPLACE VIEW {name} AS {sql}"),
+        query,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Computes the features of every snapshot in one streaming plan over one read of the
+/// clickstream: queries/sessions.sql rolls events up per session and counts the rule reasons,
+/// queries/engagement.sql and queries/order_history.sql give one row per snapshot and customer
+/// (the earlier snapshots only for the `sample_share` of customers the models use), and
+/// queries/features.sql joins them. Rows are ordered by snapshot and customer_id.
+/// The events' counts go into `inputs.events`.
 pub async fn customer_features(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     snapshots: &Snapshots,
+    inputs: &mut Inputs,
 ) -> Result<SnapshotFeatures> {
+    let sample_share = sample_share(ctx, pipeline.model.training_sample).await?;
+    let bounds = &inputs.bounds;
     let batch = snapshots.batch()?;
     let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
         .map_err(|e| Error::engine("registering snapshots", e))?;
@@ -154,36 +262,135 @@ pub async fn customer_features(
     ctx.register_table("snapshots", std::sync::Arc::new(table))
         .map_err(|e| Error::engine("registering snapshots", e))?;
 
-    let p = params(pipeline);
+    let p = query_params(pipeline, sample_share, bounds);
+    let each: Vec<HashMap<&'static str, String>> = snapshots
+        .0
+        .iter()
+        .map(|(id, c)| {
+            HashMap::from([
+                ("snapshot", id.to_string()),
+                ("cutoff", c.sql()),
+                ("cutoff_epoch", format!("{:?}", c.epoch() as f64)),
+            ])
+        })
+        .collect();
     let history = render(&pipeline.order_history_sql, &p, "order_history")?;
-    engine::materialize(ctx, "order_history", &history, "queries/order_history.sql").await?;
+    create_view(ctx, "order_history", &history, "queries/order_history.sql").await?;
+    let engagement = render_with(&pipeline.engagement_sql, &p, &each, "engagement")?;
     let sql = render(&pipeline.features_sql, &p, "features")?;
-    let batches = engine::collect(ctx, &sql, "queries/features.sql").await?;
-    let mut tables = std::collections::BTreeMap::new();
-    for (id, _) in &snapshots.0 {
-        let mut part = Vec::new();
-        for b in &batches {
-            let col = b.column_by_name("snapshot").ok_or_else(|| {
-                Error::config(None, "query features must return a column `snapshot`")
-            })?;
-            let col = cast(col, &DataType::Int32)
-                .map_err(|e| Error::engine("reading snapshot", e.into()))?;
+    let sessions = render(&pipeline.sessions_sql, &p, "sessions")?;
+    let tee = engine::tee(ctx, &sessions, "queries/sessions.sql", "sessions", "reason").await?;
+    let features = async {
+        create_view(ctx, "engagement", &engagement, "queries/engagement.sql").await?;
+        collect_by_snapshot(ctx, &sql, snapshots).await
+    }
+    .await;
+    // Always finish the pass (its counts), even when the features failed.
+    let side = tee.finish(ctx).await;
+    // The pass's own error first: it names the cause (a bad file, a type).
+    let counts = event_counts(&side?)?;
+    let tables = features?;
+    if let Some(events) = inputs.events.as_mut() {
+        events.count_reasons(counts.by_reason);
+        events.use_the_rest();
+    }
+    Ok(SnapshotFeatures { tables })
+}
+
+/// The share of customers the earlier snapshots keep so that about `customers` remain: the
+/// number of customers is estimated (HyperLogLog: deterministic, and exact is not needed) from
+/// the ids in the orders and customers files.
+async fn sample_share(ctx: &SessionContext, customers: usize) -> Result<f64> {
+    let sql = "SELECT approx_distinct(customer_id) AS n FROM \
+               (SELECT customer_id FROM orders_raw UNION ALL SELECT customer_id FROM customers_raw)";
+    let batches = engine::collect(ctx, sql, "estimating the number of customers").await?;
+    let known = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| {
+            cast(b.column(0), &DataType::Float64)
+                .map(|c| c.as_primitive::<Float64Type>().value(0))
+                .unwrap_or(0.0)
+        })
+        .unwrap_or(0.0);
+    Ok(if known <= customers as f64 {
+        1.0
+    } else {
+        customers as f64 / known
+    })
+}
+
+/// Runs the features query and splits its rows by snapshot as they stream in.
+async fn collect_by_snapshot(
+    ctx: &SessionContext,
+    sql: &str,
+    snapshots: &Snapshots,
+) -> Result<BTreeMap<i32, CustomerTable>> {
+    use futures::StreamExt;
+    let what = "queries/features.sql";
+    let mut running = engine::stream(ctx, sql, what).await?;
+    let mut parts: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+    while let Some(b) = running.stream.next().await {
+        let b = b.map_err(|e| Error::engine(what, e))?;
+        let col = b
+            .column_by_name("snapshot")
+            .ok_or_else(|| Error::config(None, "query features must return a column `snapshot`"))?;
+        let col =
+            cast(col, &DataType::Int32).map_err(|e| Error::engine("reading snapshot", e.into()))?;
+        for (id, _) in &snapshots.0 {
             let mask = datafusion::arrow::compute::kernels::cmp::eq(
                 &col,
                 &datafusion::arrow::array::Int32Array::new_scalar(*id),
             )
             .map_err(|e| Error::engine("splitting snapshots", e.into()))?;
-            let rows = datafusion::arrow::compute::filter_record_batch(b, &mask)
-                .map_err(|e| Error::engine("splitting snapshots", e.into()))?;
-            if rows.num_rows() > 0 {
-                part.push(rows);
+            if mask.true_count() == 0 {
+                continue;
             }
-        }
-        if !part.is_empty() {
-            tables.insert(*id, CustomerTable::new(part, "features")?);
+            let rows = if mask.true_count() == b.num_rows() {
+                b.clone()
+            } else {
+                datafusion::arrow::compute::filter_record_batch(&b, &mask)
+                    .map_err(|e| Error::engine("splitting snapshots", e.into()))?
+            };
+            parts.entry(*id).or_default().push(rows);
         }
     }
-    Ok(SnapshotFeatures { tables })
+    running.done();
+    let mut tables = BTreeMap::new();
+    for (id, batches) in parts {
+        tables.insert(id, CustomerTable::new(batches, "features")?);
+    }
+    Ok(tables)
+}
+
+/// Sums the reason rows of queries/sessions.sql (`reason`, `events`).
+fn event_counts(rows: &[RecordBatch]) -> Result<EventCounts> {
+    let mut counts = EventCounts::default();
+    for b in rows {
+        let (Some(reason), Some(events)) = (b.column_by_name("reason"), b.column_by_name("events"))
+        else {
+            return Err(Error::config(
+                None,
+                "query sessions must return columns `reason` and `events`",
+            ));
+        };
+        let reason = cast(reason, &DataType::Utf8)
+            .map_err(|e| Error::engine("reading reason counts", e.into()))?;
+        let events = cast(events, &DataType::Int64)
+            .map_err(|e| Error::engine("reading reason counts", e.into()))?;
+        let (reason, events) = (
+            reason.as_string::<i32>(),
+            events.as_primitive::<datafusion::arrow::datatypes::Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            let n = events.value(i).max(0) as u64;
+            *counts
+                .by_reason
+                .entry(reason.value(i).to_string())
+                .or_default() += n;
+        }
+    }
+    Ok(counts)
 }
 
 /// A per-customer table in one RecordBatch, with typed column access by name.

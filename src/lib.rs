@@ -23,6 +23,7 @@ pub mod models;
 pub mod outputs;
 pub mod previous;
 pub mod quality;
+pub mod rules;
 pub mod run;
 pub mod segments;
 pub mod storage;

@@ -126,26 +126,26 @@ async fn run_locked(
         clock = Instant::now();
     };
 
-    let inputs = inputs::register(ctx, pipeline, &cutoff.sql()).await?;
-    log_inputs(&inputs);
-    // Rejected rows are written before the gates, so that a run stopped by them leaves the
-    // evidence; they are not a published table.
-    let rejected_dir = format!("_rejected/run_date={run_date}/");
-    let rejected_files = inputs::write_rejected(ctx, root, &rejected_dir, run_id, &inputs).await?;
+    let mut inputs = inputs::register(ctx, pipeline, &cutoff.sql()).await?;
     let previous_run = previous::find(root, date).await?;
     let published = match &previous_run {
         Some(d) => previous::published(root, d).await?,
         None => None,
     };
+    lap("inputs", timings);
+
+    let snapshots = models::snapshots(cutoff);
+    let all = features::customer_features(ctx, pipeline, &snapshots, &mut inputs).await?;
+    log_inputs(&inputs);
+    // Rejected rows are written before the gates, so that a run stopped by them leaves the
+    // evidence; they are not a published table.
+    let rejected_dir = format!("_rejected/run_date={run_date}/");
+    let rejected_files = inputs::write_rejected(ctx, root, &rejected_dir, run_id, &inputs).await?;
     quality::check(
         &inputs,
         &pipeline.quality,
         published.as_ref().map(|p| &p.rows),
     )?;
-    lap("inputs", timings);
-
-    let snapshots = models::snapshots(cutoff);
-    let all = features::customer_features(ctx, pipeline, &snapshots).await?;
     let features = all.current()?;
     tracing::info!(customers = features.len(), "features computed");
     lap("features", timings);
@@ -314,10 +314,10 @@ async fn run_locked(
 pub async fn evaluate(pipeline: &Pipeline, date: NaiveDate) -> Result<models::ModelReport> {
     let cutoff = Cutoff::for_run_date(date);
     let ctx = engine::session(pipeline)?;
-    let inputs = inputs::register(&ctx, pipeline, &cutoff.sql()).await?;
-    log_inputs(&inputs);
+    let mut inputs = inputs::register(&ctx, pipeline, &cutoff.sql()).await?;
     let snapshots = models::snapshots(cutoff);
-    let all = features::customer_features(&ctx, pipeline, &snapshots).await?;
+    let all = features::customer_features(&ctx, pipeline, &snapshots, &mut inputs).await?;
+    log_inputs(&inputs);
     let scores = models::score(pipeline, &snapshots, &all)?;
     log_models(&scores.report);
     Ok(scores.report)

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod interop;
+mod memory;
 mod models;
 mod producers;
 mod quality;
