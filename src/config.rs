@@ -363,7 +363,7 @@ impl Default for ClusterParams {
             max_iterations: 200,
             tolerance: 1e-4,
             seed: 42,
-            sample_size: 200_000,
+            sample_size: 50_000,
             winsorize: [0.01, 0.99],
             max_match_distance: 1.5,
             features: default_cluster_features(),
@@ -445,7 +445,7 @@ impl Default for LoyaltyRules {
 #[serde(deny_unknown_fields, default)]
 pub struct EngineParams {
     /// Memory the engine may use before spilling, e.g. `"8GiB"`, `"512MiB"` or `"60%"` of RAM.
-    /// Default: 60 % of physical memory.
+    /// Default: [`DEFAULT_MEMORY_LIMIT`] (at most 60 % of physical memory).
     pub memory_limit: Option<String>,
     /// Parallelism; default: the number of cores.
     pub target_partitions: Option<usize>,
@@ -848,7 +848,9 @@ impl RawPipeline {
                 }
             };
         let memory_limit_bytes = match &self.engine.memory_limit {
-            None => physical_memory().map(|m| m / 10 * 6),
+            None => Some(physical_memory().map_or(DEFAULT_MEMORY_LIMIT, |m| {
+                (m / 10 * 6).min(DEFAULT_MEMORY_LIMIT)
+            })),
             Some(text) => match parse_memory(text, physical_memory()) {
                 Ok(b) => Some(b),
                 Err(e) => {
@@ -1041,6 +1043,13 @@ fn physical_memory() -> Option<usize> {
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// The engine's memory pool when `engine.memory_limit` is not set: 2 GiB (less on a machine
+/// with under 3.4 GiB of RAM: 60 % of it). Measured with bench/compare.sh: at 1,000,000
+/// customers a 2 GiB pool ran faster (97.6 s against 107 s) and in about half the memory
+/// (2.6 against 4.6 GiB peak RSS) than a pool of 60 % of 24 GiB; at 200,000, 25.7 s and 1.4 GiB
+/// against 24.2 s and 2.0 GiB. Beyond the pool the aggregations spill to disk.
+pub const DEFAULT_MEMORY_LIMIT: usize = 2 << 30;
 
 /// Parses `"8GiB"`, `"512MiB"`, `"2GB"`, `"60%"` (of `physical`) into bytes.
 fn parse_memory(text: &str, physical: Option<usize>) -> std::result::Result<usize, String> {

@@ -228,6 +228,9 @@ pub struct Manifest<'a, I: Serialize, M: Serialize, C: Serialize, P: Serialize> 
     pub outputs: BTreeMap<&'static str, Vec<String>>,
     /// Seconds per stage.
     pub timings: BTreeMap<&'static str, f64>,
+    /// The process's peak resident memory at the end of each stage, in MiB (the high-water
+    /// mark so far: a stage that raised it is where the memory went). Empty off Linux.
+    pub peak_rss_mib: BTreeMap<&'static str, u64>,
 }
 
 #[cfg(test)]

@@ -119,10 +119,20 @@ async fn run_locked(
         refit,
     } = attempt;
     let mut clock = Instant::now();
+    let mut peak_rss = BTreeMap::new();
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
         let secs = clock.elapsed().as_secs_f64();
         timings.insert(name, (secs * 1000.0).round() / 1000.0);
-        tracing::info!(stage = name, seconds = secs, "stage done");
+        let peak = peak_rss_mib();
+        if let Some(mib) = peak {
+            peak_rss.insert(name, mib);
+        }
+        tracing::info!(
+            stage = name,
+            seconds = secs,
+            peak_rss_mib = peak,
+            "stage done"
+        );
         clock = Instant::now();
     };
 
@@ -275,6 +285,7 @@ async fn run_locked(
         pipeline: &pipeline.effective,
         outputs: files,
         timings: timings.clone(),
+        peak_rss_mib: peak_rss,
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
@@ -308,6 +319,21 @@ async fn run_locked(
         manifest: manifest_url,
         output_root: root.location.as_str().to_string(),
     })
+}
+
+/// The process's peak resident memory so far (Linux: `VmHWM` of /proc/self/status), in MiB;
+/// None where that is not available.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 /// Fits and backtests the models for `date` without writing anything (`segmenter evaluate`).
