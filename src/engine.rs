@@ -138,13 +138,7 @@ pub async fn tee(
     table: &str,
     side: &str,
 ) -> Result<Tee> {
-    let plan = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| Error::engine(format!("planning {what}"), e))?
-        .create_physical_plan()
-        .await
-        .map_err(|e| Error::engine(format!("planning {what}"), e))?;
+    let plan = physical_plan(ctx, sql, what).await?;
     let schema: SchemaRef = plan.schema();
     let side_index = schema
         .index_of(side)
@@ -301,16 +295,24 @@ pub struct Running {
     pub stream: SendableRecordBatchStream,
 }
 
-/// Starts `sql` as a stream. With `SEGMENTER_EXPLAIN_ANALYZE` set, [`Running::done`] logs
-/// the plan with the metrics of this very execution (the query runs once).
-pub async fn stream(ctx: &SessionContext, sql: &str, what: &str) -> Result<Running> {
-    let plan = ctx
-        .sql(sql)
+/// Plans `sql` down to the physical plan that will run.
+async fn physical_plan(
+    ctx: &SessionContext,
+    sql: &str,
+    what: &str,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    ctx.sql(sql)
         .await
         .map_err(|e| Error::engine(format!("planning {what}"), e))?
         .create_physical_plan()
         .await
-        .map_err(|e| Error::engine(format!("planning {what}"), e))?;
+        .map_err(|e| Error::engine(format!("planning {what}"), e))
+}
+
+/// Starts `sql` as a stream. With `SEGMENTER_EXPLAIN_ANALYZE` set, [`Running::done`] logs
+/// the plan with the metrics of this very execution (the query runs once).
+pub async fn stream(ctx: &SessionContext, sql: &str, what: &str) -> Result<Running> {
+    let plan = physical_plan(ctx, sql, what).await?;
     let stream = datafusion::physical_plan::execute_stream(Arc::clone(&plan), ctx.task_ctx())
         .map_err(|e| Error::engine(what, e))?;
     Ok(Running {
