@@ -1,11 +1,13 @@
 //! Inputs: list and check every Parquet file, register orders / events / customers as
 //! DataFusion tables with one canonical schema, apply the as-of cut, clean and count.
 //!
-//! After [`register`], SQL sees three tables with fixed types (timestamps are zone-less
-//! microseconds meaning UTC, money is Float64, text is Utf8):
-//! - `orders`    — valid orders before the cut-off, one row per order_id (materialised: small);
-//! - `events`    — events before the cut-off (a view over the files: large, never materialised);
-//! - `customers` — one row per customer_id, signed up before the cut-off (materialised).
+//! After [`register`], SQL sees these tables with fixed types (timestamps are zone-less
+//! microseconds meaning UTC, money is Float64, text is Utf8), all views over the files,
+//! nothing held in memory:
+//! - `orders`     — valid orders before the cut-off, one row per order_id (counted here);
+//! - `events_raw` — every event in the files: the rules, the counts and the as-of cut are
+//!   applied by the clickstream's single pass (queries/sessions.sql, run by the features);
+//! - `customers`  — one row per customer_id, signed up before the cut-off (counted here).
 //!
 //! Producers may disagree on timestamp unit and zone, Decimal vs Float64, string encodings:
 //! each file's columns are cast to the canonical type by the engine. A missing required column
