@@ -126,6 +126,8 @@ impl ScalarUDFImpl for SampleUnit {
 pub struct Tee {
     table: String,
     pumps: Vec<tokio::task::JoinHandle<Result<Vec<RecordBatch>>>>,
+    /// The table's partitions, to close those no query read.
+    partitions: Vec<Arc<ChannelPartition>>,
     /// The plan, for its metrics.
     running: Running,
 }
@@ -146,7 +148,7 @@ pub async fn tee(
     let streams =
         datafusion::physical_plan::execute_stream_partitioned(Arc::clone(&plan), ctx.task_ctx())
             .map_err(|e| Error::engine(what, e))?;
-    let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
+    let mut partitions = Vec::new();
     let mut pumps = Vec::new();
     for stream in streams {
         // A few batches in flight per partition: the producer waits for the consumer.
@@ -157,7 +159,11 @@ pub async fn tee(
         }));
         pumps.push(tokio::spawn(pump(stream, tx, side_index, what.to_string())));
     }
-    let provider = StreamingTable::try_new(Arc::clone(&schema), partitions)
+    let streams: Vec<Arc<dyn PartitionStream>> = partitions
+        .iter()
+        .map(|p| Arc::clone(p) as Arc<dyn PartitionStream>)
+        .collect();
+    let provider = StreamingTable::try_new(Arc::clone(&schema), streams)
         .map_err(|e| Error::engine(format!("registering {table}"), e))?;
     ctx.deregister_table(table)
         .map_err(|e| Error::engine(format!("registering {table}"), e))?;
@@ -166,6 +172,7 @@ pub async fn tee(
     Ok(Tee {
         table: table.to_string(),
         pumps,
+        partitions,
         running: Running {
             plan,
             what: what.to_string(),
@@ -180,10 +187,17 @@ pub async fn tee(
 impl Tee {
     /// Waits for the query to finish (reading the rest if no query read the table) and
     /// returns the side rows.
+    /// Call it once the queries that read the table are finished or dropped.
     pub async fn finish(self, ctx: &SessionContext) -> Result<Vec<RecordBatch>> {
-        // Dropping the table drops any receiver not taken, so the pumps stop forwarding.
         ctx.deregister_table(&self.table)
             .map_err(|e| Error::engine(format!("releasing {}", self.table), e))?;
+        // A partition no query read (a view may still hold the table) would block its pump
+        // forever: dropping its receiver makes the pump read on for the side rows only.
+        for p in &self.partitions {
+            if let Ok(mut rx) = p.rx.lock() {
+                rx.take();
+            }
+        }
         let mut side = Vec::new();
         for pump in self.pumps {
             let rows = pump
@@ -359,4 +373,80 @@ async fn explain_if_asked(ctx: &SessionContext, sql: &str, what: &str) -> Result
         tracing::info!(query = what, "{verb}\n{text}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::datasource::MemTable;
+
+    /// 12 batches of 100 rows; every 10th row has a `reason` (a side row).
+    fn context() -> SessionContext {
+        let batches: Vec<RecordBatch> = (0..12)
+            .map(|b| {
+                let n: Vec<i64> = (0..100).map(|i| b * 100 + i).collect();
+                let reason: Vec<Option<&str>> =
+                    (0..100).map(|i| (i % 10 == 0).then_some("r")).collect();
+                RecordBatch::try_from_iter([
+                    ("n", Arc::new(Int64Array::from(n)) as _),
+                    ("reason", Arc::new(StringArray::from(reason)) as _),
+                ])
+                .unwrap()
+            })
+            .collect();
+        let ctx = SessionContext::new();
+        let table = MemTable::try_new(batches[0].schema(), vec![batches]).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        ctx
+    }
+
+    fn rows(batches: &[RecordBatch]) -> usize {
+        batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[tokio::test]
+    async fn tee_serves_the_main_rows_and_keeps_the_side_rows() {
+        let ctx = context();
+        let tee = tee(&ctx, "SELECT n, reason FROM t", "test", "main", "reason")
+            .await
+            .unwrap();
+        let main = collect(&ctx, "SELECT count(*) AS c, sum(n) AS s FROM main", "read")
+            .await
+            .unwrap();
+        let side = tee.finish(&ctx).await.unwrap();
+        let c = main[0]
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        assert_eq!(c.value(0), 1080);
+        assert_eq!(rows(&side), 120);
+    }
+
+    #[tokio::test]
+    async fn tee_finishes_when_no_query_reads_the_table() {
+        let ctx = context();
+        let tee = tee(&ctx, "SELECT n, reason FROM t", "test", "main", "reason")
+            .await
+            .unwrap();
+        // A view holds the table, so deregistering it alone would not close the channels.
+        collect(&ctx, "CREATE VIEW v AS SELECT * FROM main", "view")
+            .await
+            .unwrap();
+        let side = tokio::time::timeout(std::time::Duration::from_secs(20), tee.finish(&ctx))
+            .await
+            .expect("the tee must not wait for a reader that never comes")
+            .unwrap();
+        assert_eq!(rows(&side), 120);
+    }
+
+    #[test]
+    fn sample_unit_is_stable_and_in_the_unit_interval() {
+        assert_eq!(sample_unit("C0000001"), sample_unit("C0000001"));
+        let u: Vec<f64> = (0..10_000)
+            .map(|i| sample_unit(&format!("C{i:07}")))
+            .collect();
+        assert!(u.iter().all(|x| (0.0..1.0).contains(x)));
+        let below = u.iter().filter(|x| **x < 0.1).count();
+        assert!((800..1200).contains(&below), "{below} of 10,000 below 0.1");
+    }
 }
