@@ -503,6 +503,34 @@ mod tests {
     }
 
     #[test]
+    fn each_snapshot_blocks_repeat_with_their_parameters() {
+        let p = HashMap::from([("rate", "0.01".to_string())]);
+        let each: Vec<HashMap<&'static str, String>> = (0..3)
+            .map(|i| HashMap::from([("snapshot", i.to_string())]))
+            .collect();
+        let sql = "SELECT {{#each snapshot}}x_{{snapshot}} * {{rate}}{{/each}} FROM t";
+        assert_eq!(
+            render_with(sql, &p, &each, "q").unwrap(),
+            "SELECT x_0 * 0.01, x_1 * 0.01, x_2 * 0.01 FROM t"
+        );
+        let sql = "CASE s {{#each snapshot sep=\" \"}}WHEN {{snapshot}} THEN 1{{/each}} END";
+        assert_eq!(
+            render_with(sql, &p, &each, "q").unwrap(),
+            "CASE s WHEN 0 THEN 1 WHEN 1 THEN 1 WHEN 2 THEN 1 END"
+        );
+        for bad in [
+            "{{#each snapshot}}x",
+            "{{#each snapshot sep=,}}x{{/each}}",
+            "{{#each snapshot}}{{nope}}{{/each}}",
+        ] {
+            assert!(render_with(bad, &p, &each, "q").is_err(), "{bad}");
+        }
+        // Only queries that get snapshots may use the block.
+        let err = render("{{#each snapshot}}x{{/each}}", &p, "q").unwrap_err();
+        assert!(err.to_string().contains("not available"), "{err}");
+    }
+
+    #[test]
     fn render_substitutes_and_rejects_unknown() {
         let p = HashMap::from([("a", "1".to_string())]);
         assert_eq!(render("x {{a}} {{ a }}", &p, "q").unwrap(), "x 1 1");
