@@ -2,7 +2,7 @@
 //!
 //! [`generate`] writes orders, a Hive-partitioned clickstream, a customers table and the planted
 //! truth (customer types, dropout times, the orders of the following year) as Parquet in the
-//! input schemas of the contract (`/work/shared/CONTRACT.md`).
+//! input schemas the README documents ("Inputs").
 //!
 //! # The simulated world
 //! A buy-till-you-defect population with heterogeneity and episodic demand, plus a clickstream
