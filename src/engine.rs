@@ -288,6 +288,18 @@ impl PartitionStream for ChannelPartition {
     }
 }
 
+/// Registers `sql` as view `name` (replacing one of that name): planned now, run by the
+/// queries that read it, never held in memory. `what` names the query in errors.
+pub async fn create_view(ctx: &SessionContext, name: &str, sql: &str, what: &str) -> Result<()> {
+    collect(
+        ctx,
+        &format!("CREATE OR REPLACE VIEW {name} AS {sql}"),
+        what,
+    )
+    .await?;
+    Ok(())
+}
+
 /// Runs `sql` to completion; `what` names the query in errors ("counting events").
 /// With `SEGMENTER_EXPLAIN_ANALYZE=1` the query's `EXPLAIN ANALYZE` is logged first (it runs
 /// the query twice: for tuning queries/*.sql, not for production).

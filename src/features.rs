@@ -204,14 +204,6 @@ impl SnapshotFeatures {
     }
 }
 
-/// What the clickstream's single pass counted: per reason, the events that a rule rejected or
-/// left out (`after_cutoff`, `anonymous`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EventCounts {
-    /// Events per reason.
-    pub by_reason: BTreeMap<String, u64>,
-}
-
 /// The parameters every query may use.
 fn query_params(
     pipeline: &Pipeline,
@@ -228,16 +220,6 @@ fn query_params(
         rules::reason_sql(rules::Input::Events, bounds),
     );
     p
-}
-
-async fn create_view(ctx: &SessionContext, name: &str, sql: &str, query: &str) -> Result<()> {
-    engine::collect(
-        ctx,
-        &format!("CREATE OR REPLACE VIEW {name} AS {sql}"),
-        query,
-    )
-    .await?;
-    Ok(())
 }
 
 /// Computes the features of every snapshot in one streaming plan over one read of the
@@ -275,13 +257,13 @@ pub async fn customer_features(
         })
         .collect();
     let history = render(&pipeline.order_history_sql, &p, "order_history")?;
-    create_view(ctx, "order_history", &history, "queries/order_history.sql").await?;
+    engine::create_view(ctx, "order_history", &history, "queries/order_history.sql").await?;
     let engagement = render_with(&pipeline.engagement_sql, &p, &each, "engagement")?;
     let sql = render(&pipeline.features_sql, &p, "features")?;
     let sessions = render(&pipeline.sessions_sql, &p, "sessions")?;
     let tee = engine::tee(ctx, &sessions, "queries/sessions.sql", "sessions", "reason").await?;
     let features = async {
-        create_view(ctx, "engagement", &engagement, "queries/engagement.sql").await?;
+        engine::create_view(ctx, "engagement", &engagement, "queries/engagement.sql").await?;
         collect_by_snapshot(ctx, &sql, snapshots).await
     }
     .await;
@@ -291,7 +273,7 @@ pub async fn customer_features(
     let counts = event_counts(&side?)?;
     let tables = features?;
     if let Some(events) = inputs.events.as_mut() {
-        events.count_reasons(counts.by_reason);
+        events.count_reasons(counts);
         events.use_the_rest();
     }
     Ok(SnapshotFeatures { tables })
@@ -363,9 +345,10 @@ async fn collect_by_snapshot(
     Ok(tables)
 }
 
-/// Sums the reason rows of queries/sessions.sql (`reason`, `events`).
-fn event_counts(rows: &[RecordBatch]) -> Result<EventCounts> {
-    let mut counts = EventCounts::default();
+/// Events per reason (a rule that rejected them, `after_cutoff` or `anonymous`): the sums of
+/// the reason rows of queries/sessions.sql (`reason`, `events`).
+fn event_counts(rows: &[RecordBatch]) -> Result<BTreeMap<String, u64>> {
+    let mut counts = BTreeMap::new();
     for b in rows {
         let (Some(reason), Some(events)) = (b.column_by_name("reason"), b.column_by_name("events"))
         else {
@@ -384,10 +367,7 @@ fn event_counts(rows: &[RecordBatch]) -> Result<EventCounts> {
         );
         for i in 0..b.num_rows() {
             let n = events.value(i).max(0) as u64;
-            *counts
-                .by_reason
-                .entry(reason.value(i).to_string())
-                .or_default() += n;
+            *counts.entry(reason.value(i).to_string()).or_default() += n;
         }
     }
     Ok(counts)

@@ -123,7 +123,7 @@ impl InputReport {
     pub fn rows_rejected(&self) -> u64 {
         self.rejected
             .iter()
-            .filter(|(r, _)| r.as_str() != "anonymous")
+            .filter(|(r, _)| rules::is_error(r))
             .map(|(_, n)| n)
             .sum()
     }
@@ -429,13 +429,12 @@ async fn clean_orders(
         format!("orders_raw WHERE ({reason}) IS NULL")
     };
     let view = format!(
-        "CREATE VIEW orders AS \
-         SELECT order_id, customer_id, order_ts, amount, lower(trim(status)) AS status, \
+        "SELECT order_id, customer_id, order_ts, amount, lower(trim(status)) AS status, \
                 CASE WHEN discount_amount >= 0 AND discount_amount < 1e15 THEN discount_amount ELSE 0.0 END AS discount_amount, \
                 channel \
          FROM {source}"
     );
-    engine::collect(ctx, &view, "registering orders").await?;
+    engine::create_view(ctx, "orders", &view, "registering orders").await?;
     report.count_reasons(counted);
     report.rows_used = kept;
     Ok(report)
@@ -482,13 +481,15 @@ pub async fn write_rejected(
         let sql = format!(
             "SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, reason FROM ( \
                SELECT *, {reason} AS reason FROM orders_raw) \
-             WHERE reason IS NOT NULL AND reason <> 'after_cutoff' \
+             WHERE reason IS NOT NULL AND reason <> '{after}' \
              UNION ALL \
              SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, \
-                    'duplicate_order_id' AS reason FROM ({}) \
+                    '{duplicate}' AS reason FROM ({versions}) \
              WHERE version > 1 \
              ORDER BY reason, order_id, order_ts",
-            order_versions_sql(bounds)
+            after = rules::AFTER_CUTOFF,
+            duplicate = rules::DUPLICATE_ORDER_ID,
+            versions = order_versions_sql(bounds)
         );
         written.push(
             write_query(
@@ -505,9 +506,11 @@ pub async fn write_rejected(
             let sql = format!(
                 "SELECT event_id, customer_id, session_id, event_ts, event_type, reason FROM ( \
                    SELECT *, {} AS reason FROM events_raw) \
-                 WHERE reason IS NOT NULL AND reason NOT IN ('after_cutoff', 'anonymous') \
+                 WHERE reason IS NOT NULL AND reason NOT IN ('{after}', '{anonymous}') \
                  ORDER BY reason, event_ts, event_id",
-                rules::reason_sql(Input::Events, bounds)
+                rules::reason_sql(Input::Events, bounds),
+                after = rules::AFTER_CUTOFF,
+                anonymous = rules::ANONYMOUS
             );
             written.push(
                 write_query(
@@ -579,11 +582,9 @@ async fn clean_customers(
     } else {
         format!("customers_raw WHERE {valid}")
     };
-    let view = format!(
-        "CREATE VIEW customers AS \
-         SELECT customer_id, email, signup_ts, country, marketing_opt_in FROM {source}"
-    );
-    engine::collect(ctx, &view, "registering customers").await?;
+    let view =
+        format!("SELECT customer_id, email, signup_ts, country, marketing_opt_in FROM {source}");
+    engine::create_view(ctx, "customers", &view, "registering customers").await?;
     report.rows_used = ids;
     report.rows_after_cutoff = c[1];
     for (reason, n) in [

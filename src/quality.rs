@@ -67,7 +67,7 @@ fn check_input(
         let reasons: Vec<String> = r
             .rejected
             .iter()
-            .filter(|(reason, n)| reason.as_str() != "anonymous" && **n > 0)
+            .filter(|(reason, n)| crate::rules::is_error(reason) && **n > 0)
             .map(|(reason, n)| format!("{reason} {n}"))
             .collect();
         problems.push(format!(
