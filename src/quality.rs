@@ -1,4 +1,5 @@
-//! The data quality gates, checked after the inputs are read and before anything is computed:
+//! The data quality gates, checked once the inputs are counted (the clickstream's counts come
+//! from its single pass, with the features) and before the models, segments or any output:
 //! too many rejected rows in an input, an input with no usable rows, or an input that shrank
 //! too much since the previous published run stop the run (exit 3) and nothing is published.
 //! Every tripped gate is reported at once, with its counts. Messages carry counts and reasons,
