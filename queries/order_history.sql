@@ -45,8 +45,6 @@ history AS (
     -max(days_after) FILTER (WHERE days_after < 0 AND status = 'completed') AS recency_days,
     -min(days_after) FILTER (WHERE days_after < 0) AS first_order_days,
     -min(days_after) FILTER (WHERE days_after < 0 AND status = 'completed') AS first_completed_days,
-    -- distinct purchase days: the BG/NBD convention (several orders on one day are one purchase)
-    count(DISTINCT floor(days_after)) FILTER (WHERE days_after < 0 AND status = 'completed') AS purchase_days,
     -- outcomes
     count(*) FILTER (WHERE days_after >= 0 AND days_after < 90 AND status = 'completed') AS next_90d_orders,
     coalesce(sum(amount_e4) FILTER (WHERE days_after >= 0 AND days_after < 90 AND status = 'completed'), 0)
@@ -57,6 +55,16 @@ history AS (
       FILTER (WHERE days_after >= 0 AND days_after < 365 AND status = 'completed'), 0) / 10000.0 AS next_365d_orders_pv
   FROM timed
   GROUP BY snapshot, customer_id
+),
+-- Distinct purchase days, the BG/NBD convention (several orders on one day are one purchase):
+-- each customer's days with a completed order once, then counted per snapshot. Cut-offs are
+-- midnight UTC, so a day lies wholly before or after each of them. (A count(DISTINCT ...) in
+-- `history` costs a list of days per group, which made that aggregate spill.)
+purchase_days AS (
+  SELECT s.snapshot, d.customer_id, count(*) AS purchase_days
+  FROM (SELECT DISTINCT customer_id, date_trunc('day', order_ts) AS day FROM orders WHERE status = 'completed') d
+  JOIN snapshots s ON d.day < s.cutoff AND (s.snapshot = 0 OR {{in_sample}})
+  GROUP BY s.snapshot, d.customer_id
 ),
 -- Everyone with an order up to a year after the cut-off (so customers who are known at the
 -- snapshot through the clickstream keep their outcomes), plus everyone signed up before it.
@@ -79,7 +87,7 @@ SELECT
   coalesce(h.monetary_365d, 0.0) AS monetary_365d,
   h.monetary / nullif(h.frequency, 0) AS avg_order_value,
   h.recency_days,
-  coalesce(h.purchase_days, 0) AS purchase_days,
+  coalesce(pd.purchase_days, 0) AS purchase_days,
   h.first_completed_days,
   greatest(h.first_order_days, (s.cutoff_epoch - date_part('epoch', c.signup_ts)) / 86400.0) AS first_seen_days,
   CAST(h.returns AS DOUBLE) / nullif(h.frequency + h.returns, 0) AS return_rate,
@@ -87,7 +95,7 @@ SELECT
   -- complaints (returns and cancellations) per order placed: a churn signal
   CAST(h.returns + h.cancellations AS DOUBLE) / nullif(h.orders_placed, 0) AS complaint_rate,
   -- repeat purchase days per year since the first completed order (at least 30 days)
-  CAST(h.purchase_days - 1 AS DOUBLE) * 365.0 / greatest(h.first_completed_days, 30.0) AS repeat_purchase_rate,
+  CAST(pd.purchase_days - 1 AS DOUBLE) * 365.0 / greatest(h.first_completed_days, 30.0) AS repeat_purchase_rate,
   CAST(h.discounted_orders AS DOUBLE) / nullif(h.frequency + h.returns, 0) AS discount_share,
   coalesce(h.next_90d_orders, 0) AS next_90d_orders,
   coalesce(h.next_90d_revenue, 0.0) AS next_90d_revenue,
@@ -96,4 +104,5 @@ SELECT
 FROM known k
 JOIN snapshots s ON s.snapshot = k.snapshot
 LEFT JOIN history h ON h.snapshot = k.snapshot AND h.customer_id = k.customer_id
+LEFT JOIN purchase_days pd ON pd.snapshot = k.snapshot AND pd.customer_id = k.customer_id
 LEFT JOIN customers c ON c.customer_id = k.customer_id
