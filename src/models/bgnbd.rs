@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::optimize::{minimize_multistart, FitInfo, ModelError, NelderMead};
 use super::special::{ln_beta, ln_gamma, log_add_exp, CompensatedSum};
-use expectation::expected_if_alive;
+use expectation::{expected_if_alive, expected_if_alive_many};
 
 const MODEL: &str = "BG/NBD";
 /// Fewer customers than this: refuse to fit four parameters.
@@ -184,23 +184,45 @@ impl BgNbd {
             return undiscounted;
         }
         let ln_discount = rate_per_period.max(-0.999_999).ln_1p();
+        // The end of the k-th period (from 1), which starts at `start`: k·period for the first
+        // EXACT_PERIODS, then twice its start.
+        let end_of = |k: usize, start: f64| {
+            if k <= EXACT_PERIODS {
+                k as f64 * period
+            } else {
+                start + start
+            }
+            .min(horizon)
+        };
+        // Expected purchases up to the ends, computed a block of periods ahead with one shared
+        // series (expectation::expected_if_alive_many); the sum usually stops early only for
+        // horizons of decades.
+        const BLOCK: usize = 16;
+        let p_alive = self.p_alive(c);
+        let mut ahead: std::collections::VecDeque<f64> = Default::default();
         let mut total = 0.0;
         let (mut start, mut before) = (0.0, 0.0);
         let mut k = 0;
         while start < horizon {
             k += 1;
-            let length = if k <= EXACT_PERIODS { period } else { start };
-            let end = if k <= EXACT_PERIODS {
-                k as f64 * period
-            } else {
-                start + length
+            let end = end_of(k, start);
+            if ahead.is_empty() {
+                let mut block = vec![end];
+                while block.len() < BLOCK && block[block.len() - 1] < horizon {
+                    let last = block[block.len() - 1];
+                    block.push(end_of(k + block.len(), last));
+                }
+                let expected = expected_if_alive_many(
+                    self.r + c.x,
+                    self.alpha + c.t,
+                    self.a,
+                    self.b + c.x,
+                    &block,
+                );
+                ahead.extend(expected.into_iter().map(|e| p_alive * e));
             }
-            .min(horizon);
-            let after = if end >= horizon {
-                undiscounted
-            } else {
-                self.expected_purchases(c, end)
-            };
+            let at_end = ahead.pop_front().unwrap_or(f64::NAN);
+            let after = if end >= horizon { undiscounted } else { at_end };
             let mid_in_periods = 0.5 * (start + end) / period;
             total += (after - before).max(0.0) * (-mid_in_periods * ln_discount).exp();
             let rest_bound =
