@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::bgnbd::{BgNbd, Rfm};
 use super::design::rows_in_part;
 use super::gamma_gamma::GammaGamma;
+use super::parallel::map_rows;
 use crate::error::Result;
 use crate::features::CustomerTable;
 
@@ -168,9 +169,9 @@ impl Classical {
         let freq = table.f64("frequency")?;
         let aov = table.f64("avg_order_value")?;
         let n = table.len();
-        // Each customer's outputs depend on that customer alone: chunks of rows on as many
-        // threads as there are cores (about 10 µs a buyer: the run's largest snapshot was the
-        // model stage's longest thread), the same numbers whatever the split.
+        // Each customer's outputs depend on that customer alone, so they are computed on every
+        // core (about 10 µs a buyer: the run's largest snapshot was the model stage's longest
+        // thread).
         let one = |i: usize| -> [f64; 5] {
             let mut row = [f64::NAN; 5];
             if let (Some(m), Some(c)) = (&self.models.0, &summaries[i]) {
@@ -189,22 +190,7 @@ impl Classical {
             row[4] = row[2] * row[3];
             row
         };
-        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-        let chunk = n.div_ceil(threads).max(1);
-        let rows: Vec<[f64; 5]> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..n)
-                .step_by(chunk)
-                .map(|start| {
-                    let one = &one;
-                    scope
-                        .spawn(move || (start..(start + chunk).min(n)).map(one).collect::<Vec<_>>())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        let rows: Vec<[f64; 5]> = map_rows(n, one);
         let column = |k: usize| rows.iter().map(|r| r[k]).collect::<Vec<f64>>();
         Ok(Outputs {
             p_alive: column(0),

@@ -21,6 +21,7 @@
 //!   several threads, each owning a disjoint set of features and summing rows in the same order,
 //!   so the fitted model is bit-for-bit the same whatever the number of threads.
 
+use super::parallel::map_row_chunks;
 use super::special::sigmoid;
 use std::fmt;
 
@@ -785,17 +786,25 @@ impl Gbm {
     /// probabilities under [`Loss::Logistic`], values under [`Loss::Squared`]. The number of
     /// rows is the length of the first column; a column that is absent or shorter reads as
     /// missing (`NaN`) for the rows it lacks. Use [`Gbm::try_predict`] to reject such input.
+    ///
+    /// Each row is copied out of the columns once and then walked down every tree, on all
+    /// cores (scoring every customer was 4 % of a run's CPU, most of it in column lookups).
     pub fn predict(&self, x: &[Vec<f64>]) -> Vec<f64> {
         let n = x.first().map_or(0, |c| c.len());
-        (0..n)
-            .map(|r| {
-                let mut m = self.base_score;
-                for t in &self.trees {
-                    m += t.leaf(|f| x.get(f).and_then(|c| c.get(r)).copied().unwrap_or(f64::NAN));
+        let width = self.edges.len().max(x.len());
+        map_row_chunks(n, |rows| {
+            let mut row = vec![f64::NAN; width];
+            rows.map(|r| {
+                for (f, value) in row.iter_mut().enumerate() {
+                    *value = x.get(f).and_then(|c| c.get(r)).copied().unwrap_or(f64::NAN);
                 }
+                let m = self.trees.iter().fold(self.base_score, |m, t| {
+                    m + t.leaf(|f| row.get(f).copied().unwrap_or(f64::NAN))
+                });
                 self.link(m)
             })
             .collect()
+        })
     }
 
     /// Like [`Gbm::predict`], but fails unless `x` has exactly [`Gbm::n_features`] columns of

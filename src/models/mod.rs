@@ -23,6 +23,7 @@ pub mod gamma_gamma;
 pub mod gbm;
 pub mod metrics;
 pub mod optimize;
+pub mod parallel;
 pub mod special;
 pub mod supervised;
 
