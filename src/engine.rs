@@ -26,7 +26,10 @@ use crate::models::design::id_hash;
 /// A query engine configured for the pipeline: bounded memory (spilling to disk), parallelism,
 /// and Parquet reading that keeps strings as Utf8 and lists files in subdirectories.
 pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
-    let mut config = SessionConfig::new()
+    // DATAFUSION_* environment variables (e.g. DATAFUSION_EXECUTION_BATCH_SIZE) tune the
+    // engine as they do in datafusion-cli; the settings below take precedence.
+    let mut config = SessionConfig::from_env()
+        .map_err(|e| Error::engine("reading DATAFUSION_* settings from the environment", e))?
         .with_target_partitions(pipeline.target_partitions)
         .with_information_schema(false);
     let opts = config.options_mut();
