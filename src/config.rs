@@ -106,6 +106,14 @@ pub struct RawInputs {
 pub struct RawOutput {
     /// Root under which every table, export and manifest is written.
     pub root: String,
+    /// The run lock's lease in seconds: renewed every third of it while the run lives; a lock
+    /// not renewed for this long (its holder crashed on another host) is taken over.
+    #[serde(default = "default_lock_lease_seconds")]
+    pub lock_lease_seconds: u64,
+}
+
+fn default_lock_lease_seconds() -> u64 {
+    600
 }
 
 /// `[queries]`: SQL files, relative to the pipeline file. Absent means built-in.
@@ -546,6 +554,8 @@ pub struct Pipeline {
     pub customers: Option<Location>,
     /// Output root.
     pub output_root: Location,
+    /// The run lock's lease (`output.lock_lease_seconds`).
+    pub lock_lease: std::time::Duration,
     /// SQL text of the order history query.
     pub order_history_sql: String,
     /// SQL text of the features query.
@@ -787,6 +797,12 @@ impl RawPipeline {
             .as_deref()
             .map(|t| loc("inputs.customers", t));
         let output_root = loc("output.root", &self.output.root);
+        if self.output.lock_lease_seconds < 30 {
+            problems.push(format!(
+                "`output.lock_lease_seconds` = {}: must be at least 30 (the lease is renewed every third of it)",
+                self.output.lock_lease_seconds
+            ));
+        }
 
         let mut sql = |key: &str, path: &Option<String>, default: &str| match path {
             None => default.to_string(),
@@ -883,6 +899,7 @@ impl RawPipeline {
             events: events.flatten(),
             customers: customers.flatten(),
             output_root,
+            lock_lease: std::time::Duration::from_secs(self.output.lock_lease_seconds),
             order_history_sql,
             features_sql,
             sessions_sql,

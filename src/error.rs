@@ -53,12 +53,12 @@ pub enum Error {
     #[error("model error: {0}")]
     Model(String),
     /// Another run holds the lock for this date (exit 5).
-    #[error("another run holds the lock {lock} (written {since}); wait for it to finish, or delete the lock object if that run is dead")]
+    #[error("the run lock {lock} is held by {holder}; wait for that run to finish (a lock whose process is gone from this host, or whose lease expired, is taken over automatically)")]
     Locked {
         /// Location of the lock object.
         lock: String,
-        /// Content of the lock (run id and start time).
-        since: String,
+        /// Who holds it: run id, host and pid, since and until when.
+        holder: String,
     },
     /// Local I/O failed (exit 4).
     #[error("I/O error while {context}: {source}")]
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(Error::Model("x".into()).exit_code(), 4);
         let locked = Error::Locked {
             lock: "l".into(),
-            since: "s".into(),
+            holder: "h".into(),
         };
         assert_eq!(locked.exit_code(), 5);
     }

@@ -22,6 +22,7 @@ pub mod inputs;
 pub mod models;
 pub mod outputs;
 pub mod previous;
+pub mod publish;
 pub mod quality;
 pub mod rules;
 pub mod run;

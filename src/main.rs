@@ -41,6 +41,10 @@ enum Command {
         /// range, only the first date refits.
         #[arg(long)]
         refit: bool,
+        /// With --from/--to: run dates that are already published too (by default a backfill
+        /// skips them, so a stopped backfill resumes where it stopped).
+        #[arg(long, requires = "from")]
+        force: bool,
     },
     /// Fit and backtest the models for a date and print the backtest (writes nothing).
     Evaluate {
@@ -125,6 +129,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `dates` oldest first, skipping published ones unless `force`, stopping at the first
+/// failure; prints a line per date and a summary, and exits with the failure's code.
+fn backfill(
+    rt: &tokio::runtime::Runtime,
+    pipeline: &Pipeline,
+    dates: &[NaiveDate],
+    refit: bool,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let (mut published, mut skipped) = (0, 0);
+    let mut failed = None;
+    let mut refit = refit;
+    for &d in dates {
+        if !force && rt.block_on(segmenter::run::is_published(pipeline, d))? {
+            println!("skipped {d}: already published (--force runs it again)");
+            skipped += 1;
+            continue;
+        }
+        match rt.block_on(segmenter::run(pipeline, d, refit)) {
+            Ok(summary) => {
+                println!(
+                    "published {} ({} customers): {}",
+                    d, summary.customers, summary.manifest
+                );
+                published += 1;
+                refit = false;
+            }
+            Err(e) => {
+                println!("failed {d}: {e}");
+                failed = Some((d, e));
+                break;
+            }
+        }
+    }
+    let not_run = dates.len() - published - skipped - usize::from(failed.is_some());
+    println!(
+        "backfill {}..{}: {published} published, {skipped} skipped, {} failed, {not_run} not run",
+        dates[0],
+        dates[dates.len() - 1],
+        usize::from(failed.is_some()),
+    );
+    match failed {
+        None => Ok(ExitCode::SUCCESS),
+        Some((d, e)) => {
+            eprintln!("error: {d}: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}
+
 /// Logs to stderr: human-readable by default, one JSON object per line with
 /// `SEGMENTER_LOG_FORMAT=json` (for log shippers); the level from `RUST_LOG` (default info).
 fn init_logging() {
@@ -164,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             overrides,
             refit,
+            force,
         } => {
             let pipeline = Pipeline::load(&pipeline, &overrides)?;
             let dates = match (date, from, to) {
@@ -184,14 +239,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()],
             };
             let rt = runtime()?;
-            for (i, d) in dates.into_iter().enumerate() {
-                let summary = rt.block_on(segmenter::run(&pipeline, d, refit && i == 0))?;
+            if from.is_none() {
+                let summary = rt.block_on(segmenter::run(&pipeline, dates[0], refit))?;
                 println!(
                     "published {} ({} customers): {}",
-                    d, summary.customers, summary.manifest
+                    dates[0], summary.customers, summary.manifest
                 );
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
+            backfill(&rt, &pipeline, &dates, refit, force)
         }
         Command::Evaluate {
             pipeline,

@@ -1,15 +1,6 @@
 //! Outputs: the customer_segments and segment_summary tables (Parquet, Hive-partitioned by
-//! run_date), one CSV per segment for marketing, and the manifest that publishes the run.
-//!
-//! Object stores have no multi-file commit, so publishing is ordered (as delta-rs commits):
-//! ```text
-//!   lock _runs/D/_lock (create-only)
-//!     → data files named part-<run_id>.*       (invisible to manifest readers)
-//!     → _runs/D/manifest.json                  (the commit: lists exactly this run's files)
-//!     → delete files of earlier attempts at D  (readers of the manifest never saw them)
-//!   → unlock
-//! ```
-
+//! run_date), one CSV per segment for marketing, and the manifest that publishes the run
+//! (written by [`crate::publish`], which also says in which order files appear).
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -20,9 +11,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
-use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -112,91 +102,6 @@ pub fn slug(name: &str) -> String {
         }
     }
     out.trim_matches('_').to_string()
-}
-
-/// The run lock for one date: a create-only object, so two runs cannot publish the same date.
-#[derive(Debug)]
-pub struct Lock {
-    root: StoreRef,
-    name: String,
-}
-
-impl Lock {
-    /// Takes the lock `_runs/D/_lock`, or fails with [`Error::Locked`] (exit 5).
-    pub async fn acquire(root: &StoreRef, run_date: &str, run_id: &str) -> Result<Lock> {
-        let name = format!("_runs/{run_date}/_lock");
-        let body = format!(
-            "{{\"run_id\":\"{run_id}\",\"started_at\":\"{}\"}}",
-            chrono::Utc::now().to_rfc3339()
-        );
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match root
-            .store
-            .put_opts(&root.key(&name), PutPayload::from(Bytes::from(body)), opts)
-            .await
-        {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => {
-                let since = match root.store.get(&root.key(&name)).await {
-                    Ok(r) => r
-                        .bytes()
-                        .await
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default(),
-                    Err(_) => String::new(),
-                };
-                return Err(Error::Locked {
-                    lock: root.url_of(&name),
-                    since,
-                });
-            }
-            // Stores without conditional writes: proceed, the scheduler must not overlap runs.
-            Err(object_store::Error::NotImplemented { .. })
-            | Err(object_store::Error::NotSupported { .. }) => {
-                tracing::warn!(lock = %root.url_of(&name), "store cannot create-only; run lock not enforced");
-            }
-            Err(e) => {
-                return Err(Error::storage(
-                    format!("taking the lock {}", root.url_of(&name)),
-                    e,
-                ))
-            }
-        }
-        Ok(Lock {
-            root: root.clone(),
-            name,
-        })
-    }
-
-    /// Releases the lock (best effort: a leftover lock is reported by the next run).
-    pub async fn release(self) {
-        if let Err(e) = self.root.store.delete(&self.root.key(&self.name)).await {
-            tracing::warn!(lock = %self.root.url_of(&self.name), error = %e, "could not remove the run lock");
-        }
-    }
-}
-
-/// Deletes every object under `dir` whose name does not contain `run_id` (earlier attempts).
-pub async fn remove_stale(root: &StoreRef, dir: &str, run_id: &str) -> Result<usize> {
-    let prefix = root.key(dir);
-    let stale: Vec<_> = root
-        .store
-        .list(Some(&prefix))
-        .try_filter(|m| futures::future::ready(!m.location.as_ref().contains(run_id)))
-        .try_collect()
-        .await
-        .map_err(|e| Error::storage(format!("listing {}", root.url_of(dir)), e))?;
-    for m in &stale {
-        root.store
-            .delete(&m.location)
-            .await
-            .map_err(|e| Error::storage(format!("removing stale {}", m.location), e))?;
-    }
-    Ok(stale.len())
 }
 
 /// The manifest: what was read, how it was modelled, what was written, how long it took.

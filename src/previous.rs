@@ -24,18 +24,8 @@ use serde::Serialize;
 
 use crate::clustering::SegmentModel;
 use crate::error::{Error, Result};
+use crate::publish::{legacy_model_name, manifest_name};
 use crate::storage::StoreRef;
-
-/// Where a run's segment model is stored, relative to the output root.
-pub fn model_name(run_date: &str) -> String {
-    format!("_models/run_date={run_date}/segment_model.json")
-}
-
-/// Where a run's manifest is stored, relative to the output root; it exists once the run is
-/// published.
-pub fn manifest_name(run_date: &str) -> String {
-    format!("_runs/{run_date}/manifest.json")
-}
 
 /// The bytes of object `name` under the root; `None` when there is no such object.
 async fn read_object(root: &StoreRef, name: &str) -> Result<Option<Bytes>> {
@@ -83,6 +73,8 @@ pub struct Published {
     pub run_id: String,
     /// Usable rows per input (the row-drop gate).
     pub rows: crate::quality::PreviousRows,
+    /// Its segment model, relative to the output root (`clustering.model`).
+    pub model: Option<String>,
 }
 
 /// The manifest of the published run `run_date`; `None` if it is gone or (logged) cannot be
@@ -108,13 +100,28 @@ pub async fn published(root: &StoreRef, run_date: &str) -> Result<Option<Publish
         .get("inputs")
         .map(|i| crate::quality::PreviousRows::from_manifest(run_date, i))
         .unwrap_or_default();
-    Ok(Some(Published { run_id, rows }))
+    let model = manifest
+        .pointer("/clustering/model")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    Ok(Some(Published {
+        run_id,
+        rows,
+        model,
+    }))
 }
 
-/// The segment model of run `run_date`; `None` (logged) when that run stored none or it cannot
-/// be read as a model (then this run refits).
-pub async fn model(root: &StoreRef, run_date: &str) -> Result<Option<SegmentModel>> {
-    let name = model_name(run_date);
+/// The segment model of the published run `run_date`, found through its manifest (builds
+/// before run-scoped models stored it at [`legacy_model_name`]); `None` (logged) when that run
+/// stored none or it cannot be read as a model (then this run refits).
+pub async fn model(
+    root: &StoreRef,
+    run_date: &str,
+    published: Option<&Published>,
+) -> Result<Option<SegmentModel>> {
+    let name = published
+        .and_then(|p| p.model.clone())
+        .unwrap_or_else(|| legacy_model_name(run_date));
     let Some(bytes) = read_object(root, &name).await? else {
         tracing::warn!(
             model = root.url_of(&name),

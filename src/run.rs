@@ -14,8 +14,9 @@ use crate::error::{Error, Result};
 use crate::features::{self, Cutoff};
 use crate::inputs;
 use crate::models;
-use crate::outputs::{self, Lock, Manifest};
+use crate::outputs::{self, Manifest};
 use crate::previous;
+use crate::publish::{self, Lock};
 use crate::quality;
 use crate::storage;
 use crate::tables;
@@ -73,15 +74,15 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<Ru
         "run started"
     );
 
-    let lock = Lock::acquire(&root, &run_date, &run_id).await?;
+    let lock = Lock::acquire(&root, &run_date, &run_id, pipeline.lock_lease).await?;
     let result = run_locked(
         pipeline,
         &ctx,
         &root,
+        &lock,
         Attempt {
-            run_date: &run_date,
+            files: publish::Attempt::new(&run_date, &run_id),
             date,
-            run_id: &run_id,
             cutoff,
             started_at,
             refit,
@@ -94,10 +95,10 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<Ru
 }
 
 /// What identifies one attempt at a run.
-struct Attempt<'a> {
-    run_date: &'a str,
+struct Attempt {
+    /// Its date, run id and file names.
+    files: publish::Attempt,
     date: NaiveDate,
-    run_id: &'a str,
     cutoff: Cutoff,
     started_at: chrono::DateTime<chrono::Utc>,
     refit: bool,
@@ -107,17 +108,18 @@ async fn run_locked(
     pipeline: &Pipeline,
     ctx: &SessionContext,
     root: &storage::StoreRef,
-    attempt: Attempt<'_>,
+    lock: &Lock,
+    attempt: Attempt,
     timings: &mut BTreeMap<&'static str, f64>,
 ) -> Result<RunSummary> {
     let Attempt {
-        run_date,
+        files: names,
         date,
-        run_id,
         cutoff,
         started_at,
         refit,
     } = attempt;
+    let (run_date, run_id) = (names.run_date.as_str(), names.run_id.as_str());
     let mut clock = Instant::now();
     let mut peak_rss = BTreeMap::new();
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
@@ -149,8 +151,8 @@ async fn run_locked(
     log_inputs(&inputs);
     // Rejected rows are written before the gates, so that a run stopped by them leaves the
     // evidence; they are not a published table.
-    let rejected_dir = format!("_rejected/run_date={run_date}/");
-    let rejected_files = inputs::write_rejected(ctx, root, &rejected_dir, run_id, &inputs).await?;
+    let rejected_files =
+        inputs::write_rejected(ctx, root, &names.rejected_dir(), run_id, &inputs).await?;
     quality::check(
         &inputs,
         &pipeline.quality,
@@ -165,7 +167,7 @@ async fn run_locked(
     lap("models", timings);
 
     let previous_model = match &previous_run {
-        Some(d) => previous::model(root, d).await?,
+        Some(d) => previous::model(root, d, published.as_ref()).await?,
         None => None,
     };
     let segmentation = clustering::segment(
@@ -220,32 +222,31 @@ async fn run_locked(
     if !rejected_files.is_empty() {
         files.insert("_rejected", rejected_files);
     }
-    let part = format!("part-{run_id}.parquet");
     for (table, batch) in [
         ("customer_segments", &segments_batch),
         ("segment_summary", &summary_batch),
         ("segment_transitions", &transitions_batch),
     ] {
-        let name = format!("{table}/run_date={run_date}/{part}");
         files
             .entry(table)
             .or_default()
-            .push(outputs::write_parquet(root, &name, batch).await?);
+            .push(outputs::write_parquet(root, &names.table_file(table), batch).await?);
     }
     let exports = tables::exports(ctx, &segments_batch, &segmentation).await?;
     for (seg, csv) in exports {
-        let name = format!("exports/run_date={run_date}/{seg}-{run_id}.csv");
         files
             .entry("exports")
             .or_default()
-            .push(outputs::write_bytes(root, &name, csv).await?);
+            .push(outputs::write_bytes(root, &names.export_file(&seg), csv).await?);
     }
+    publish::pause_point("write");
     let model_json = serde_json::to_vec_pretty(&segmentation.model)
         .map_err(|e| Error::Model(format!("serialising the segment model: {e}")))?;
     files
         .entry("segment_model")
         .or_default()
-        .push(outputs::write_bytes(root, &previous::model_name(run_date), model_json).await?);
+        .push(outputs::write_bytes(root, &names.model_file(), model_json).await?);
+    publish::pause_point("model");
     lap("write", timings);
 
     let segment_lines = tables::summary_lines(&segmentation, &scores);
@@ -280,7 +281,7 @@ async fn run_locked(
             "seed": pipeline.clustering.seed,
             "kept_segment_share": transitions.as_ref().map(|t| t.kept_segment_share),
             "transition_matrix": transitions.as_ref().map(|t| &t.matrix),
-            "model": previous::model_name(run_date),
+            "model": names.model_file(),
         }),
         pipeline: &pipeline.effective,
         outputs: files,
@@ -289,27 +290,7 @@ async fn run_locked(
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
-    let manifest_name = previous::manifest_name(run_date);
-    let manifest_url = outputs::write_bytes(root, &manifest_name, json).await?;
-    tracing::info!(manifest = manifest_url, "published");
-
-    for dir in [
-        "customer_segments",
-        "segment_summary",
-        "segment_transitions",
-        "exports",
-        "_rejected",
-    ] {
-        let removed =
-            outputs::remove_stale(root, &format!("{dir}/run_date={run_date}/"), run_id).await?;
-        if removed > 0 {
-            tracing::info!(
-                table = dir,
-                files = removed,
-                "removed files of an earlier attempt"
-            );
-        }
-    }
+    let manifest_url = publish::publish(root, &names, lock, json).await?;
 
     Ok(RunSummary {
         run_id: run_id.to_string(),
@@ -319,6 +300,14 @@ async fn run_locked(
         manifest: manifest_url,
         output_root: root.location.as_str().to_string(),
     })
+}
+
+/// Whether `date` has a published run (a readable manifest) under the pipeline's output root.
+pub async fn is_published(pipeline: &Pipeline, date: NaiveDate) -> Result<bool> {
+    let ctx = SessionContext::new();
+    let root = storage::open(&ctx, &pipeline.output_root)?;
+    let run_date = date.format("%Y-%m-%d").to_string();
+    Ok(previous::published(&root, &run_date).await?.is_some())
 }
 
 /// The process's peak resident memory so far (Linux: `VmHWM` of /proc/self/status), in MiB;

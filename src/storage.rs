@@ -42,6 +42,13 @@ impl StoreRef {
         key
     }
 
+    /// The local file of `name` when this location is a `file://` URL (object_store's local
+    /// store maps key `a/b` to `/a/b`), for what only the filesystem offers (atomic rename).
+    pub fn local_path(&self, name: &str) -> Option<std::path::PathBuf> {
+        (self.location.url().scheme() == "file")
+            .then(|| std::path::PathBuf::from(format!("/{}", self.key(name))))
+    }
+
     /// The full URL of `name` under this location, for messages and the manifest.
     pub fn url_of(&self, name: &str) -> String {
         self.location

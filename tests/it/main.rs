@@ -6,6 +6,7 @@ mod interop;
 mod memory;
 mod models;
 mod producers;
+mod publish;
 mod quality;
 mod run;
 mod s3;

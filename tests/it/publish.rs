@@ -1,0 +1,348 @@
+//! Bad nights: the run lock's lease, crashes (SIGKILL) at each step of the write, and a
+//! backfill stopped half way. See src/publish.rs for the order in which a run publishes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use crate::common::{bin, describe, pipeline, run_pipeline, shop};
+
+const DATE: &str = "2026-10-31";
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// This machine's host name as segmenter records it in the lock.
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn write_lock(out: &Path, body: &serde_json::Value) -> PathBuf {
+    let dir = out.join(format!("_runs/{DATE}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = dir.join("_lock");
+    std::fs::write(&lock, serde_json::to_vec(body).unwrap()).unwrap();
+    lock
+}
+
+fn lease(pid: u32, host: &str, expires_in_secs: i64) -> serde_json::Value {
+    let now = chrono::Utc::now();
+    serde_json::json!({
+        "format": 1,
+        "run_id": "other-run",
+        "host": host,
+        "pid": pid,
+        "started_at": (now - chrono::Duration::seconds(60)).to_rfc3339(),
+        "expires_at": (now + chrono::Duration::seconds(expires_in_secs)).to_rfc3339(),
+    })
+}
+
+fn manifest(out: &Path, date: &str) -> serde_json::Value {
+    let bytes = std::fs::read(out.join(format!("_runs/{date}/manifest.json")))
+        .unwrap_or_else(|e| panic!("manifest of {date}: {e}"));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn a_live_holders_lock_is_not_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // This test process is alive, on this host, with an hour of lease left.
+    let lock = write_lock(&out, &lease(std::process::id(), &host(), 3600));
+    let p = pipeline(tmp.path(), shop(), &out, "");
+    let run = run_pipeline(&p, DATE, &[]);
+    assert_eq!(run.status.code(), Some(5), "{}", describe(&run));
+    let message = stderr(&run);
+    for part in ["_lock", "run other-run", "since", "lease until"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert!(lock.exists(), "the holder's lock stays");
+    assert!(!out.join(format!("_runs/{DATE}/manifest.json")).exists());
+}
+
+#[test]
+fn a_crashed_holders_lock_is_taken_over() {
+    // A process of this host that has exited (waited for, so not a zombie).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let cases = [
+        ("dead process on this host", lease(gone_pid, &host(), 3600)),
+        (
+            "expired lease from another host",
+            lease(1, "another-host", -5),
+        ),
+        (
+            "lock of a build before leases, started long ago",
+            serde_json::json!({"run_id": "old", "started_at": "2020-01-01T00:00:00+00:00"}),
+        ),
+    ];
+    for (what, body) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let lock = write_lock(&out, &body);
+        let p = pipeline(tmp.path(), shop(), &out, "");
+        let run = run_pipeline(&p, DATE, &[]);
+        assert!(run.status.success(), "{what}: {}", describe(&run));
+        assert!(manifest(&out, DATE)["run_id"].is_string(), "{what}");
+        assert!(!lock.exists(), "{what}: the lock is released after the run");
+    }
+}
+
+/// Starts `segmenter run` paused at `point` (SEGMENTER_TEST_PAUSE) and kills it with SIGKILL
+/// once it says it is there.
+fn run_and_kill_at(p: &Path, point: &str) {
+    let mut child = bin()
+        .args(["run", "--pipeline", p.to_str().unwrap(), "--date", DATE])
+        .env("RUST_LOG", "warn")
+        .env("SEGMENTER_TEST_PAUSE", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, &format!("paused at {point}"), false);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Reads the child's stderr (or stdout) until a line contains `needle`; panics if it ends first.
+fn wait_for_line(child: &mut Child, needle: &str, stdout: bool) {
+    let mut seen = Vec::new();
+    let lines: Box<dyn Iterator<Item = std::io::Result<String>>> = if stdout {
+        Box::new(BufReader::new(child.stdout.as_mut().unwrap()).lines())
+    } else {
+        Box::new(BufReader::new(child.stderr.as_mut().unwrap()).lines())
+    };
+    for line in lines {
+        let line = line.unwrap();
+        if line.contains(needle) {
+            return;
+        }
+        seen.push(line);
+    }
+    panic!("the run ended without `{needle}`:\n{}", seen.join("\n"));
+}
+
+/// Every file under `dir` (relative path → bytes), with the run id `run_id` taken out of the
+/// names so two runs' files can be compared.
+fn files(dir: &Path, run_id: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace(run_id, "RUN");
+                out.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The published outputs of `out` at DATE: the tables and exports, byte for byte.
+fn published(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let run_id = manifest(out, DATE)["run_id"].as_str().unwrap().to_string();
+    [
+        "customer_segments",
+        "segment_summary",
+        "segment_transitions",
+        "exports",
+    ]
+    .iter()
+    .flat_map(|t| {
+        files(&out.join(t), &run_id)
+            .into_iter()
+            .map(move |(n, b)| (format!("{t}/{n}"), b))
+    })
+    .collect()
+}
+
+#[test]
+fn a_run_killed_while_writing_leaves_nothing_a_rerun_shows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = tmp.path().join("clean");
+    let pc = pipeline(&mkdir(tmp.path().join("pc")), shop(), &clean, "");
+    let run = run_pipeline(&pc, DATE, &[]);
+    assert!(run.status.success(), "{}", describe(&run));
+    let expected = published(&clean);
+
+    for point in ["write", "model"] {
+        let out = tmp.path().join(format!("killed-{point}"));
+        let p = pipeline(
+            &mkdir(tmp.path().join(format!("p-{point}"))),
+            shop(),
+            &out,
+            "",
+        );
+        run_and_kill_at(&p, point);
+        assert!(
+            !out.join(format!("_runs/{DATE}/manifest.json")).exists(),
+            "{point}: a killed run publishes nothing"
+        );
+        assert!(
+            out.join(format!("_runs/{DATE}/_lock")).exists(),
+            "{point}: its lock stays"
+        );
+        let killed_tables = files(&out.join("customer_segments"), "-");
+        assert!(
+            !killed_tables.is_empty(),
+            "{point}: the killed run had written its tables"
+        );
+
+        // The rerun takes the dead process's lock over at once.
+        let rerun = run_pipeline(&p, DATE, &[]);
+        assert!(rerun.status.success(), "{point}: {}", describe(&rerun));
+        assert_eq!(
+            published(&out),
+            expected,
+            "{point}: outputs differ from a clean run's"
+        );
+        let m = manifest(&out, DATE);
+        let run_id = m["run_id"].as_str().unwrap();
+        for (table, listed) in m["outputs"].as_object().unwrap() {
+            for url in listed.as_array().unwrap() {
+                let url = url.as_str().unwrap();
+                assert!(
+                    url.contains(run_id),
+                    "{point}: {table}: {url} is not this run's"
+                );
+            }
+        }
+        // The killed attempt's files are gone from every directory.
+        for dir in ["customer_segments", "segment_summary", "exports", "_models"] {
+            for (name, _) in files(&out.join(dir), run_id) {
+                assert!(name.contains("RUN"), "{point}: {dir}/{name} left behind");
+            }
+        }
+        // The next night warm-starts from the model the manifest names.
+        let model = m["clustering"]["model"].as_str().unwrap();
+        assert!(model.contains(run_id), "{model}");
+        assert!(out.join(model).exists(), "{model}");
+    }
+}
+
+#[test]
+fn a_stopped_backfill_resumes_without_running_a_date_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let p = pipeline(tmp.path(), shop(), &out, "");
+    let dates = [
+        "2026-10-27",
+        "2026-10-28",
+        "2026-10-29",
+        "2026-10-30",
+        "2026-10-31",
+    ];
+    let backfill = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args([
+            "run",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--from",
+            dates[0],
+            "--to",
+            dates[4],
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn");
+        cmd
+    };
+    let mut child = backfill(&[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, &format!("published {}", dates[2]), true);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first: Vec<String> = dates[..3]
+        .iter()
+        .map(|d| manifest(&out, d)["run_id"].as_str().unwrap().to_string())
+        .collect();
+
+    let resumed = backfill(&[]).output().unwrap();
+    assert!(resumed.status.success(), "{}", describe(&resumed));
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        stdout.contains("2 published, 3 skipped, 0 failed"),
+        "{stdout}"
+    );
+    for (d, run_id) in dates.iter().zip(&first) {
+        assert!(stdout.contains(&format!("skipped {d}")), "{stdout}");
+        assert_eq!(
+            manifest(&out, d)["run_id"].as_str().unwrap(),
+            run_id,
+            "{d} ran twice"
+        );
+    }
+    for d in &dates[3..] {
+        assert!(stdout.contains(&format!("published {d}")), "{stdout}");
+    }
+
+    // --force runs published dates again; a failing date stops the backfill with its exit code.
+    std::fs::write(
+        out.join(format!("_runs/{}/_lock", dates[1])),
+        serde_json::to_vec(&lease(std::process::id(), &host(), 3600)).unwrap(),
+    )
+    .unwrap();
+    let forced = backfill(&["--force"]).output().unwrap();
+    assert_eq!(forced.status.code(), Some(5), "{}", describe(&forced));
+    let stdout = String::from_utf8_lossy(&forced.stdout);
+    assert!(
+        stdout.contains(&format!("published {}", dates[0])),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("failed {}", dates[1])), "{stdout}");
+    assert!(
+        stdout.contains("1 published, 0 skipped, 1 failed, 3 not run"),
+        "{stdout}"
+    );
+}
+
+fn mkdir(dir: PathBuf) -> PathBuf {
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_running_holder_renews_its_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // The shortest lease allowed: renewed every 10 s.
+    let p = pipeline(tmp.path(), shop(), &out, "lock_lease_seconds = 30");
+    let mut child = bin()
+        .args(["run", "--pipeline", p.to_str().unwrap(), "--date", DATE])
+        .env("RUST_LOG", "warn")
+        .env("SEGMENTER_TEST_PAUSE", "write")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "paused at write", false);
+    let lock = out.join(format!("_runs/{DATE}/_lock"));
+    let child_pid = child.id();
+    let expiry = || -> String {
+        let body: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+        assert_eq!(body["pid"].as_u64(), Some(u64::from(child_pid)), "{body}");
+        body["expires_at"].as_str().unwrap().to_string()
+    };
+    let before = expiry();
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let after = expiry();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(after > before, "lease not renewed: {before} then {after}");
+}
