@@ -50,6 +50,37 @@ pub struct RawPipeline {
     /// Data quality gates.
     #[serde(default)]
     pub quality: QualityParams,
+    /// Object-store retries and timeouts.
+    #[serde(default)]
+    pub storage: StorageParams,
+}
+
+/// `[storage]`: how hard to try against a cloud object store (S3, GCS, Azure) before a run
+/// gives up with exit 4. Requests that fail with a transient error (5xx, 429, connection
+/// reset, timeout) are retried with exponential backoff (object_store's retry policy).
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageParams {
+    /// Retries of one request after its first try (0: none).
+    pub max_retries: usize,
+    /// No retry starts later than this many seconds after a request's first try.
+    pub retry_timeout_seconds: u64,
+    /// A request (including reading its response) that takes longer fails, and is retried.
+    pub request_timeout_seconds: u64,
+    /// Establishing a connection that takes longer fails, and is retried.
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for StorageParams {
+    /// object_store's own defaults.
+    fn default() -> Self {
+        StorageParams {
+            max_retries: 10,
+            retry_timeout_seconds: 180,
+            request_timeout_seconds: 30,
+            connect_timeout_seconds: 5,
+        }
+    }
 }
 
 /// `[quality]`: row rules and the gates that stop a run on bad input (README "Data quality").
@@ -556,6 +587,8 @@ pub struct Pipeline {
     pub output_root: Location,
     /// The run lock's lease (`output.lock_lease_seconds`).
     pub lock_lease: std::time::Duration,
+    /// Object-store retries and timeouts.
+    pub storage: StorageParams,
     /// SQL text of the order history query.
     pub order_history_sql: String,
     /// SQL text of the features query.
@@ -797,6 +830,24 @@ impl RawPipeline {
             .as_deref()
             .map(|t| loc("inputs.customers", t));
         let output_root = loc("output.root", &self.output.root);
+        for (key, value) in [
+            (
+                "storage.retry_timeout_seconds",
+                self.storage.retry_timeout_seconds,
+            ),
+            (
+                "storage.request_timeout_seconds",
+                self.storage.request_timeout_seconds,
+            ),
+            (
+                "storage.connect_timeout_seconds",
+                self.storage.connect_timeout_seconds,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("`{key}` = 0: must be at least 1 second"));
+            }
+        }
         if self.output.lock_lease_seconds < 30 {
             problems.push(format!(
                 "`output.lock_lease_seconds` = {}: must be at least 30 (the lease is renewed every third of it)",
@@ -900,6 +951,7 @@ impl RawPipeline {
             customers: customers.flatten(),
             output_root,
             lock_lease: std::time::Duration::from_secs(self.output.lock_lease_seconds),
+            storage: self.storage.clone(),
             order_history_sql,
             features_sql,
             sessions_sql,

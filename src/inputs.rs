@@ -157,14 +157,13 @@ pub async fn register(
             pipeline.earliest_date.format("%Y-%m-%d")
         ),
     };
-    let skip = pipeline.quality.on_corrupt_file == OnCorruptFile::Skip;
     let orders = register_raw(
         ctx,
+        pipeline,
         "orders_raw",
         &pipeline.orders,
         "inputs.orders",
         ORDERS,
-        skip,
     )
     .await?;
     let orders = clean_orders(ctx, orders, &bounds).await?;
@@ -173,7 +172,7 @@ pub async fn register(
     // is part of the features (queries/sessions.sql), which fill in the counts.
     let events = match &pipeline.events {
         Some(loc) => {
-            Some(register_raw(ctx, "events_raw", loc, "inputs.events", EVENTS, skip).await?)
+            Some(register_raw(ctx, pipeline, "events_raw", loc, "inputs.events", EVENTS).await?)
         }
         None => {
             register_empty(ctx, "events_raw", EVENTS)?;
@@ -185,11 +184,11 @@ pub async fn register(
         Some(loc) => {
             let report = register_raw(
                 ctx,
+                pipeline,
                 "customers_raw",
                 loc,
                 "inputs.customers",
                 CUSTOMERS,
-                skip,
             )
             .await?;
             Some(clean_customers(ctx, report, cutoff_sql).await?)
@@ -212,13 +211,14 @@ pub async fn register(
 /// them as a listing table `name` with the canonical schema.
 async fn register_raw(
     ctx: &SessionContext,
+    pipeline: &Pipeline,
     name: &str,
     location: &Location,
     key: &str,
     cols: &[Col],
-    skip_corrupt: bool,
 ) -> Result<InputReport> {
-    let store = storage::open(ctx, location)?;
+    let skip_corrupt = pipeline.quality.on_corrupt_file == OnCorruptFile::Skip;
+    let store = storage::open(ctx, location, &pipeline.storage)?;
     let files: Vec<_> = store
         .store
         .list(Some(&store.prefix))

@@ -66,7 +66,7 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<Ru
     let cutoff = Cutoff::for_run_date(date);
     let mut timings = BTreeMap::new();
     let ctx = engine::session(pipeline)?;
-    let root = storage::open(&ctx, &pipeline.output_root)?;
+    let root = storage::open(&ctx, &pipeline.output_root, &pipeline.storage)?;
     tracing::info!(
         run_date,
         run_id,
@@ -305,7 +305,7 @@ async fn run_locked(
 /// Whether `date` has a published run (a readable manifest) under the pipeline's output root.
 pub async fn is_published(pipeline: &Pipeline, date: NaiveDate) -> Result<bool> {
     let ctx = SessionContext::new();
-    let root = storage::open(&ctx, &pipeline.output_root)?;
+    let root = storage::open(&ctx, &pipeline.output_root, &pipeline.storage)?;
     let run_date = date.format("%Y-%m-%d").to_string();
     Ok(previous::published(&root, &run_date).await?.is_some())
 }

@@ -9,16 +9,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use datafusion::prelude::SessionContext;
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
-use object_store::gcp::GoogleCloudStorageBuilder;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 use url::Url;
 
-use crate::config::Location;
+use crate::config::{Location, StorageParams};
 use crate::error::{Error, Result};
 
 /// A store plus the key prefix a [`Location`] points at.
@@ -60,9 +62,13 @@ impl StoreRef {
 }
 
 /// Builds (or reuses) the store for a location and registers it with `ctx`.
-pub fn open(ctx: &SessionContext, location: &Location) -> Result<StoreRef> {
+pub fn open(
+    ctx: &SessionContext,
+    location: &Location,
+    settings: &StorageParams,
+) -> Result<StoreRef> {
     let url = location.url();
-    let store = build_store(url)?;
+    let store = build_store(url, settings)?;
     ctx.register_object_store(&store_root(url), Arc::clone(&store));
     let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| {
         Error::config(
@@ -83,13 +89,32 @@ fn store_root(url: &Url) -> Url {
     Url::parse(&text).unwrap_or_else(|_| url.clone())
 }
 
-fn build_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
+fn build_store(url: &Url, settings: &StorageParams) -> Result<Arc<dyn ObjectStore>> {
+    let (retry, timeouts) = (retry_config(settings), client_settings(settings));
     let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match url.scheme() {
         "file" => Ok(Arc::new(LocalFileSystem::new())),
         "memory" => Ok(memory_store(url.host_str().unwrap_or_default())),
-        "s3" => s3_builder(url).build().map(|s| Arc::new(s) as _),
-        "gs" => gcs_builder(url).build().map(|s| Arc::new(s) as _),
-        "az" | "abfs" | "abfss" => azure_builder(url).build().map(|s| Arc::new(s) as _),
+        "s3" => timeouts
+            .iter()
+            .fold(s3_builder(url).with_retry(retry), |b, (k, v)| {
+                b.with_config(AmazonS3ConfigKey::Client(*k), v)
+            })
+            .build()
+            .map(|s| Arc::new(s) as _),
+        "gs" => timeouts
+            .iter()
+            .fold(gcs_builder(url).with_retry(retry), |b, (k, v)| {
+                b.with_config(GoogleConfigKey::Client(*k), v)
+            })
+            .build()
+            .map(|s| Arc::new(s) as _),
+        "az" | "abfs" | "abfss" => timeouts
+            .iter()
+            .fold(azure_builder(url).with_retry(retry), |b, (k, v)| {
+                b.with_config(AzureConfigKey::Client(*k), v)
+            })
+            .build()
+            .map(|s| Arc::new(s) as _),
         other => {
             return Err(Error::config(
                 None,
@@ -105,6 +130,31 @@ fn build_store(url: &Url) -> Result<Arc<dyn ObjectStore>> {
             ),
         )
     })
+}
+
+/// object_store's retry policy with the pipeline's budget (backoff: its defaults, 100 ms
+/// doubling up to 15 s).
+fn retry_config(settings: &StorageParams) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: settings.max_retries,
+        retry_timeout: Duration::from_secs(settings.retry_timeout_seconds),
+    }
+}
+
+/// The timeouts as client settings: set key by key, so the `AWS_*`/`GOOGLE_*`/`AZURE_*`
+/// client settings from the environment (e.g. `AWS_ALLOW_HTTP`) are kept.
+fn client_settings(settings: &StorageParams) -> [(ClientConfigKey, String); 2] {
+    [
+        (
+            ClientConfigKey::Timeout,
+            format!("{}s", settings.request_timeout_seconds),
+        ),
+        (
+            ClientConfigKey::ConnectTimeout,
+            format!("{}s", settings.connect_timeout_seconds),
+        ),
+    ]
 }
 
 /// S3 (and S3-compatible servers): `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
@@ -154,11 +204,13 @@ mod tests {
         let a = open(
             &ctx,
             &Location::parse("memory://t1/a/", Path::new("/")).unwrap(),
+            &StorageParams::default(),
         )
         .unwrap();
         let b = open(
             &ctx,
             &Location::parse("memory://t1/b/", Path::new("/")).unwrap(),
+            &StorageParams::default(),
         )
         .unwrap();
         assert!(Arc::ptr_eq(&a.store, &b.store));
@@ -172,6 +224,7 @@ mod tests {
         let s = open(
             &ctx,
             &Location::parse("/tmp/seg out/", Path::new("/")).unwrap(),
+            &StorageParams::default(),
         )
         .unwrap();
         assert_eq!(s.key("t/f.csv").as_ref(), "tmp/seg out/t/f.csv");

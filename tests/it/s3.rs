@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 /// subdirectory per bucket), for as long as this value lives.
 struct S3Server {
     port: u16,
+    /// A second listener on 127.0.0.1 in front of the same server that injects faults
+    /// ([`Faults`]); `segmenter_via_faults` points the binary at it.
+    faulty_port: u16,
+    faults: Arc<Faults>,
     _root: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -54,6 +59,8 @@ impl S3Server {
             std::fs::create_dir(root.path().join(b)).unwrap();
         }
         let fs_root = root.path().to_path_buf();
+        let faults = Arc::new(Faults::default());
+        let faults_in_server = Arc::clone(&faults);
         let (addr_tx, addr_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -72,8 +79,14 @@ impl S3Server {
                     let listener = TcpListener::bind(("127.0.0.1", 0))
                         .await
                         .expect("bind 127.0.0.1:0");
-                    addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                    let front = TcpListener::bind(("127.0.0.1", 0))
+                        .await
+                        .expect("bind 127.0.0.1:0");
+                    addr_tx
+                        .send((listener.local_addr().unwrap(), front.local_addr().unwrap()))
+                        .unwrap();
                     let http = ConnBuilder::new(TokioExecutor::new());
+                    tokio::spawn(serve_with_faults(front, service.clone(), faults_in_server));
                     let mut stop = std::pin::pin!(stop_rx);
                     loop {
                         let socket = tokio::select! {
@@ -95,7 +108,7 @@ impl S3Server {
                 // Dropping the runtime here cancels the connections still open.
             })
             .unwrap();
-        let addr = addr_rx
+        let (addr, faulty) = addr_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("s3s-fs server did not start");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -104,6 +117,8 @@ impl S3Server {
             .unwrap();
         S3Server {
             port: addr.port(),
+            faulty_port: faulty.port(),
+            faults,
             _root: root,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -184,9 +199,18 @@ impl S3Server {
         })
     }
 
+    /// Runs the binary through the fault-injecting listener (see [`Faults`]).
+    fn segmenter_via_faults(&self, args: &[&str]) -> Output {
+        self.segmenter_at(&format!("http://127.0.0.1:{}", self.faulty_port), args)
+    }
+
     /// Runs the binary with only this server's credentials and endpoint in the `AWS_*`
     /// environment (every inherited `AWS_*` and proxy variable removed).
     fn segmenter(&self, args: &[&str]) -> Output {
+        self.segmenter_at(&self.endpoint(), args)
+    }
+
+    fn segmenter_at(&self, endpoint: &str, args: &[&str]) -> Output {
         let mut cmd = bin();
         for (k, _) in std::env::vars_os() {
             let name = k.to_string_lossy();
@@ -196,12 +220,114 @@ impl S3Server {
         }
         cmd.args(args)
             .env("RUST_LOG", "warn")
-            .env("AWS_ENDPOINT_URL", self.endpoint())
+            .env("AWS_ENDPOINT_URL", endpoint)
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("AWS_REGION", REGION);
         output_within(cmd, RUN_TIMEOUT)
+    }
+}
+
+/// What the fault-injecting listener does to each request: with probability `percent` / 100
+/// one of three faults, in turn by a hash of the request's number: a 503 (S3's "slow down"), a
+/// connection dropped before any response (reset), or a stall of 4 s (longer than the runs'
+/// request timeout in these tests) before a 503. With `deny_writes`, every PUT, POST and
+/// DELETE gets 403 AccessDenied (a read-only bucket); reads pass.
+#[derive(Debug, Default)]
+struct Faults {
+    percent: AtomicU32,
+    deny_writes: AtomicBool,
+    requests: AtomicU64,
+    injected: AtomicU64,
+}
+
+#[derive(Debug, PartialEq)]
+enum Fault {
+    Unavailable,
+    Reset,
+    Stall,
+    Denied,
+}
+
+impl Faults {
+    fn next(&self, method: &hyper::Method) -> Option<Fault> {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst);
+        let fault = if self.deny_writes.load(Ordering::SeqCst)
+            && matches!(
+                *method,
+                hyper::Method::PUT | hyper::Method::POST | hyper::Method::DELETE
+            ) {
+            Some(Fault::Denied)
+        } else {
+            // splitmix64 of the request number: a fixed, well-spread sequence.
+            let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z % 100) < u64::from(self.percent.load(Ordering::SeqCst))).then(|| {
+                match (z / 100) % 3 {
+                    0 => Fault::Unavailable,
+                    1 => Fault::Reset,
+                    _ => Fault::Stall,
+                }
+            })
+        };
+        if fault.is_some() {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        fault
+    }
+}
+
+/// Serves `listener` with `service` behind the faults of `faults`.
+async fn serve_with_faults(
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+    faults: Arc<Faults>,
+) {
+    let http = ConnBuilder::new(TokioExecutor::new());
+    loop {
+        let Ok((socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let (service, faults) = (service.clone(), Arc::clone(&faults));
+        let front = hyper::service::service_fn(
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let (service, faults) = (service.clone(), Arc::clone(&faults));
+                async move {
+                    let error = |status: u16, code: &str| {
+                        let body = format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test</Message></Error>"
+                    );
+                        hyper::Response::builder()
+                            .status(status)
+                            .body(s3s::Body::from(body))
+                            .map_err(std::io::Error::other)
+                    };
+                    match faults.next(req.method()) {
+                        None => hyper::service::Service::call(&service, req)
+                            .await
+                            .map_err(|e| std::io::Error::other(format!("{e:?}"))),
+                        Some(Fault::Unavailable) => error(503, "SlowDown"),
+                        Some(Fault::Denied) => error(403, "AccessDenied"),
+                        Some(Fault::Reset) => {
+                            Err(std::io::Error::other("connection dropped by the test"))
+                        }
+                        Some(Fault::Stall) => {
+                            tokio::time::sleep(Duration::from_secs(4)).await;
+                            error(503, "SlowDown")
+                        }
+                    }
+                }
+            },
+        );
+        let conn = http
+            .serve_connection(TokioIo::new(socket), front)
+            .into_owned();
+        tokio::spawn(async move {
+            conn.await.ok();
+        });
     }
 }
 
@@ -606,13 +732,22 @@ fn s3_held_lock_exits_5_and_is_left_alone() {
     let server = S3Server::start(&[RAW, MARTS]);
     upload_shop(&server);
     let lock_key = format!("seg/_runs/{DATE}/_lock");
-    let body = r#"{"run_id":"someone-else","started_at":"2026-11-01T02:00:00Z"}"#;
+    // A live holder on another machine: an hour of its lease left.
+    let now = chrono::Utc::now();
+    let body = serde_json::json!({
+        "format": 1,
+        "run_id": "someone-else",
+        "host": "another-host",
+        "pid": 4242,
+        "started_at": now.to_rfc3339(),
+        "expires_at": (now + chrono::Duration::hours(1)).to_rfc3339(),
+    })
+    .to_string();
     server
-        .block_on(
-            server
-                .bucket(MARTS)
-                .put(&ObjectPath::from(lock_key.as_str()), PutPayload::from(body)),
-        )
+        .block_on(server.bucket(MARTS).put(
+            &ObjectPath::from(lock_key.as_str()),
+            PutPayload::from(body.clone()),
+        ))
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), "");
@@ -680,5 +815,164 @@ fn s3_orders_prefix_without_files_exits_2_naming_the_key() {
             .get(MARTS, &format!("seg/_runs/{DATE}/_lock"))
             .is_none(),
         "a failed run must release its lock\n{ctx}"
+    );
+}
+
+/// The published customer_segments of the S3 run, as one batch.
+fn s3_segments(server: &S3Server) -> RecordBatch {
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &server
+            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
+            .expect("published"),
+    )
+    .unwrap();
+    let url = manifest_files(&manifest, "customer_segments")[0].to_string();
+    let key = url
+        .trim_start_matches(&format!("s3://{MARTS}/"))
+        .to_string();
+    let batches = read_parquet_bytes(server.get(MARTS, &key).unwrap(), &url);
+    concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+/// Tight retry settings so that the failing runs end quickly.
+const FAST_RETRIES: &str = "[storage]\nmax_retries = 10\nretry_timeout_seconds = 60\nrequest_timeout_seconds = 2\nconnect_timeout_seconds = 2\n";
+
+#[test]
+fn s3_faults_on_one_request_in_ten_are_retried_and_change_nothing() {
+    let server = S3Server::start(&[RAW, MARTS]);
+    upload_shop(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    let local_out = tmp.path().join("local-out");
+    let lp = pipeline(tmp.path(), shop(), &local_out, "");
+    let local = segmenter(&["run", "--pipeline", lp.to_str().unwrap(), "--date", DATE]);
+    assert!(local.status.success(), "{}", describe(&local));
+
+    server.faults.percent.store(10, Ordering::SeqCst);
+    let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), FAST_RETRIES);
+    let out =
+        server.segmenter_via_faults(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let ctx = describe(&out);
+    let injected = server.faults.injected.load(Ordering::SeqCst);
+    let requests = server.faults.requests.load(Ordering::SeqCst);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{injected} of {requests} requests faulted\n{ctx}"
+    );
+    assert!(
+        injected >= 5,
+        "too few faults to mean anything: {injected} of {requests}"
+    );
+    eprintln!("faults: {injected} of {requests} requests (503, reset, 4 s stall), run succeeded");
+    assert_eq!(
+        s3_segments(&server),
+        read_table(&local_out.join("customer_segments")),
+        "customer_segments differ from a clean run's\n{ctx}"
+    );
+}
+
+#[test]
+fn s3_failing_every_request_exits_4_within_the_retry_budget_and_publishes_nothing() {
+    let server = S3Server::start(&[RAW, MARTS]);
+    upload_shop(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    server.faults.percent.store(100, Ordering::SeqCst);
+    let budget = "[storage]\nmax_retries = 3\nretry_timeout_seconds = 10\nrequest_timeout_seconds = 2\nconnect_timeout_seconds = 2\n";
+    let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), budget);
+    let started = std::time::Instant::now();
+    let out =
+        server.segmenter_via_faults(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let took = started.elapsed();
+    let ctx = describe(&out);
+    assert_eq!(out.status.code(), Some(4), "{ctx}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("s3://{MARTS}/seg/")),
+        "names the path\n{ctx}"
+    );
+    // Four tries of at most 2 s each plus backoff, well inside the 10 s retry budget + slack.
+    assert!(took < Duration::from_secs(40), "took {took:?}\n{ctx}");
+    server.faults.percent.store(0, Ordering::SeqCst);
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
+            .is_none(),
+        "{ctx}"
+    );
+    assert!(
+        server.list(MARTS, "seg/customer_segments").is_empty(),
+        "{ctx}"
+    );
+}
+
+#[test]
+fn s3_read_only_destination_exits_4_naming_the_path_and_publishes_nothing() {
+    let server = S3Server::start(&[RAW, MARTS]);
+    upload_shop(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    server.faults.deny_writes.store(true, Ordering::SeqCst);
+    let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), FAST_RETRIES);
+    let out =
+        server.segmenter_via_faults(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let ctx = describe(&out);
+    assert_eq!(out.status.code(), Some(4), "{ctx}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("s3://{MARTS}/seg/_runs/{DATE}/_lock")),
+        "names the path\n{ctx}"
+    );
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
+            .is_none(),
+        "{ctx}"
+    );
+    assert!(
+        server.list(MARTS, "seg/").is_empty(),
+        "nothing written\n{ctx}"
+    );
+}
+
+#[test]
+fn s3_expired_lock_is_taken_over() {
+    let server = S3Server::start(&[RAW, MARTS]);
+    upload_shop(&server);
+    let lock_key = format!("seg/_runs/{DATE}/_lock");
+    // A holder on another machine that stopped renewing a minute ago.
+    let now = chrono::Utc::now();
+    let body = serde_json::json!({
+        "format": 1,
+        "run_id": "crashed-elsewhere",
+        "host": "another-host",
+        "pid": 4242,
+        "started_at": (now - chrono::Duration::hours(1)).to_rfc3339(),
+        "expires_at": (now - chrono::Duration::minutes(1)).to_rfc3339(),
+    })
+    .to_string();
+    server
+        .block_on(
+            server
+                .bucket(MARTS)
+                .put(&ObjectPath::from(lock_key.as_str()), PutPayload::from(body)),
+        )
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), "");
+    let out = server.segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
+    let ctx = describe(&out);
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("taking over a stale run lock"),
+        "{ctx}"
+    );
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
+            .is_some(),
+        "{ctx}"
+    );
+    assert!(
+        server.get(MARTS, &lock_key).is_none(),
+        "lock released\n{ctx}"
     );
 }
