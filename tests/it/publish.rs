@@ -346,3 +346,55 @@ fn a_running_holder_renews_its_lease() {
     child.wait().unwrap();
     assert!(after > before, "lease not renewed: {before} then {after}");
 }
+
+/// Copies `from` (a directory tree) into `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_run_on_top_of_the_previous_release_keeps_its_segment_ids() {
+    // Published by the build before run-scoped models (its model at the old fixed path).
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/upgrade/778ccb0");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    copy_tree(&fixture, &out);
+    let before = manifest(&out, "2026-10-30");
+    let p = pipeline(tmp.path(), shop(), &out, "");
+    let run = run_pipeline(&p, DATE, &[]);
+    assert!(run.status.success(), "{}", describe(&run));
+    let after = manifest(&out, DATE);
+    let c = &after["clustering"];
+    assert_eq!(c["previous_run_date"], "2026-10-30", "{c:#}");
+    assert_eq!(c["mode"], "warm_start", "{c:#}");
+    let ids = |m: &serde_json::Value| -> Vec<(i64, String)> {
+        let mut v: Vec<(i64, String)> = m["clustering"]["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_i64().unwrap(),
+                    s["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&after), ids(&before), "segment ids and names kept");
+    assert!(c["new_segments"].as_array().unwrap().is_empty(), "{c:#}");
+    // The old release's files of its own date are untouched.
+    assert!(out
+        .join("_models/run_date=2026-10-30/segment_model.json")
+        .exists());
+}
