@@ -53,6 +53,63 @@ pub struct RawPipeline {
     /// Object-store retries and timeouts.
     #[serde(default)]
     pub storage: StorageParams,
+    /// Time limits per stage and for the run.
+    #[serde(default)]
+    pub limits: LimitParams,
+}
+
+/// `[limits]`: wall-clock limits in seconds for the whole run and for each stage (the stage
+/// names of the manifest's `timings`); absent means no limit. Past a limit the run logs a
+/// warning and records it in the manifest (`on_exceeded = "warn"`, the default), or stops at
+/// once with exit 6 and publishes nothing (`"fail"`).
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitParams {
+    /// `warn` or `fail`.
+    pub on_exceeded: OnExceeded,
+    /// The whole run, lock to publish.
+    pub run: Option<f64>,
+    /// Listing and checking the inputs.
+    pub inputs: Option<f64>,
+    /// The clickstream pass and the features.
+    pub features: Option<f64>,
+    /// Fitting, backtesting and scoring the models.
+    pub models: Option<f64>,
+    /// k-means.
+    pub clustering: Option<f64>,
+    /// Segment tables and transitions.
+    pub segments: Option<f64>,
+    /// Writing the outputs and publishing.
+    pub write: Option<f64>,
+}
+
+impl LimitParams {
+    /// The limits that are set, by stage name (`run` for the whole run).
+    pub fn set(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("run", self.run),
+            ("inputs", self.inputs),
+            ("features", self.features),
+            ("models", self.models),
+            ("clustering", self.clustering),
+            ("segments", self.segments),
+            ("write", self.write),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// What a time limit does when it passes.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceeded {
+    /// Log a warning and record it in the manifest.
+    #[default]
+    Warn,
+    /// Stop the run at once: exit 6, nothing published.
+    Fail,
 }
 
 /// `[storage]`: how hard to try against a cloud object store (S3, GCS, Azure) before a run
@@ -589,6 +646,8 @@ pub struct Pipeline {
     pub lock_lease: std::time::Duration,
     /// Object-store retries and timeouts.
     pub storage: StorageParams,
+    /// Time limits.
+    pub limits: LimitParams,
     /// SQL text of the order history query.
     pub order_history_sql: String,
     /// SQL text of the features query.
@@ -848,6 +907,13 @@ impl RawPipeline {
                 problems.push(format!("`{key}` = 0: must be at least 1 second"));
             }
         }
+        for (key, value) in self.limits.set() {
+            if !(value > 0.0 && value.is_finite()) {
+                problems.push(format!(
+                    "`limits.{key}` = {value}: must be a positive number of seconds"
+                ));
+            }
+        }
         if self.output.lock_lease_seconds < 30 {
             problems.push(format!(
                 "`output.lock_lease_seconds` = {}: must be at least 30 (the lease is renewed every third of it)",
@@ -952,6 +1018,7 @@ impl RawPipeline {
             output_root,
             lock_lease: std::time::Duration::from_secs(self.output.lock_lease_seconds),
             storage: self.storage.clone(),
+            limits: self.limits.clone(),
             order_history_sql,
             features_sql,
             sessions_sql,

@@ -19,6 +19,7 @@ pub mod error;
 pub mod features;
 pub mod generate;
 pub mod inputs;
+pub mod limits;
 pub mod models;
 pub mod outputs;
 pub mod previous;

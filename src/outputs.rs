@@ -136,6 +136,8 @@ pub struct Manifest<'a, I: Serialize, M: Serialize, C: Serialize, P: Serialize> 
     /// The process's peak resident memory at the end of each stage, in MiB (the high-water
     /// mark so far: a stage that raised it is where the memory went). Empty off Linux.
     pub peak_rss_mib: BTreeMap<&'static str, u64>,
+    /// Time limits (`[limits]`) that passed, with `on_exceeded = "warn"`.
+    pub limits_exceeded: Vec<crate::limits::Exceeded>,
 }
 
 #[cfg(test)]

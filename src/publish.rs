@@ -464,6 +464,36 @@ impl Lock {
         }
     }
 
+    /// A function that deletes the lock if it is still this run's, from any thread, without
+    /// the run's async runtime (for a process about to exit: see [`crate::limits`]).
+    pub fn releaser(&self) -> impl FnOnce() + Send + 'static {
+        let (root, name, run_id) = (
+            self.root.clone(),
+            self.name.clone(),
+            self.lease.run_id.clone(),
+        );
+        move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let release = async {
+                    if let Ok(Some((raw, _))) = read_lock(&root, &name).await {
+                        if Lease::parse(&raw).is_some_and(|l| l.run_id == run_id) {
+                            root.store.delete(&root.key(&name)).await.ok();
+                        }
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), release)
+                    .await
+                    .ok();
+            });
+        }
+    }
+
     /// Stops renewing and deletes the lock if it is still this run's (best effort: a leftover
     /// lock expires, or is taken over once its process is gone).
     pub async fn release(mut self) {

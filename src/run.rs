@@ -13,6 +13,7 @@ use crate::engine;
 use crate::error::{Error, Result};
 use crate::features::{self, Cutoff};
 use crate::inputs;
+use crate::limits::Watchdog;
 use crate::models;
 use crate::outputs::{self, Manifest};
 use crate::previous;
@@ -75,11 +76,13 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<Ru
     );
 
     let lock = Lock::acquire(&root, &run_date, &run_id, pipeline.lock_lease).await?;
+    let watchdog = Watchdog::start(&pipeline.limits, lock.releaser());
     let result = run_locked(
         pipeline,
         &ctx,
         &root,
         &lock,
+        &watchdog,
         Attempt {
             files: publish::Attempt::new(&run_date, &run_id),
             date,
@@ -90,6 +93,7 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<Ru
         &mut timings,
     )
     .await;
+    drop(watchdog);
     lock.release().await;
     result
 }
@@ -109,6 +113,7 @@ async fn run_locked(
     ctx: &SessionContext,
     root: &storage::StoreRef,
     lock: &Lock,
+    watchdog: &Watchdog,
     attempt: Attempt,
     timings: &mut BTreeMap<&'static str, f64>,
 ) -> Result<RunSummary> {
@@ -124,6 +129,7 @@ async fn run_locked(
     let mut peak_rss = BTreeMap::new();
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
         let secs = clock.elapsed().as_secs_f64();
+        watchdog.done(name, secs);
         timings.insert(name, (secs * 1000.0).round() / 1000.0);
         let peak = peak_rss_mib();
         if let Some(mib) = peak {
@@ -287,6 +293,7 @@ async fn run_locked(
         outputs: files,
         timings: timings.clone(),
         peak_rss_mib: peak_rss,
+        limits_exceeded: watchdog.exceeded(),
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;

@@ -398,3 +398,83 @@ fn a_run_on_top_of_the_previous_release_keeps_its_segment_ids() {
         .join("_models/run_date=2026-10-30/segment_model.json")
         .exists());
 }
+
+#[test]
+fn a_stage_past_a_fail_limit_stops_the_run_with_exit_6() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let p = pipeline(
+        tmp.path(),
+        shop(),
+        &out,
+        "[limits]\non_exceeded = \"fail\"\nwrite = 1",
+    );
+    // The write stage stalls (held by the test hook) until the limit stops it.
+    let started = std::time::Instant::now();
+    let mut child = bin()
+        .args(["run", "--pipeline", p.to_str().unwrap(), "--date", DATE])
+        .env("RUST_LOG", "warn")
+        .env("SEGMENTER_TEST_PAUSE", "write")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(180) {
+            child.kill().ok();
+            panic!("the limit did not stop the stalled run");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("limits.write") && err.contains("nothing published"),
+        "{err}"
+    );
+    assert!(!out.join(format!("_runs/{DATE}/manifest.json")).exists());
+    assert!(
+        !out.join(format!("_runs/{DATE}/_lock")).exists(),
+        "lock released: {err}"
+    );
+}
+
+#[test]
+fn limits_set_to_warn_are_logged_and_recorded_in_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let p = pipeline(
+        tmp.path(),
+        shop(),
+        &out,
+        "[limits]\nfeatures = 0.001\nrun = 0.002\nclustering = 3600",
+    );
+    let run = run_pipeline(&p, DATE, &[]);
+    assert!(run.status.success(), "{}", describe(&run));
+    assert!(
+        stderr(&run).contains("time limit exceeded"),
+        "{}",
+        describe(&run)
+    );
+    let m = manifest(&out, DATE);
+    let mut stages: Vec<&str> = m["limits_exceeded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stage"].as_str().unwrap())
+        .collect();
+    stages.sort();
+    assert_eq!(stages, ["features", "run"], "{:#}", m["limits_exceeded"]);
+    let features = m["limits_exceeded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["stage"] == "features")
+        .unwrap();
+    assert!(features["seconds"].as_f64().unwrap() > 0.001);
+    assert_eq!(features["limit_seconds"].as_f64(), Some(0.001));
+}
