@@ -28,6 +28,7 @@ pub mod quality;
 pub mod rules;
 pub mod run;
 pub mod segments;
+pub mod status;
 pub mod storage;
 pub mod tables;
 

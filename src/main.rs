@@ -45,6 +45,22 @@ enum Command {
         /// skips them, so a stopped backfill resumes where it stopped).
         #[arg(long, requires = "from")]
         force: bool,
+        /// Write the run's figures to this file in the Prometheus text format (for
+        /// node_exporter's textfile collector), also when the run fails.
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
+    /// List the published dates: customers, segments, duration, models, warnings.
+    Status {
+        /// Pipeline file (TOML).
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// How many dates, newest first.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+        /// Override a pipeline key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Fit and backtest the models for a date and print the backtest (writes nothing).
     Evaluate {
@@ -137,6 +153,7 @@ fn backfill(
     dates: &[NaiveDate],
     refit: bool,
     force: bool,
+    metrics: &dyn Fn(NaiveDate, &segmenter::Result<RunSummary>) -> segmenter::Result<()>,
 ) -> anyhow::Result<ExitCode> {
     let (mut published, mut skipped) = (0, 0);
     let mut failed = None;
@@ -147,7 +164,9 @@ fn backfill(
             skipped += 1;
             continue;
         }
-        match rt.block_on(segmenter::run(pipeline, d, refit)) {
+        let result = rt.block_on(segmenter::run(pipeline, d, refit));
+        metrics(d, &result)?;
+        match result {
             Ok(summary) => {
                 println!(
                     "published {} ({} customers): {}",
@@ -219,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             overrides,
             refit,
             force,
+            metrics_file,
         } => {
             let pipeline = Pipeline::load(&pipeline, &overrides)?;
             let dates = match (date, from, to) {
@@ -239,15 +259,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()],
             };
             let rt = runtime()?;
+            let metrics = |d: NaiveDate, result: &segmenter::Result<RunSummary>| {
+                let Some(path) = &metrics_file else {
+                    return Ok(());
+                };
+                let (code, manifest) = match result {
+                    Ok(s) => (0, Some(&s.manifest_json)),
+                    Err(e) => (e.exit_code(), None),
+                };
+                let text = segmenter::status::prometheus(&d.to_string(), code, manifest);
+                segmenter::status::write_atomically(path, &text)
+            };
             if from.is_none() {
-                let summary = rt.block_on(segmenter::run(&pipeline, dates[0], refit))?;
+                let result = rt.block_on(segmenter::run(&pipeline, dates[0], refit));
+                metrics(dates[0], &result)?;
+                let summary = result?;
                 println!(
                     "published {} ({} customers): {}",
                     dates[0], summary.customers, summary.manifest
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            backfill(&rt, &pipeline, &dates, refit, force)
+            backfill(&rt, &pipeline, &dates, refit, force, &metrics)
+        }
+        Command::Status {
+            pipeline,
+            last,
+            overrides,
+        } => {
+            let pipeline = Pipeline::load(&pipeline, &overrides)?;
+            let (published, locked) =
+                runtime()?.block_on(segmenter::status::published(&pipeline, last))?;
+            print!("{}", segmenter::status::table(&published, &locked));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate {
             pipeline,

@@ -37,6 +37,8 @@ pub struct RunSummary {
     pub manifest: String,
     /// Output root URL.
     pub output_root: String,
+    /// The published manifest.
+    pub manifest_json: serde_json::Value,
 }
 
 /// One segment in the run summary.
@@ -297,6 +299,7 @@ async fn run_locked(
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
+    let manifest_json = serde_json::from_slice(&json).unwrap_or_default();
     let manifest_url = publish::publish(root, &names, lock, json).await?;
 
     Ok(RunSummary {
@@ -306,6 +309,7 @@ async fn run_locked(
         segments: segment_lines,
         manifest: manifest_url,
         output_root: root.location.as_str().to_string(),
+        manifest_json,
     })
 }
 

@@ -478,3 +478,54 @@ fn limits_set_to_warn_are_logged_and_recorded_in_the_manifest() {
     assert!(features["seconds"].as_f64().unwrap() > 0.001);
     assert_eq!(features["limit_seconds"].as_f64(), Some(0.001));
 }
+
+#[test]
+fn status_lists_published_dates_and_metrics_files_tell_monitoring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let p = pipeline(tmp.path(), shop(), &out, "");
+    let prom = tmp.path().join("segmenter.prom");
+    let ok = run_pipeline(&p, DATE, &["--metrics-file", prom.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", describe(&ok));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let customers = manifest(&out, DATE)["customers"].as_u64().unwrap();
+    for line in [
+        format!("segmenter_run_success{{run_date=\"{DATE}\"}} 1"),
+        format!("segmenter_customers{{run_date=\"{DATE}\"}} {customers}"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    assert!(text.contains("segmenter_stage_seconds{"), "{text}");
+
+    // A run that fails (the date is locked by a live run) still tells monitoring.
+    let d2 = "2026-10-30";
+    let dir = out.join(format!("_runs/{d2}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut live = lease(std::process::id(), &host(), 3600);
+    live["run_id"] = "someone".into();
+    std::fs::write(dir.join("_lock"), serde_json::to_vec(&live).unwrap()).unwrap();
+    let locked = run_pipeline(&p, d2, &["--metrics-file", prom.to_str().unwrap()]);
+    assert_eq!(locked.status.code(), Some(5), "{}", describe(&locked));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains(&format!("segmenter_run_success{{run_date=\"{d2}\"}} 0")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("segmenter_run_exit_code{{run_date=\"{d2}\"}} 5")),
+        "{text}"
+    );
+
+    let status = crate::common::segmenter(&["status", "--pipeline", p.to_str().unwrap()]);
+    assert!(status.status.success(), "{}", describe(&status));
+    let table = String::from_utf8_lossy(&status.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(DATE))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains(&customers.to_string()) && row.contains("first_fit"),
+        "{table}"
+    );
+    assert!(table.contains(&format!("{d2}: locked")), "{table}");
+}
