@@ -107,6 +107,9 @@ pub fn slug(name: &str) -> String {
 /// The manifest: what was read, how it was modelled, what was written, how long it took.
 #[derive(Debug, Serialize)]
 pub struct Manifest<'a, I: Serialize, M: Serialize, C: Serialize, P: Serialize> {
+    /// Version of this file's format ([`crate::publish::MANIFEST_FORMAT`]); absent in
+    /// manifests of builds before it (read as 0).
+    pub format: u32,
     /// Unique id of this attempt; every data file of the run carries it in its name.
     pub run_id: &'a str,
     /// Logical date (`--date`).

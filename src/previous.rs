@@ -91,6 +91,19 @@ pub async fn published(root: &StoreRef, run_date: &str) -> Result<Option<Publish
             return Ok(None);
         }
     };
+    let format = manifest
+        .get("format")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    if format > u64::from(crate::publish::MANIFEST_FORMAT) {
+        tracing::warn!(
+            manifest = root.url_of(&name),
+            format,
+            reads = crate::publish::MANIFEST_FORMAT,
+            "previous manifest written by a newer release; not used: no row-drop gate, no transitions, segments refitted"
+        );
+        return Ok(None);
+    }
     let run_id = manifest
         .get("run_id")
         .and_then(serde_json::Value::as_str)
@@ -117,10 +130,11 @@ pub async fn published(root: &StoreRef, run_date: &str) -> Result<Option<Publish
 pub async fn model(
     root: &StoreRef,
     run_date: &str,
-    published: Option<&Published>,
+    published: &Published,
 ) -> Result<Option<SegmentModel>> {
     let name = published
-        .and_then(|p| p.model.clone())
+        .model
+        .clone()
         .unwrap_or_else(|| legacy_model_name(run_date));
     let Some(bytes) = read_object(root, &name).await? else {
         tracing::warn!(

@@ -31,6 +31,12 @@ use crate::storage::StoreRef;
 /// Version of the lock object's format (readers accept older ones: see [`Lease`]).
 const LOCK_FORMAT: u32 = 1;
 
+/// Version of the manifest's format. A build reads manifests of its own format and older
+/// ones (older ones lack fields, which readers treat as absent); a newer manifest is not used
+/// for the row-drop gate, the transitions or the warm start (logged), as it may mean
+/// something this build does not know.
+pub const MANIFEST_FORMAT: u32 = 1;
+
 /// Where a run's manifest is stored, relative to the output root; it exists once the run is
 /// published.
 pub fn manifest_name(run_date: &str) -> String {

@@ -174,9 +174,10 @@ async fn run_locked(
     log_models(&scores.report);
     lap("models", timings);
 
-    let previous_model = match &previous_run {
-        Some(d) => previous::model(root, d, published.as_ref()).await?,
-        None => None,
+    // Only a previous run whose manifest this build can read lends its model.
+    let previous_model = match (&previous_run, &published) {
+        (Some(d), Some(p)) => previous::model(root, d, p).await?,
+        _ => None,
     };
     let segmentation = clustering::segment(
         features,
@@ -259,6 +260,7 @@ async fn run_locked(
 
     let segment_lines = tables::summary_lines(&segmentation, &scores);
     let manifest = Manifest {
+        format: publish::MANIFEST_FORMAT,
         run_id,
         run_date,
         cutoff: cutoff.0.format("%Y-%m-%dT%H:%M:%SZ").to_string(),

@@ -529,3 +529,29 @@ fn status_lists_published_dates_and_metrics_files_tell_monitoring() {
     );
     assert!(table.contains(&format!("{d2}: locked")), "{table}");
 }
+
+#[test]
+fn a_manifest_from_a_newer_release_is_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let p = pipeline(tmp.path(), shop(), &out, "");
+    let first = run_pipeline(&p, "2026-10-30", &[]);
+    assert!(first.status.success(), "{}", describe(&first));
+    let path = out.join("_runs/2026-10-30/manifest.json");
+    let mut m = manifest(&out, "2026-10-30");
+    assert_eq!(m["format"], 1, "manifests carry their format");
+    m["format"] = 99.into();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let next = run_pipeline(&p, DATE, &["--set", "quality.max_row_drop=0.01"]);
+    assert!(next.status.success(), "{}", describe(&next));
+    assert!(
+        stderr(&next).contains("newer release"),
+        "{}",
+        describe(&next)
+    );
+    let c = &manifest(&out, DATE)["clustering"];
+    assert_eq!(
+        c["mode"], "first_fit",
+        "no warm start from a manifest it cannot read: {c:#}"
+    );
+}
