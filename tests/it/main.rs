@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod deploy;
 mod interop;
 mod memory;
 mod models;
