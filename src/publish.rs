@@ -583,7 +583,8 @@ async fn take_over(
     }
     let moved = std::fs::read(&aside).map_err(|e| io("reading the stale lock", e))?;
     if moved != raw.as_ref() {
-        let _ = std::fs::hard_link(&aside, &path);
+        // Fails if a new lock exists meanwhile; then that one stands.
+        std::fs::hard_link(&aside, &path).ok();
     }
     std::fs::remove_file(&aside).map_err(|e| io("removing the stale lock", e))?;
     Ok(None)

@@ -160,17 +160,22 @@ pub fn table(published: &[Published], locked: &[String]) -> String {
         } else {
             p.warnings.join("; ")
         };
-        let _ = writeln!(
+        writeln!(
             s,
             "{:<10}  {:>9}  {:>8}  {:>8}  {:<40}  {warnings}",
             p.run_date, p.customers, p.segments, secs, p.models
-        );
+        )
+        .ok();
     }
     if published.is_empty() {
         s += "(nothing published yet)\n";
     }
     for d in locked {
-        let _ = writeln!(s, "{d}: locked (a run in progress, or one that died; the next run takes a dead run's lock over)");
+        writeln!(
+            s,
+            "{d}: locked (a run in progress, or one that died; the next run takes a dead run's lock over)"
+        )
+        .ok();
     }
     s
 }
@@ -188,10 +193,10 @@ pub fn prometheus(run_date: &str, exit_code: u8, manifest: Option<&Value>) -> St
         }
     };
     let mut gauge = |name: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(s, "# HELP segmenter_{name} {help}");
-        let _ = writeln!(s, "# TYPE segmenter_{name} gauge");
+        writeln!(s, "# HELP segmenter_{name} {help}").ok();
+        writeln!(s, "# TYPE segmenter_{name} gauge").ok();
         for (labels, v) in rows {
-            let _ = writeln!(s, "segmenter_{name}{} {v}", label(&labels));
+            writeln!(s, "segmenter_{name}{} {v}", label(&labels)).ok();
         }
     };
     gauge(

@@ -12,7 +12,7 @@
 //!   others are new segments with new ids, and unmatched previous segments are retired.
 //!
 //! Everyone is assigned to the nearest centroid. The model is stored with the run's outputs
-//! (`_models/run_date=D/segment_model.json`) for the next run.
+//! (`_models/run_date=D/segment_model-<run_id>.json`, named by the manifest) for the next run.
 
 pub mod kmeans;
 pub mod matching;

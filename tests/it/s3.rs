@@ -265,13 +265,12 @@ impl Faults {
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
-            ((z % 100) < u64::from(self.percent.load(Ordering::SeqCst))).then(|| {
-                match (z / 100) % 3 {
-                    0 => Fault::Unavailable,
-                    1 => Fault::Reset,
-                    _ => Fault::Stall,
-                }
-            })
+            let kind = match (z / 100) % 3 {
+                0 => Fault::Unavailable,
+                1 => Fault::Reset,
+                _ => Fault::Stall,
+            };
+            ((z % 100) < u64::from(self.percent.load(Ordering::SeqCst))).then_some(kind)
         };
         if fault.is_some() {
             self.injected.fetch_add(1, Ordering::SeqCst);

@@ -95,11 +95,15 @@ fn the_next_day_keeps_segments_and_writes_transitions_that_add_up() {
     assert_eq!(m1["clustering"]["mode"], "first_fit");
     assert_eq!(m2["clustering"]["mode"], "warm_start");
     assert_eq!(m2["clustering"]["previous_run_date"], D1);
-    for d in [D1, D2] {
-        let model: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(out.join(format!("_models/run_date={d}/segment_model.json"))).unwrap(),
-        )
-        .unwrap();
+    for (d, m) in [(D1, &m1), (D2, &m2)] {
+        // The manifest names its run's model (run-scoped: segment_model-<run_id>.json).
+        let name = m["clustering"]["model"].as_str().unwrap();
+        assert!(
+            name.starts_with(&format!("_models/run_date={d}/segment_model-")),
+            "{name}"
+        );
+        let model: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(name)).unwrap()).unwrap();
         let stored: BTreeMap<i32, String> = model["segments"]
             .as_array()
             .unwrap()
