@@ -56,6 +56,34 @@ pub struct RawPipeline {
     /// Time limits per stage and for the run.
     #[serde(default)]
     pub limits: LimitParams,
+    /// How long to keep exports, rejected rows and unpublished attempts.
+    #[serde(default)]
+    pub retention: RetentionParams,
+}
+
+/// `[retention]`: days to keep what a run writes besides its tables, counted back from the
+/// run date (a backfill of old dates therefore never deletes newer ones); 0 keeps forever.
+/// Applied after each run publishes.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionParams {
+    /// `exports/run_date=X/` (e-mail addresses: keep them no longer than marketing needs).
+    pub exports_days: u32,
+    /// `_rejected/run_date=X/` (the rows the quality rules left out).
+    pub rejected_days: u32,
+    /// Files of attempts that were never published or were superseded (a killed run of a
+    /// date that never ran again), in every run-scoped directory.
+    pub attempts_days: u32,
+}
+
+impl Default for RetentionParams {
+    fn default() -> Self {
+        RetentionParams {
+            exports_days: 90,
+            rejected_days: 30,
+            attempts_days: 7,
+        }
+    }
 }
 
 /// `[limits]`: wall-clock limits in seconds for the whole run and for each stage (the stage
@@ -648,6 +676,8 @@ pub struct Pipeline {
     pub storage: StorageParams,
     /// Time limits.
     pub limits: LimitParams,
+    /// Retention of exports, rejected rows and unpublished attempts.
+    pub retention: RetentionParams,
     /// SQL text of the order history query.
     pub order_history_sql: String,
     /// SQL text of the features query.
@@ -1019,6 +1049,7 @@ impl RawPipeline {
             lock_lease: std::time::Duration::from_secs(self.output.lock_lease_seconds),
             storage: self.storage.clone(),
             limits: self.limits.clone(),
+            retention: self.retention.clone(),
             order_history_sql,
             features_sql,
             sessions_sql,

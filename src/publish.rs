@@ -16,15 +16,17 @@
 //! one attempt. Plain directory readers can see a killed attempt's files next to the published
 //! ones until the next successful run of that date cleans them (README, "Publishing").
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
+use crate::config::RetentionParams;
 use crate::error::{Error, Result};
 use crate::storage::StoreRef;
 
@@ -36,6 +38,16 @@ const LOCK_FORMAT: u32 = 1;
 /// for the row-drop gate, the transitions or the warm start (logged), as it may mean
 /// something this build does not know.
 pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The directories under which attempts leave files, one `run_date=D/` partition per date.
+const SCOPED_DIRS: [&str; 6] = [
+    "customer_segments",
+    "segment_summary",
+    "segment_transitions",
+    "exports",
+    "_rejected",
+    "_models",
+];
 
 /// Where a run's manifest is stored, relative to the output root; it exists once the run is
 /// published.
@@ -100,17 +112,10 @@ impl Attempt {
     /// Every directory where attempts at this date leave files.
     fn scoped_dirs(&self) -> Vec<String> {
         let d = &self.run_date;
-        [
-            "customer_segments",
-            "segment_summary",
-            "segment_transitions",
-            "exports",
-            "_rejected",
-            "_models",
-        ]
-        .iter()
-        .map(|dir| format!("{dir}/run_date={d}/"))
-        .collect()
+        SCOPED_DIRS
+            .iter()
+            .map(|dir| format!("{dir}/run_date={d}/"))
+            .collect()
     }
 }
 
@@ -121,6 +126,7 @@ pub async fn publish(
     attempt: &Attempt,
     lock: &Lock,
     manifest: Vec<u8>,
+    retention: &RetentionParams,
 ) -> Result<String> {
     lock.ensure_held().await?;
     pause_point("manifest");
@@ -139,7 +145,152 @@ pub async fn publish(
             Err(e) => tracing::warn!(dir, error = %e, "could not remove other attempts' files"),
         }
     }
+    // Also after publishing: a failure is logged, and the next run tries again.
+    match apply_retention(root, attempt, retention).await {
+        Ok(removed) if removed.values().any(|&n| n > 0) => {
+            tracing::info!(?removed, "retention: removed files past [retention]")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention could not be applied"),
+    }
     Ok(url)
+}
+
+/// Deletes what `[retention]` no longer keeps, counted back from this attempt's date: exports
+/// and rejected rows of old dates, and the files of unpublished or superseded attempts at old
+/// dates (a date with neither a manifest nor a lock lost its only attempts; a published date
+/// keeps only its manifest's run id). Returns the files removed, by kind.
+pub async fn apply_retention(
+    root: &StoreRef,
+    attempt: &Attempt,
+    retention: &RetentionParams,
+) -> Result<BTreeMap<&'static str, usize>> {
+    let today = NaiveDate::parse_from_str(&attempt.run_date, "%Y-%m-%d")
+        .map_err(|e| Error::Model(format!("run date {}: {e}", attempt.run_date)))?;
+    let older_than = |days: u32| (days > 0).then(|| today - chrono::Days::new(u64::from(days)));
+    let mut removed = BTreeMap::new();
+    for (kind, dir, days) in [
+        ("exports", "exports", retention.exports_days),
+        ("rejected", "_rejected", retention.rejected_days),
+    ] {
+        let Some(limit) = older_than(days) else {
+            continue;
+        };
+        let mut n = 0;
+        for (date, prefix) in partitions(root, dir).await? {
+            if date < limit {
+                n += delete_all(root, &prefix, |_| true).await?;
+            }
+        }
+        removed.insert(kind, n);
+    }
+    if let Some(limit) = older_than(retention.attempts_days) {
+        let mut n = 0;
+        let mut published: BTreeMap<NaiveDate, Option<(String, Option<String>)>> = BTreeMap::new();
+        for dir in SCOPED_DIRS {
+            for (date, prefix) in partitions(root, dir).await? {
+                if date >= limit {
+                    continue;
+                }
+                if !published.contains_key(&date) {
+                    let d = date.format("%Y-%m-%d").to_string();
+                    let run_id = published_run_id(root, &d).await?;
+                    let locked = run_id.is_none()
+                        && read_lock(root, &format!("_runs/{d}/_lock"))
+                            .await?
+                            .is_some();
+                    if locked {
+                        continue; // a run of that date may be writing right now
+                    }
+                    published.insert(date, run_id);
+                }
+                n += match &published[&date] {
+                    // Its own files carry its run id; a model from a build before run-scoped
+                    // models is kept by the name its manifest gives.
+                    Some((run_id, model)) => {
+                        let keep = |key: &str| {
+                            key.contains(run_id.as_str())
+                                || model.as_deref().is_some_and(|m| key.ends_with(m))
+                        };
+                        delete_all(root, &prefix, |key| !keep(key)).await?
+                    }
+                    None => delete_all(root, &prefix, |_| true).await?,
+                };
+            }
+        }
+        removed.insert("attempts", n);
+    }
+    Ok(removed)
+}
+
+/// The `run_date=X/` partitions under `dir`, with their dates.
+async fn partitions(
+    root: &StoreRef,
+    dir: &str,
+) -> Result<Vec<(NaiveDate, object_store::path::Path)>> {
+    let listing = root
+        .store
+        .list_with_delimiter(Some(&root.key(dir)))
+        .await
+        .map_err(|e| Error::storage(format!("listing {}", root.url_of(dir)), e))?;
+    Ok(listing
+        .common_prefixes
+        .into_iter()
+        .filter_map(|p| {
+            let date = p.filename()?.strip_prefix("run_date=")?;
+            Some((NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?, p.clone()))
+        })
+        .collect())
+}
+
+/// Deletes the objects under `prefix` whose key passes `select`; returns how many.
+async fn delete_all(
+    root: &StoreRef,
+    prefix: &object_store::path::Path,
+    select: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    let objects: Vec<_> = root
+        .store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|e| Error::storage(format!("listing {prefix}"), e))?;
+    let mut n = 0;
+    for m in objects.iter().filter(|m| select(m.location.as_ref())) {
+        root.store
+            .delete(&m.location)
+            .await
+            .map_err(|e| Error::storage(format!("removing {}", m.location), e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The run id of the published run of `run_date` and the model its manifest names, if its
+/// manifest exists and names a run id.
+async fn published_run_id(
+    root: &StoreRef,
+    run_date: &str,
+) -> Result<Option<(String, Option<String>)>> {
+    let name = manifest_name(run_date);
+    match root.store.get(&root.key(&name)).await {
+        Ok(r) => {
+            let bytes = r
+                .bytes()
+                .await
+                .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?;
+            let Ok(m) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                return Ok(None);
+            };
+            let model = m["clustering"]["model"].as_str().map(str::to_string);
+            Ok(m["run_id"]
+                .as_str()
+                .filter(|id| !id.is_empty())
+                .map(|id| (id.to_string(), model)))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::storage(format!("reading {}", root.url_of(&name)), e)),
+    }
 }
 
 /// Deletes every object under `dir` whose name does not contain `run_id`.

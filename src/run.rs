@@ -302,7 +302,7 @@ async fn run_locked(
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
     let manifest_json = serde_json::from_slice(&json).unwrap_or_default();
-    let manifest_url = publish::publish(root, &names, lock, json).await?;
+    let manifest_url = publish::publish(root, &names, lock, json, &pipeline.retention).await?;
 
     Ok(RunSummary {
         run_id: run_id.to_string(),

@@ -555,3 +555,73 @@ fn a_manifest_from_a_newer_release_is_not_trusted() {
         "no warm start from a manifest it cannot read: {c:#}"
     );
 }
+
+#[test]
+fn retention_removes_old_exports_and_lost_attempts_but_keeps_published_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let p = pipeline(
+        tmp.path(),
+        shop(),
+        &out,
+        "[retention]\nexports_days = 2\nattempts_days = 2",
+    );
+    let files_in = |dir: &str| files(&out.join(dir), "-").len();
+    let first = run_pipeline(&p, "2026-10-27", &[]);
+    assert!(first.status.success(), "{}", describe(&first));
+    // 2026-10-28: an attempt killed while writing whose date never ran again (its lock gone
+    // too, as after a lease that lapsed long ago).
+    let mut child = bin()
+        .args([
+            "run",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--date",
+            "2026-10-28",
+        ])
+        .env("RUST_LOG", "warn")
+        .env("SEGMENTER_TEST_PAUSE", "write")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_line(&mut child, "paused at write", false);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(out.join("_runs/2026-10-28/_lock")).unwrap();
+    assert!(files_in("customer_segments/run_date=2026-10-28") > 0);
+    for d in ["2026-10-30", "2026-10-31"] {
+        let run = run_pipeline(&p, d, &[]);
+        assert!(run.status.success(), "{}", describe(&run));
+    }
+    // Counted back from 2026-10-31: dates before 2026-10-29 are past both limits.
+    assert_eq!(
+        files_in("exports/run_date=2026-10-27"),
+        0,
+        "old exports removed"
+    );
+    assert_eq!(
+        files_in("customer_segments/run_date=2026-10-28"),
+        0,
+        "lost attempt removed"
+    );
+    assert_eq!(
+        files_in("exports/run_date=2026-10-28"),
+        0,
+        "lost attempt removed"
+    );
+    assert_eq!(
+        files_in("customer_segments/run_date=2026-10-27"),
+        1,
+        "published tables kept"
+    );
+    assert_eq!(
+        files_in("_models/run_date=2026-10-27"),
+        1,
+        "published model kept"
+    );
+    assert!(
+        files_in("exports/run_date=2026-10-30") > 0,
+        "recent exports kept"
+    );
+}
