@@ -59,6 +59,18 @@ pub struct RawPipeline {
     /// How long to keep exports, rejected rows and unpublished attempts.
     #[serde(default)]
     pub retention: RetentionParams,
+    /// Customers to forget.
+    #[serde(default)]
+    pub privacy: PrivacyParams,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyParams {
+    /// A location of Parquet files with a `customer_id` column: customers removed from every
+    /// output from the next run on, and from the exports still kept (README, "Privacy").
+    pub erased_customers: Option<String>,
 }
 
 /// `[retention]`: days to keep what a run writes besides its tables, counted back from the
@@ -678,6 +690,8 @@ pub struct Pipeline {
     pub limits: LimitParams,
     /// Retention of exports, rejected rows and unpublished attempts.
     pub retention: RetentionParams,
+    /// `privacy.erased_customers`, if set.
+    pub erased_customers: Option<Location>,
     /// SQL text of the order history query.
     pub order_history_sql: String,
     /// SQL text of the features query.
@@ -919,6 +933,11 @@ impl RawPipeline {
             .as_deref()
             .map(|t| loc("inputs.customers", t));
         let output_root = loc("output.root", &self.output.root);
+        let erased_customers = self
+            .privacy
+            .erased_customers
+            .as_deref()
+            .map(|t| loc("privacy.erased_customers", t));
         for (key, value) in [
             (
                 "storage.retry_timeout_seconds",
@@ -1050,6 +1069,7 @@ impl RawPipeline {
             storage: self.storage.clone(),
             limits: self.limits.clone(),
             retention: self.retention.clone(),
+            erased_customers: erased_customers.flatten(),
             order_history_sql,
             features_sql,
             sessions_sql,

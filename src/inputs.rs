@@ -293,8 +293,19 @@ async fn register_raw(
         .with_schema(schema);
     let table = ListingTable::try_new(config)
         .map_err(|e| Error::engine(format!("registering {}", location.as_str()), e))?;
-    ctx.register_table(name, Arc::new(table))
-        .map_err(|e| Error::engine(format!("registering {name}"), e))?;
+    if erased_filter(ctx) {
+        // The erased customers leave here, before anything reads the input (src/privacy.rs).
+        let files = format!("{name}_files");
+        ctx.register_table(files.as_str(), Arc::new(table))
+            .map_err(|e| Error::engine(format!("registering {files}"), e))?;
+        let view = format!(
+            "SELECT * FROM {files} WHERE customer_id IS NULL OR NOT is_erased(customer_id)"
+        );
+        crate::engine::create_view(ctx, name, &view, "leaving out the erased customers").await?;
+    } else {
+        ctx.register_table(name, Arc::new(table))
+            .map_err(|e| Error::engine(format!("registering {name}"), e))?;
+    }
 
     Ok(InputReport {
         location: location.as_str().to_string(),
@@ -304,6 +315,11 @@ async fn register_raw(
         skipped_files: skipped,
         ..Default::default()
     })
+}
+
+/// Whether an erasure list is in force: the run registered `is_erased` (src/privacy.rs).
+fn erased_filter(ctx: &SessionContext) -> bool {
+    datafusion::execution::FunctionRegistry::udf(ctx, "is_erased").is_ok()
 }
 
 /// Why a file cannot be used.

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod models;
 pub mod outputs;
 pub mod previous;
+pub mod privacy;
 pub mod publish;
 pub mod quality;
 pub mod rules;

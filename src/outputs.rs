@@ -141,6 +141,9 @@ pub struct Manifest<'a, I: Serialize, M: Serialize, C: Serialize, P: Serialize> 
     pub peak_rss_mib: BTreeMap<&'static str, u64>,
     /// Time limits (`[limits]`) that passed, with `on_exceeded = "warn"`.
     pub limits_exceeded: Vec<crate::limits::Exceeded>,
+    /// What erasure removed (`privacy.erased_customers`; absent when none is configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::ErasureReport>,
 }
 
 #[cfg(test)]

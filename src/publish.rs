@@ -186,35 +186,38 @@ pub async fn apply_retention(
     }
     if let Some(limit) = older_than(retention.attempts_days) {
         let mut n = 0;
-        let mut published: BTreeMap<NaiveDate, Option<(String, Option<String>)>> = BTreeMap::new();
+        // Per date: (locked, published run id and model).
+        let mut published: BTreeMap<NaiveDate, (bool, Option<PublishedIds>)> = BTreeMap::new();
         for dir in SCOPED_DIRS {
             for (date, prefix) in partitions(root, dir).await? {
                 if date >= limit {
                     continue;
                 }
-                if !published.contains_key(&date) {
-                    let d = date.format("%Y-%m-%d").to_string();
-                    let run_id = published_run_id(root, &d).await?;
-                    let locked = run_id.is_none()
-                        && read_lock(root, &format!("_runs/{d}/_lock"))
-                            .await?
-                            .is_some();
-                    if locked {
-                        continue; // a run of that date may be writing right now
+                let state = match published.entry(date) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let d = date.format("%Y-%m-%d").to_string();
+                        let run_id = published_run_id(root, &d).await?;
+                        // A date with a lock and no manifest may be being written right now.
+                        let locked = run_id.is_none()
+                            && read_lock(root, &format!("_runs/{d}/_lock"))
+                                .await?
+                                .is_some();
+                        e.insert((locked, run_id))
                     }
-                    published.insert(date, run_id);
-                }
-                n += match &published[&date] {
+                };
+                n += match state {
+                    (true, _) => 0,
                     // Its own files carry its run id; a model from a build before run-scoped
                     // models is kept by the name its manifest gives.
-                    Some((run_id, model)) => {
+                    (false, Some((run_id, model))) => {
                         let keep = |key: &str| {
                             key.contains(run_id.as_str())
                                 || model.as_deref().is_some_and(|m| key.ends_with(m))
                         };
                         delete_all(root, &prefix, |key| !keep(key)).await?
                     }
-                    None => delete_all(root, &prefix, |_| true).await?,
+                    (false, None) => delete_all(root, &prefix, |_| true).await?,
                 };
             }
         }
@@ -266,12 +269,12 @@ async fn delete_all(
     Ok(n)
 }
 
+/// A published run's id and the segment model its manifest names.
+type PublishedIds = (String, Option<String>);
+
 /// The run id of the published run of `run_date` and the model its manifest names, if its
 /// manifest exists and names a run id.
-async fn published_run_id(
-    root: &StoreRef,
-    run_date: &str,
-) -> Result<Option<(String, Option<String>)>> {
+async fn published_run_id(root: &StoreRef, run_date: &str) -> Result<Option<PublishedIds>> {
     let name = manifest_name(run_date);
     match root.store.get(&root.key(&name)).await {
         Ok(r) => {

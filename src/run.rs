@@ -1,6 +1,7 @@
 //! One run for one logical date: calls the stages in order, times them, publishes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDate;
@@ -17,6 +18,7 @@ use crate::limits::Watchdog;
 use crate::models;
 use crate::outputs::{self, Manifest};
 use crate::previous;
+use crate::privacy::{Erasure, ErasureReport};
 use crate::publish::{self, Lock};
 use crate::quality;
 use crate::storage;
@@ -146,6 +148,7 @@ async fn run_locked(
         clock = Instant::now();
     };
 
+    let erasure = erasure(ctx, pipeline).await?;
     let mut inputs = inputs::register(ctx, pipeline, &cutoff.sql()).await?;
     let previous_run = previous::find(root, date).await?;
     let published = match &previous_run {
@@ -200,7 +203,10 @@ async fn run_locked(
     let segments_batch = tables::customer_segments(features, &scores, &segmentation, &assigned)?;
     let transitions = match (&previous_run, &published) {
         (Some(d), Some(p)) => {
-            let before = previous::customers(root, d, &p.run_id).await?;
+            let mut before = previous::customers(root, d, &p.run_id).await?;
+            if let Some(e) = &erasure {
+                before.retain(|id, _| !e.listed(id));
+            }
             let now = previous::states(&segments_batch)?;
             Some(previous::transitions(d, &before, &now)?)
         }
@@ -256,6 +262,25 @@ async fn run_locked(
         .or_default()
         .push(outputs::write_bytes(root, &names.model_file(), model_json).await?);
     publish::pause_point("model");
+    let privacy = match &erasure {
+        Some(e) => {
+            let (rows, files) = e.scrub_exports(root, run_date).await?;
+            let report = ErasureReport {
+                export_rows_removed: rows,
+                export_files_rewritten: files,
+                ..e.report()
+            };
+            tracing::info!(
+                erased_ids_listed = report.erased_ids_listed,
+                customers_removed = report.customers_removed,
+                export_rows_removed = rows,
+                export_files_rewritten = files,
+                "erased customers removed"
+            );
+            Some(report)
+        }
+        None => None,
+    };
     lap("write", timings);
 
     let segment_lines = tables::summary_lines(&segmentation, &scores);
@@ -298,6 +323,7 @@ async fn run_locked(
         timings: timings.clone(),
         peak_rss_mib: peak_rss,
         limits_exceeded: watchdog.exceeded(),
+        privacy,
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
@@ -313,6 +339,20 @@ async fn run_locked(
         output_root: root.location.as_str().to_string(),
         manifest_json,
     })
+}
+
+/// Reads `privacy.erased_customers`, if set, and registers `is_erased` for the inputs when
+/// the list has ids (src/privacy.rs).
+async fn erasure(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Option<Arc<Erasure>>> {
+    let Some(location) = &pipeline.erased_customers else {
+        return Ok(None);
+    };
+    storage::open(ctx, location, &pipeline.storage)?;
+    let erasure = Erasure::load(ctx, location).await?;
+    if !erasure.is_empty() {
+        ctx.register_udf(erasure.udf());
+    }
+    Ok(Some(erasure))
 }
 
 /// Whether `date` has a published run (a readable manifest) under the pipeline's output root.
@@ -342,6 +382,7 @@ fn peak_rss_mib() -> Option<u64> {
 pub async fn evaluate(pipeline: &Pipeline, date: NaiveDate) -> Result<models::ModelReport> {
     let cutoff = Cutoff::for_run_date(date);
     let ctx = engine::session(pipeline)?;
+    erasure(&ctx, pipeline).await?;
     let mut inputs = inputs::register(&ctx, pipeline, &cutoff.sql()).await?;
     let snapshots = models::snapshots(cutoff);
     let all = features::customer_features(&ctx, pipeline, &snapshots, &mut inputs).await?;

@@ -132,7 +132,10 @@ fn files(dir: &Path, run_id: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue; // no such directory: no files
+        };
+        for entry in entries {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
@@ -624,4 +627,78 @@ fn retention_removes_old_exports_and_lost_attempts_but_keeps_published_tables() 
         files_in("exports/run_date=2026-10-30") > 0,
         "recent exports kept"
     );
+}
+
+/// Writes a Parquet file with one `customer_id` column.
+fn write_ids(path: &Path, ids: &[String]) {
+    use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let col: ArrayRef = std::sync::Arc::new(StringArray::from(ids.to_vec()));
+    let batch = RecordBatch::try_from_iter([("customer_id", col)]).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn erased_customers_leave_every_output_and_the_kept_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let list = tmp.path().join("erasures");
+    let p = pipeline(tmp.path(), shop(), &out, "");
+    let first = run_pipeline(&p, "2026-10-30", &[]);
+    assert!(first.status.success(), "{}", describe(&first));
+    // Three customers with an e-mail in yesterday's exports.
+    let mut erased = Vec::new();
+    for (_, bytes) in files(&out.join("exports"), "-") {
+        for line in String::from_utf8(bytes).unwrap().lines().skip(1) {
+            let mut fields = line.split(',');
+            let (id, email) = (fields.next().unwrap(), fields.next().unwrap_or(""));
+            if !email.is_empty() && erased.len() < 3 {
+                erased.push(id.to_string());
+            }
+        }
+    }
+    assert_eq!(erased.len(), 3, "the test shop has opted-in customers");
+    write_ids(
+        &list.join("part-0.parquet"),
+        &[erased.clone(), vec!["never-a-customer".into()]].concat(),
+    );
+
+    let set = format!("privacy.erased_customers={}", list.display());
+    let next = run_pipeline(&p, DATE, &["--set", &set]);
+    assert!(next.status.success(), "{}", describe(&next));
+    let m = manifest(&out, DATE);
+    assert_eq!(m["privacy"]["erased_ids_listed"], 4, "{:#}", m["privacy"]);
+    assert_eq!(m["privacy"]["customers_removed"], 3, "{:#}", m["privacy"]);
+    assert_eq!(m["privacy"]["export_rows_removed"], 3, "{:#}", m["privacy"]);
+    // This run's tables do not have them (nor its transitions: they are not "customers who
+    // left"), and no export, of this run or kept from yesterday, mentions them.
+    for table in ["customer_segments", "segment_transitions"] {
+        let batch = crate::common::read_table(&out.join(format!("{table}/run_date={DATE}")));
+        let ids = batch.column_by_name("customer_id").unwrap();
+        let ids = datafusion::arrow::array::AsArray::as_string::<i32>(ids.as_ref());
+        for id in ids.iter().flatten() {
+            assert!(!erased.iter().any(|e| e == id), "{table} still has {id}");
+        }
+        if table == "customer_segments" {
+            assert!(batch.num_rows() > 500, "the others are still there");
+        }
+    }
+    for (name, bytes) in files(&out.join("exports"), "-") {
+        let text = String::from_utf8_lossy(&bytes);
+        for id in &erased {
+            assert!(
+                !text.lines().any(|l| l.starts_with(&format!("{id},"))),
+                "exports/{name} still has {id}"
+            );
+        }
+    }
+    let before: usize = files(&out.join("exports/run_date=2026-10-30"), "-")
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).lines().count() - 1)
+        .sum();
+    assert!(before > 0);
 }
