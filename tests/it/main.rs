@@ -1,6 +1,7 @@
 //! Integration tests: drive the real `segmenter` binary on data generated inside each test.
 
 mod cli;
+mod cloud;
 mod common;
 mod deploy;
 mod interop;
