@@ -24,6 +24,7 @@ pub mod models;
 pub mod outputs;
 pub mod previous;
 pub mod privacy;
+pub mod progress;
 pub mod publish;
 pub mod quality;
 pub mod rules;

@@ -98,6 +98,7 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<Ru
     )
     .await;
     drop(watchdog);
+    crate::progress::finish();
     lock.release().await;
     result
 }
@@ -131,9 +132,15 @@ async fn run_locked(
     let (run_date, run_id) = (names.run_date.as_str(), names.run_id.as_str());
     let mut clock = Instant::now();
     let mut peak_rss = BTreeMap::new();
+    crate::progress::stage(run_date, crate::limits::STAGES[0]);
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
         let secs = clock.elapsed().as_secs_f64();
         watchdog.done(name, secs);
+        let next = crate::limits::STAGES
+            .iter()
+            .skip_while(|&&s| s != name)
+            .nth(1);
+        crate::progress::stage(run_date, next.copied().unwrap_or("publishing"));
         timings.insert(name, (secs * 1000.0).round() / 1000.0);
         let peak = peak_rss_mib();
         if let Some(mib) = peak {

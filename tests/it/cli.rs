@@ -226,3 +226,39 @@ fn json_logs_are_one_object_per_line() {
         "{stderr}"
     );
 }
+
+/// At a terminal (a pseudo-terminal from util-linux `script`), a progress line names the
+/// running stage; with JSON logs there is none. Skipped where `script` is missing.
+#[test]
+fn progress_is_shown_at_a_terminal_and_never_in_json_logs() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no `script` command to run segmenter in a pseudo-terminal");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), shop(), &tmp.path().join("out"), "");
+    let at_terminal = |json: bool| {
+        let typescript = tmp.path().join(format!("typescript-{json}"));
+        let command = format!(
+            "{} run --pipeline {} --date 2026-10-31",
+            env!("CARGO_BIN_EXE_segmenter"),
+            p.display()
+        );
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec", &command]).arg(&typescript);
+        if json {
+            cmd.env("SEGMENTER_LOG_FORMAT", "json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned()
+    };
+    let shown = at_terminal(false);
+    assert!(shown.contains("2026-10-31 features ("), "{shown}");
+    let json = at_terminal(true);
+    assert!(!json.contains("2026-10-31 features ("), "{json}");
+}
