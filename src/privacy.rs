@@ -129,6 +129,25 @@ impl Erasure {
         )
     }
 
+    /// The run's last erasure step, once its own files are written: the exports of earlier
+    /// dates are scrubbed ([`Erasure::scrub_exports`]); returns the manifest's counts.
+    pub async fn scrub(&self, root: &StoreRef, run_date: &str) -> Result<ErasureReport> {
+        let (rows, files) = self.scrub_exports(root, run_date).await?;
+        let report = ErasureReport {
+            export_rows_removed: rows,
+            export_files_rewritten: files,
+            ..self.report()
+        };
+        tracing::info!(
+            erased_ids_listed = report.erased_ids_listed,
+            customers_removed = report.customers_removed,
+            export_rows_removed = rows,
+            export_files_rewritten = files,
+            "erased customers removed"
+        );
+        Ok(report)
+    }
+
     /// Rewrites the CSV exports of dates before `run_date` without the erased customers' rows
     /// (the first column of every export is `customer_id`). Returns (rows, files).
     pub async fn scrub_exports(&self, root: &StoreRef, run_date: &str) -> Result<(usize, usize)> {

@@ -26,9 +26,12 @@ use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
+use crate::clustering::SegmentModel;
 use crate::config::RetentionParams;
 use crate::error::{Error, Result};
+use crate::outputs;
 use crate::storage::StoreRef;
+use datafusion::arrow::array::RecordBatch;
 
 /// Version of the lock object's format (readers accept older ones: see [`Lease`]).
 const LOCK_FORMAT: u32 = 1;
@@ -117,6 +120,35 @@ impl Attempt {
             .map(|dir| format!("{dir}/run_date={d}/"))
             .collect()
     }
+}
+
+/// Writes the attempt's files: each table as one Parquet file, the exports (name, CSV) and
+/// the segment model, each named with the run id. Returns their URLs by table, for the
+/// manifest. The test hook pauses after the tables and exports (`write`) and after the model
+/// (`model`).
+pub async fn write_attempt(
+    root: &StoreRef,
+    attempt: &Attempt,
+    tables: &[(&'static str, &RecordBatch)],
+    exports: Vec<(String, Vec<u8>)>,
+    model: &SegmentModel,
+) -> Result<BTreeMap<&'static str, Vec<String>>> {
+    let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    for &(table, batch) in tables {
+        let url = outputs::write_parquet(root, &attempt.table_file(table), batch).await?;
+        files.entry(table).or_default().push(url);
+    }
+    for (name, csv) in exports {
+        let url = outputs::write_bytes(root, &attempt.export_file(&name), csv).await?;
+        files.entry("exports").or_default().push(url);
+    }
+    pause_point("write");
+    let json = serde_json::to_vec_pretty(model)
+        .map_err(|e| Error::Model(format!("serialising the segment model: {e}")))?;
+    let url = outputs::write_bytes(root, &attempt.model_file(), json).await?;
+    files.entry("segment_model").or_default().push(url);
+    pause_point("model");
+    Ok(files)
 }
 
 /// Publishes `attempt`: checks that it still holds `lock`, writes the manifest (the commit),

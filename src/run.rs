@@ -16,9 +16,9 @@ use crate::features::{self, Cutoff};
 use crate::inputs;
 use crate::limits::Watchdog;
 use crate::models;
-use crate::outputs::{self, Manifest};
+use crate::outputs::Manifest;
 use crate::previous;
-use crate::privacy::{Erasure, ErasureReport};
+use crate::privacy::Erasure;
 use crate::publish::{self, Lock};
 use crate::quality;
 use crate::storage;
@@ -240,52 +240,24 @@ async fn run_locked(
     };
     lap("segments", timings);
 
-    let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+    let exports = tables::exports(ctx, &segments_batch, &segmentation).await?;
+    let mut files = publish::write_attempt(
+        root,
+        &names,
+        &[
+            ("customer_segments", &segments_batch),
+            ("segment_summary", &summary_batch),
+            ("segment_transitions", &transitions_batch),
+        ],
+        exports,
+        &segmentation.model,
+    )
+    .await?;
     if !rejected_files.is_empty() {
         files.insert("_rejected", rejected_files);
     }
-    for (table, batch) in [
-        ("customer_segments", &segments_batch),
-        ("segment_summary", &summary_batch),
-        ("segment_transitions", &transitions_batch),
-    ] {
-        files
-            .entry(table)
-            .or_default()
-            .push(outputs::write_parquet(root, &names.table_file(table), batch).await?);
-    }
-    let exports = tables::exports(ctx, &segments_batch, &segmentation).await?;
-    for (seg, csv) in exports {
-        files
-            .entry("exports")
-            .or_default()
-            .push(outputs::write_bytes(root, &names.export_file(&seg), csv).await?);
-    }
-    publish::pause_point("write");
-    let model_json = serde_json::to_vec_pretty(&segmentation.model)
-        .map_err(|e| Error::Model(format!("serialising the segment model: {e}")))?;
-    files
-        .entry("segment_model")
-        .or_default()
-        .push(outputs::write_bytes(root, &names.model_file(), model_json).await?);
-    publish::pause_point("model");
     let privacy = match &erasure {
-        Some(e) => {
-            let (rows, files) = e.scrub_exports(root, run_date).await?;
-            let report = ErasureReport {
-                export_rows_removed: rows,
-                export_files_rewritten: files,
-                ..e.report()
-            };
-            tracing::info!(
-                erased_ids_listed = report.erased_ids_listed,
-                customers_removed = report.customers_removed,
-                export_rows_removed = rows,
-                export_files_rewritten = files,
-                "erased customers removed"
-            );
-            Some(report)
-        }
+        Some(e) => Some(e.scrub(root, run_date).await?),
         None => None,
     };
     lap("write", timings);
@@ -305,26 +277,14 @@ async fn run_locked(
         inputs: &inputs,
         customers: features.len(),
         models: &scores.report,
-        clustering: serde_json::json!({
-            "k": segmentation.k(),
-            "mode": segmentation.lineage.mode,
-            "reason": segmentation.lineage.reason,
-            "previous_run_date": previous_run,
-            "segments": segmentation.model.segments.iter().zip(&segmentation.sizes)
-                .map(|(s, n)| serde_json::json!({"id": s.id, "name": s.name, "customers": n}))
-                .collect::<Vec<_>>(),
-            "carried": segmentation.lineage.carried,
-            "new_segments": segmentation.lineage.new_segments,
-            "retired_segments": segmentation.lineage.retired,
-            "k_scores": segmentation.model.k_scores,
-            "transform_fitted_on": segmentation.model.transform_fitted_on,
-            "sample_size": segmentation.sample_size,
-            "mean_squared_distance": segmentation.mean_squared_distance,
-            "seed": pipeline.clustering.seed,
-            "kept_segment_share": transitions.as_ref().map(|t| t.kept_segment_share),
-            "transition_matrix": transitions.as_ref().map(|t| &t.matrix),
-            "model": names.model_file(),
-        }),
+        clustering: segmentation.manifest_record(
+            previous_run.as_deref(),
+            pipeline.clustering.seed,
+            transitions
+                .as_ref()
+                .map(|t| (t.kept_segment_share, &t.matrix)),
+            &names.model_file(),
+        ),
         pipeline: &pipeline.effective,
         outputs: files,
         timings: timings.clone(),

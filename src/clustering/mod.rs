@@ -117,6 +117,38 @@ pub struct Segmentation {
 }
 
 impl Segmentation {
+    /// The manifest's `clustering` record: how the segments were fitted and matched, their
+    /// sizes, the transition summary since `previous_run` (share kept, matrix) and the stored
+    /// model's name.
+    pub fn manifest_record<M: serde::Serialize>(
+        &self,
+        previous_run: Option<&str>,
+        seed: u64,
+        transitions: Option<(f64, &M)>,
+        model_name: &str,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "k": self.k(),
+            "mode": self.lineage.mode,
+            "reason": self.lineage.reason,
+            "previous_run_date": previous_run,
+            "segments": self.model.segments.iter().zip(&self.sizes)
+                .map(|(s, n)| serde_json::json!({"id": s.id, "name": s.name, "customers": n}))
+                .collect::<Vec<_>>(),
+            "carried": self.lineage.carried,
+            "new_segments": self.lineage.new_segments,
+            "retired_segments": self.lineage.retired,
+            "k_scores": self.model.k_scores,
+            "transform_fitted_on": self.model.transform_fitted_on,
+            "sample_size": self.sample_size,
+            "mean_squared_distance": self.mean_squared_distance,
+            "seed": seed,
+            "kept_segment_share": transitions.map(|t| t.0),
+            "transition_matrix": transitions.map(|t| t.1),
+            "model": model_name,
+        })
+    }
+
     /// Number of segments.
     pub fn k(&self) -> usize {
         self.model.segments.len()
