@@ -42,6 +42,9 @@ const LOCK_FORMAT: u32 = 1;
 /// something this build does not know.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// How far before `retention.attempts_days` a run looks for lost attempts.
+const ATTEMPTS_WINDOW_DAYS: u64 = 31;
+
 /// The directories under which attempts leave files, one `run_date=D/` partition per date.
 const SCOPED_DIRS: [&str; 6] = [
     "customer_segments",
@@ -220,9 +223,12 @@ pub async fn apply_retention(
         let mut n = 0;
         // Per date: (locked, published run id and model).
         let mut published: BTreeMap<NaiveDate, (bool, Option<PublishedIds>)> = BTreeMap::new();
+        // Only the month before the limit: older dates were cleaned by the runs of their own
+        // month, and every date looked at costs a manifest read on each nightly run.
+        let window = limit - chrono::Days::new(ATTEMPTS_WINDOW_DAYS);
         for dir in SCOPED_DIRS {
             for (date, prefix) in partitions(root, dir).await? {
-                if date >= limit {
+                if date >= limit || date < window {
                     continue;
                 }
                 let state = match published.entry(date) {
