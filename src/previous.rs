@@ -24,34 +24,14 @@ use serde::Serialize;
 
 use crate::clustering::SegmentModel;
 use crate::error::{Error, Result};
-use crate::publish::{legacy_model_name, manifest_name};
+use crate::publish::{legacy_model_name, manifest_name, read_object, run_dates};
 use crate::storage::StoreRef;
-
-/// The bytes of object `name` under the root; `None` when there is no such object.
-async fn read_object(root: &StoreRef, name: &str) -> Result<Option<Bytes>> {
-    let what = || format!("reading {}", root.url_of(name));
-    match root.store.get(&root.key(name)).await {
-        Ok(r) => Ok(Some(
-            r.bytes().await.map_err(|e| Error::storage(what(), e))?,
-        )),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(Error::storage(what(), e)),
-    }
-}
 
 /// The latest published run before `run_date`, if any.
 pub async fn find(root: &StoreRef, run_date: NaiveDate) -> Result<Option<String>> {
-    let prefix = root.key("_runs");
-    let listing = root
-        .store
-        .list_with_delimiter(Some(&prefix))
-        .await
-        .map_err(|e| Error::storage(format!("listing {}", root.url_of("_runs/")), e))?;
-    let mut dates: Vec<NaiveDate> = listing
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename())
-        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+    let mut dates: Vec<NaiveDate> = run_dates(root)
+        .await?
+        .into_iter()
         .filter(|d| *d < run_date)
         .collect();
     dates.sort_unstable_by(|a, b| b.cmp(a));

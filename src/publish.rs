@@ -67,6 +67,33 @@ pub fn legacy_model_name(run_date: &str) -> String {
     format!("_models/run_date={run_date}/segment_model.json")
 }
 
+/// The bytes of object `name` under the root; `None` when there is no such object.
+pub async fn read_object(root: &StoreRef, name: &str) -> Result<Option<Bytes>> {
+    let what = || format!("reading {}", root.url_of(name));
+    match root.store.get(&root.key(name)).await {
+        Ok(r) => Ok(Some(
+            r.bytes().await.map_err(|e| Error::storage(what(), e))?,
+        )),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::storage(what(), e)),
+    }
+}
+
+/// The dates that have a `_runs/D/` directory (a manifest, a lock, or both), unordered.
+pub async fn run_dates(root: &StoreRef) -> Result<Vec<NaiveDate>> {
+    let listing = root
+        .store
+        .list_with_delimiter(Some(&root.key("_runs")))
+        .await
+        .map_err(|e| Error::storage(format!("listing {}", root.url_of("_runs/")), e))?;
+    Ok(listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename())
+        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .collect())
+}
+
 /// One attempt at a run date: every file it writes carries its run id.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -313,25 +340,17 @@ type PublishedIds = (String, Option<String>);
 /// The run id of the published run of `run_date` and the model its manifest names, if its
 /// manifest exists and names a run id.
 async fn published_run_id(root: &StoreRef, run_date: &str) -> Result<Option<PublishedIds>> {
-    let name = manifest_name(run_date);
-    match root.store.get(&root.key(&name)).await {
-        Ok(r) => {
-            let bytes = r
-                .bytes()
-                .await
-                .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?;
-            let Ok(m) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                return Ok(None);
-            };
-            let model = m["clustering"]["model"].as_str().map(str::to_string);
-            Ok(m["run_id"]
-                .as_str()
-                .filter(|id| !id.is_empty())
-                .map(|id| (id.to_string(), model)))
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(Error::storage(format!("reading {}", root.url_of(&name)), e)),
-    }
+    let Some(bytes) = read_object(root, &manifest_name(run_date)).await? else {
+        return Ok(None);
+    };
+    let Ok(m) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(None);
+    };
+    let model = m["clustering"]["model"].as_str().map(str::to_string);
+    Ok(m["run_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+        .map(|id| (id.to_string(), model)))
 }
 
 /// Deletes every object under `dir` whose name does not contain `run_id`.

@@ -4,15 +4,15 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, NaiveDate};
+use chrono::DateTime;
 use datafusion::prelude::SessionContext;
 use object_store::ObjectStoreExt;
 use serde_json::Value;
 
 use crate::config::Pipeline;
 use crate::error::{Error, Result};
-use crate::publish::manifest_name;
-use crate::storage::{self, StoreRef};
+use crate::publish::{manifest_name, read_object, run_dates};
+use crate::storage;
 
 /// One published date, as `segmenter status` shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,38 +113,17 @@ pub async fn published(pipeline: &Pipeline, last: usize) -> Result<(Vec<Publishe
             continue;
         }
         let name = manifest_name(&d);
-        match root.store.get(&root.key(&name)).await {
-            Ok(r) => {
-                let bytes = r
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::storage(format!("reading {}", root.url_of(&name)), e))?;
-                match serde_json::from_slice::<Value>(&bytes) {
-                    Ok(m) => out.push(Published::from_manifest(&m)),
-                    Err(e) => {
-                        tracing::warn!(manifest = root.url_of(&name), error = %e, "unreadable manifest")
-                    }
-                }
+        let Some(bytes) = read_object(&root, &name).await? else {
+            continue;
+        };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(m) => out.push(Published::from_manifest(&m)),
+            Err(e) => {
+                tracing::warn!(manifest = root.url_of(&name), error = %e, "unreadable manifest")
             }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(Error::storage(format!("reading {}", root.url_of(&name)), e)),
         }
     }
     Ok((out, locked))
-}
-
-async fn run_dates(root: &StoreRef) -> Result<Vec<NaiveDate>> {
-    let listing = root
-        .store
-        .list_with_delimiter(Some(&root.key("_runs")))
-        .await
-        .map_err(|e| Error::storage(format!("listing {}", root.url_of("_runs/")), e))?;
-    Ok(listing
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename())
-        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-        .collect())
 }
 
 /// `segmenter status` as a table.
