@@ -45,6 +45,20 @@ pub const CONTRACT_VOCABULARIES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The Python with DuckDB, pyarrow, pandas and PyYAML (`SEGMENTER_PYTHON`, printed by
+/// scripts/setup-python.sh), or None after saying the test is skipped. CI must set it.
+pub fn python() -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("SEGMENTER_PYTHON");
+    if python.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set SEGMENTER_PYTHON (scripts/setup-python.sh)"
+        );
+        eprintln!("SKIPPED: set SEGMENTER_PYTHON=$(scripts/setup-python.sh) to run it");
+    }
+    python
+}
+
 /// The segmenter binary built by cargo for this test run.
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_segmenter"))

@@ -8,12 +8,7 @@ use crate::common::{bin, describe, pipeline, shop};
 
 #[test]
 fn every_deployment_example_parses_and_runs() {
-    let Some(python) = std::env::var_os("SEGMENTER_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set SEGMENTER_PYTHON"
-        );
-        eprintln!("SKIPPED: set SEGMENTER_PYTHON=$(scripts/setup-python.sh) to run it");
+    let Some(python) = crate::common::python() else {
         return;
     };
     let root = env!("CARGO_MANIFEST_DIR");

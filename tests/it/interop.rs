@@ -6,14 +6,7 @@ use crate::common::{describe, pipeline, shop};
 
 #[test]
 fn duckdb_pyarrow_and_pandas_read_every_table() {
-    let Some(python) = std::env::var_os("SEGMENTER_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set SEGMENTER_PYTHON (scripts/setup-python.sh)"
-        );
-        eprintln!(
-            "SKIPPED interop check: set SEGMENTER_PYTHON=$(scripts/setup-python.sh) to run it"
-        );
+    let Some(python) = crate::common::python() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -38,12 +31,7 @@ fn duckdb_pyarrow_and_pandas_read_every_table() {
 /// customer_segments without the last column, as a release before that column wrote it.
 #[test]
 fn duckdb_reads_dates_whose_columns_differ_with_union_by_name() {
-    let Some(python) = std::env::var_os("SEGMENTER_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set SEGMENTER_PYTHON"
-        );
-        eprintln!("SKIPPED: set SEGMENTER_PYTHON=$(scripts/setup-python.sh) to run it");
+    let Some(python) = crate::common::python() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

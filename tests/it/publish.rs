@@ -92,18 +92,29 @@ fn a_crashed_holders_lock_is_taken_over() {
     }
 }
 
-/// Starts `segmenter run` paused at `point` (SEGMENTER_TEST_PAUSE) and kills it with SIGKILL
-/// once it says it is there.
-fn run_and_kill_at(p: &Path, point: &str) {
-    let mut child = bin()
-        .args(["run", "--pipeline", p.to_str().unwrap(), "--date", DATE])
+/// Starts `segmenter run` for `date`, to be held at `point` by the test hook
+/// (SEGMENTER_TEST_PAUSE); its stderr is piped.
+fn start_held(p: &Path, date: &str, point: &str) -> Child {
+    bin()
+        .args(["run", "--pipeline", p.to_str().unwrap(), "--date", date])
         .env("RUST_LOG", "warn")
         .env("SEGMENTER_TEST_PAUSE", point)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// [`start_held`], returning once the run says it is held at `point`.
+fn start_paused(p: &Path, date: &str, point: &str) -> Child {
+    let mut child = start_held(p, date, point);
     wait_for_line(&mut child, &format!("paused at {point}"), false);
+    child
+}
+
+/// Holds `segmenter run` for `date` at `point` and kills it there with SIGKILL.
+fn run_and_kill_at(p: &Path, date: &str, point: &str) {
+    let mut child = start_paused(p, date, point);
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -188,7 +199,7 @@ fn a_run_killed_while_writing_leaves_nothing_a_rerun_shows() {
             &out,
             "",
         );
-        run_and_kill_at(&p, point);
+        run_and_kill_at(&p, DATE, point);
         assert!(
             !out.join(format!("_runs/{DATE}/manifest.json")).exists(),
             "{point}: a killed run publishes nothing"
@@ -325,15 +336,7 @@ fn a_running_holder_renews_its_lease() {
     let out = tmp.path().join("out");
     // The shortest lease allowed: renewed every 10 s.
     let p = pipeline(tmp.path(), shop(), &out, "lock_lease_seconds = 30");
-    let mut child = bin()
-        .args(["run", "--pipeline", p.to_str().unwrap(), "--date", DATE])
-        .env("RUST_LOG", "warn")
-        .env("SEGMENTER_TEST_PAUSE", "write")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(&mut child, "paused at write", false);
+    let mut child = start_paused(&p, DATE, "write");
     let lock = out.join(format!("_runs/{DATE}/_lock"));
     let child_pid = child.id();
     let expiry = || -> String {
@@ -414,14 +417,7 @@ fn a_stage_past_a_fail_limit_stops_the_run_with_exit_6() {
     );
     // The write stage stalls (held by the test hook) until the limit stops it.
     let started = std::time::Instant::now();
-    let mut child = bin()
-        .args(["run", "--pipeline", p.to_str().unwrap(), "--date", DATE])
-        .env("RUST_LOG", "warn")
-        .env("SEGMENTER_TEST_PAUSE", "write")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = start_held(&p, DATE, "write");
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -574,23 +570,7 @@ fn retention_removes_old_exports_and_lost_attempts_but_keeps_published_tables() 
     assert!(first.status.success(), "{}", describe(&first));
     // 2026-10-28: an attempt killed while writing whose date never ran again (its lock gone
     // too, as after a lease that lapsed long ago).
-    let mut child = bin()
-        .args([
-            "run",
-            "--pipeline",
-            p.to_str().unwrap(),
-            "--date",
-            "2026-10-28",
-        ])
-        .env("RUST_LOG", "warn")
-        .env("SEGMENTER_TEST_PAUSE", "write")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_line(&mut child, "paused at write", false);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    run_and_kill_at(&p, "2026-10-28", "write");
     std::fs::remove_file(out.join("_runs/2026-10-28/_lock")).unwrap();
     assert!(files_in("customer_segments/run_date=2026-10-28") > 0);
     for d in ["2026-10-30", "2026-10-31"] {

@@ -730,24 +730,13 @@ fn run_against_s3_matches_the_local_run() {
 fn s3_held_lock_exits_5_and_is_left_alone() {
     let server = S3Server::start(&[RAW, MARTS]);
     upload_shop(&server);
-    let lock_key = format!("seg/_runs/{DATE}/_lock");
     // A live holder on another machine: an hour of its lease left.
-    let now = chrono::Utc::now();
-    let body = serde_json::json!({
-        "format": 1,
-        "run_id": "someone-else",
-        "host": "another-host",
-        "pid": 4242,
-        "started_at": now.to_rfc3339(),
-        "expires_at": (now + chrono::Duration::hours(1)).to_rfc3339(),
-    })
-    .to_string();
-    server
-        .block_on(server.bucket(MARTS).put(
-            &ObjectPath::from(lock_key.as_str()),
-            PutPayload::from(body.clone()),
-        ))
-        .unwrap();
+    let (lock_key, body) = put_lease(
+        &server,
+        "someone-else",
+        chrono::Duration::zero(),
+        chrono::Duration::hours(1),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), "");
     let out = server.segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);
@@ -771,16 +760,7 @@ fn s3_held_lock_exits_5_and_is_left_alone() {
         Some(body.as_bytes()),
         "the other run's lock must be left as it was\n{ctx}"
     );
-    assert!(
-        server
-            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
-            .is_none(),
-        "nothing published\n{ctx}"
-    );
-    assert!(
-        server.list(MARTS, "seg/customer_segments").is_empty(),
-        "nothing written\n{ctx}"
-    );
+    assert_nothing_published(&server, "seg/customer_segments", &ctx);
 }
 
 #[test]
@@ -814,6 +794,48 @@ fn s3_orders_prefix_without_files_exits_2_naming_the_key() {
             .get(MARTS, &format!("seg/_runs/{DATE}/_lock"))
             .is_none(),
         "a failed run must release its lock\n{ctx}"
+    );
+}
+
+/// Writes the lock of DATE as held by `run_id` on another machine, started `started` ago and
+/// expiring `expires_in` from now (negative: already expired); returns its key and body.
+fn put_lease(
+    server: &S3Server,
+    run_id: &str,
+    started: chrono::Duration,
+    expires_in: chrono::Duration,
+) -> (String, String) {
+    let key = format!("seg/_runs/{DATE}/_lock");
+    let now = chrono::Utc::now();
+    let body = serde_json::json!({
+        "format": 1,
+        "run_id": run_id,
+        "host": "another-host",
+        "pid": 4242,
+        "started_at": (now - started).to_rfc3339(),
+        "expires_at": (now + expires_in).to_rfc3339(),
+    })
+    .to_string();
+    server
+        .block_on(server.bucket(MARTS).put(
+            &ObjectPath::from(key.as_str()),
+            PutPayload::from(body.clone()),
+        ))
+        .unwrap();
+    (key, body)
+}
+
+/// No manifest for DATE, and no object under `prefix` of the marts bucket.
+fn assert_nothing_published(server: &S3Server, prefix: &str, ctx: &str) {
+    assert!(
+        server
+            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
+            .is_none(),
+        "nothing published\n{ctx}"
+    );
+    assert!(
+        server.list(MARTS, prefix).is_empty(),
+        "nothing written under {prefix}\n{ctx}"
     );
 }
 
@@ -892,16 +914,7 @@ fn s3_failing_every_request_exits_4_within_the_retry_budget_and_publishes_nothin
     // Four tries of at most 2 s each plus backoff, well inside the 10 s retry budget + slack.
     assert!(took < Duration::from_secs(40), "took {took:?}\n{ctx}");
     server.faults.percent.store(0, Ordering::SeqCst);
-    assert!(
-        server
-            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
-            .is_none(),
-        "{ctx}"
-    );
-    assert!(
-        server.list(MARTS, "seg/customer_segments").is_empty(),
-        "{ctx}"
-    );
+    assert_nothing_published(&server, "seg/customer_segments", &ctx);
 }
 
 #[test]
@@ -920,41 +933,20 @@ fn s3_read_only_destination_exits_4_naming_the_path_and_publishes_nothing() {
         stderr.contains(&format!("s3://{MARTS}/seg/_runs/{DATE}/_lock")),
         "names the path\n{ctx}"
     );
-    assert!(
-        server
-            .get(MARTS, &format!("seg/_runs/{DATE}/manifest.json"))
-            .is_none(),
-        "{ctx}"
-    );
-    assert!(
-        server.list(MARTS, "seg/").is_empty(),
-        "nothing written\n{ctx}"
-    );
+    assert_nothing_published(&server, "seg/", &ctx);
 }
 
 #[test]
 fn s3_expired_lock_is_taken_over() {
     let server = S3Server::start(&[RAW, MARTS]);
     upload_shop(&server);
-    let lock_key = format!("seg/_runs/{DATE}/_lock");
     // A holder on another machine that stopped renewing a minute ago.
-    let now = chrono::Utc::now();
-    let body = serde_json::json!({
-        "format": 1,
-        "run_id": "crashed-elsewhere",
-        "host": "another-host",
-        "pid": 4242,
-        "started_at": (now - chrono::Duration::hours(1)).to_rfc3339(),
-        "expires_at": (now - chrono::Duration::minutes(1)).to_rfc3339(),
-    })
-    .to_string();
-    server
-        .block_on(
-            server
-                .bucket(MARTS)
-                .put(&ObjectPath::from(lock_key.as_str()), PutPayload::from(body)),
-        )
-        .unwrap();
+    let (lock_key, _) = put_lease(
+        &server,
+        "crashed-elsewhere",
+        chrono::Duration::hours(1),
+        -chrono::Duration::minutes(1),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let p = s3_pipeline(tmp.path(), &format!("s3://{RAW}/orders/"), "");
     let out = server.segmenter(&["run", "--pipeline", p.to_str().unwrap(), "--date", DATE]);

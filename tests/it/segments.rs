@@ -312,12 +312,7 @@ fn bad_clustering_settings_are_config_errors() {
 /// SEGMENTER_PYTHON (as the interop test); CI sets it.
 #[test]
 fn segments_recover_planted_types_better_than_the_peer() {
-    let Some(python) = std::env::var_os("SEGMENTER_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set SEGMENTER_PYTHON"
-        );
-        eprintln!("SKIPPED: set SEGMENTER_PYTHON=$(scripts/setup-python.sh) to run it");
+    let Some(python) = crate::common::python() else {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
