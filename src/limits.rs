@@ -24,6 +24,11 @@ pub const STAGES: [&str; 6] = [
     "write",
 ];
 
+/// The stage after `name` in [`STAGES`] (None after the last).
+pub fn next_stage(name: &str) -> Option<&'static str> {
+    STAGES.iter().skip_while(|&&s| s != name).nth(1).copied()
+}
+
 /// Exit code of a run stopped by a limit set to `fail` (CONTRACT).
 pub const EXIT_TIME_LIMIT: i32 = 6;
 
@@ -86,11 +91,8 @@ impl Watchdog {
     /// went past its limit between two looks of the watchdog is recorded here.
     pub fn done(&self, name: &'static str, seconds: f64) {
         let Ok(mut s) = self.state.lock() else { return };
-        let next = STAGES
-            .iter()
-            .position(|&x| x == name)
-            .and_then(|i| STAGES.get(i + 1));
-        s.stage = next.copied();
+        let next = next_stage(name);
+        s.stage = next;
         s.stage_started = Instant::now();
         if self.on_exceeded == OnExceeded::Warn {
             let mut check = vec![(name, seconds)];
@@ -101,19 +103,8 @@ impl Watchdog {
                 let Some(&(_, limit)) = self.limits.iter().find(|(k, _)| *k == name) else {
                     continue;
                 };
-                if seconds <= limit {
-                    continue;
-                }
-                match s.exceeded.iter_mut().find(|e| e.stage == name) {
-                    Some(e) => e.seconds = seconds,
-                    None => {
-                        warn(name, limit, seconds);
-                        s.exceeded.push(Exceeded {
-                            stage: name,
-                            limit_seconds: limit,
-                            seconds,
-                        });
-                    }
+                if seconds > limit {
+                    record(&mut s.exceeded, name, limit, seconds);
                 }
             }
         }
@@ -133,6 +124,22 @@ impl Drop for Watchdog {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             t.join().ok();
+        }
+    }
+}
+
+/// Records that `stage` passed its `limit` after `seconds`: logged the first time, and its
+/// time updated when the finished stage reports its full time.
+fn record(exceeded: &mut Vec<Exceeded>, stage: &'static str, limit: f64, seconds: f64) {
+    match exceeded.iter_mut().find(|e| e.stage == stage) {
+        Some(e) => e.seconds = seconds,
+        None => {
+            warn(stage, limit, seconds);
+            exceeded.push(Exceeded {
+                stage,
+                limit_seconds: limit,
+                seconds,
+            });
         }
     }
 }
@@ -175,12 +182,7 @@ fn watch(
             continue;
         };
         if on_exceeded == OnExceeded::Warn {
-            warn(name, limit, seconds);
-            s.exceeded.push(Exceeded {
-                stage: name,
-                limit_seconds: limit,
-                seconds,
-            });
+            record(&mut s.exceeded, name, limit, seconds);
             continue;
         }
         let what = if name == "run" {

@@ -495,15 +495,6 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// State shared with the renewal task.
-#[derive(Debug, Default)]
-struct Held {
-    /// The lock object's version as last written by us (for conditional renewal).
-    version: Option<UpdateVersion>,
-    /// Set when the lock was found taken over by another run: the attempt must not publish.
-    lost: Option<String>,
-}
-
 /// The run lock for one date: a lease the holder renews while it runs (see the module docs).
 #[derive(Debug)]
 pub struct Lock {
@@ -511,8 +502,28 @@ pub struct Lock {
     name: String,
     lease: Lease,
     ttl: Duration,
-    held: Arc<Mutex<Held>>,
+    /// Set by the renewal task when the lock turned out to be another run's (who holds it):
+    /// the attempt must not publish.
+    lost: Arc<Mutex<Option<String>>>,
     renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Whether the lock object `raw` carries `run_id`.
+fn carries(raw: &[u8], run_id: &str) -> bool {
+    Lease::parse(raw).is_some_and(|l| l.run_id == run_id)
+}
+
+/// Deletes the lock `name` if it still carries `run_id`.
+async fn delete_if_ours(root: &StoreRef, name: &str, run_id: &str) -> Result<()> {
+    if let Some((raw, _)) = read_lock(root, name).await? {
+        if carries(&raw, run_id) {
+            root.store
+                .delete(&root.key(name))
+                .await
+                .map_err(|e| Error::storage(format!("removing {}", root.url_of(name)), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The lock object, its raw bytes and its version, if it exists.
@@ -551,7 +562,6 @@ impl Lock {
         let url = root.url_of(&name);
         let lease = Lease::new(run_id, Utc::now(), ttl);
         let mut enforced = true;
-        let mut version = None;
         let mut acquired = false;
         for _ in 0..5 {
             let create = PutOptions {
@@ -563,11 +573,7 @@ impl Lock {
                 .put_opts(&root.key(&name), PutPayload::from(lease.body()), create)
                 .await
             {
-                Ok(r) => {
-                    version = Some(UpdateVersion {
-                        e_tag: r.e_tag,
-                        version: r.version,
-                    });
+                Ok(_) => {
                     acquired = true;
                     break;
                 }
@@ -589,12 +595,11 @@ impl Lock {
             let Some((raw, current)) = read_lock(root, &name).await? else {
                 continue; // released meanwhile: create again
             };
-            let existing = Lease::parse(&raw);
-            if existing.as_ref().is_some_and(|l| l.run_id == run_id) {
-                version = Some(current);
+            if carries(&raw, run_id) {
                 acquired = true;
                 break;
             }
+            let existing = Lease::parse(&raw);
             let stale = existing.as_ref().and_then(|l| l.stale_reason(ttl));
             let Some(why) = stale else {
                 let holder = match &existing {
@@ -604,8 +609,7 @@ impl Lock {
                 return Err(Error::Locked { lock: url, holder });
             };
             tracing::warn!(lock = url, reason = why, "taking over a stale run lock");
-            if let Some(v) = take_over(root, &name, &raw, current, &lease, run_id).await? {
-                version = Some(v);
+            if take_over(root, &name, &raw, current, &lease, run_id).await? {
                 acquired = true;
                 break;
             }
@@ -616,16 +620,12 @@ impl Lock {
                 holder: "other runs contending for it (gave up after 5 tries)".into(),
             });
         }
-        let held = Arc::new(Mutex::new(Held {
-            version,
-            lost: None,
-        }));
         let mut lock = Lock {
             root: root.clone(),
             name,
             lease,
             ttl,
-            held,
+            lost: Arc::default(),
             renewal: None,
         };
         if enforced {
@@ -636,12 +636,12 @@ impl Lock {
 
     fn spawn_renewal(&self) -> tokio::task::JoinHandle<()> {
         let (root, name, ttl) = (self.root.clone(), self.name.clone(), self.ttl);
-        let (mut lease, held) = (self.lease.clone(), Arc::clone(&self.held));
+        let (mut lease, lost) = (self.lease.clone(), Arc::clone(&self.lost));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 3).await;
                 lease.expires_at = Some(expiry(ttl).to_rfc3339());
-                match renew(&root, &name, &lease, ttl, &held).await {
+                match renew(&root, &name, &lease, ttl, &lost).await {
                     Ok(true) => {}
                     Ok(false) => return,
                     // A transient failure: the lease still has two thirds of its time.
@@ -656,13 +656,13 @@ impl Lock {
     /// Fails with [`Error::Locked`] unless the lock object still carries this run's id.
     pub async fn ensure_held(&self) -> Result<()> {
         let url = self.root.url_of(&self.name);
-        let lost = self.held.lock().map(|h| h.lost.clone()).unwrap_or(None);
+        let lost = self.lost.lock().map(|l| l.clone()).unwrap_or(None);
         if let Some(holder) = lost {
             return Err(Error::Locked { lock: url, holder });
         }
         match read_lock(&self.root, &self.name).await? {
+            Some((raw, _)) if carries(&raw, &self.lease.run_id) => Ok(()),
             Some((raw, _)) => match Lease::parse(&raw) {
-                Some(l) if l.run_id == self.lease.run_id => Ok(()),
                 Some(l) => Err(Error::Locked {
                     lock: url,
                     holder: format!(
@@ -676,7 +676,7 @@ impl Lock {
                         .into(),
                 }),
             },
-            // Stores without create-only writes may not have it; a deleted lock is re-taken.
+            // Stores without create-only writes may not have it.
             None => Ok(()),
         }
     }
@@ -697,13 +697,7 @@ impl Lock {
                 return;
             };
             rt.block_on(async {
-                let release = async {
-                    if let Ok(Some((raw, _))) = read_lock(&root, &name).await {
-                        if Lease::parse(&raw).is_some_and(|l| l.run_id == run_id) {
-                            root.store.delete(&root.key(&name)).await.ok();
-                        }
-                    }
-                };
+                let release = delete_if_ours(&root, &name, &run_id);
                 tokio::time::timeout(Duration::from_secs(10), release)
                     .await
                     .ok();
@@ -717,14 +711,8 @@ impl Lock {
         if let Some(task) = self.renewal.take() {
             task.abort();
         }
-        let ours = matches!(
-            read_lock(&self.root, &self.name).await,
-            Ok(Some((raw, _))) if Lease::parse(&raw).is_some_and(|l| l.run_id == self.lease.run_id)
-        );
-        if ours {
-            if let Err(e) = self.root.store.delete(&self.root.key(&self.name)).await {
-                tracing::warn!(lock = %self.root.url_of(&self.name), error = %e, "could not remove the run lock");
-            }
+        if let Err(e) = delete_if_ours(&self.root, &self.name, &self.lease.run_id).await {
+            tracing::warn!(lock = %self.root.url_of(&self.name), error = %e, "could not remove the run lock");
         }
     }
 }
@@ -737,8 +725,9 @@ impl Drop for Lock {
     }
 }
 
-/// Replaces the stale lock `raw` (at version `current`) by `lease`. Returns the new version, or
-/// None when another run changed the lock first (the caller looks again).
+/// Replaces the stale lock `raw` (at version `current`) by `lease`. Returns whether it did;
+/// false when the lock is not this run's yet (another run changed it first, or it was removed
+/// for the caller to create its own): the caller looks again.
 ///
 /// With a conditional update (S3, GCS, Azure, memory) this is one compare-and-swap. object_store's
 /// local filesystem has no conditional update, so there the stale lock is renamed aside (an
@@ -752,7 +741,7 @@ async fn take_over(
     current: UpdateVersion,
     lease: &Lease,
     run_id: &str,
-) -> Result<Option<UpdateVersion>> {
+) -> Result<bool> {
     let url = root.url_of(name);
     let update = PutOptions {
         mode: PutMode::Update(current),
@@ -763,13 +752,8 @@ async fn take_over(
         .put_opts(&root.key(name), PutPayload::from(lease.body()), update)
         .await
     {
-        Ok(r) => {
-            return Ok(Some(UpdateVersion {
-                e_tag: r.e_tag,
-                version: r.version,
-            }))
-        }
-        Err(object_store::Error::Precondition { .. }) => return Ok(None),
+        Ok(_) => return Ok(true),
+        Err(object_store::Error::Precondition { .. }) => return Ok(false),
         Err(object_store::Error::NotImplemented { .. })
         | Err(object_store::Error::NotSupported { .. }) => {}
         Err(e) => return Err(Error::storage(format!("taking over the lock {url}"), e)),
@@ -780,7 +764,7 @@ async fn take_over(
             .delete(&root.key(name))
             .await
             .map_err(|e| Error::storage(format!("removing the stale lock {url}"), e))?;
-        return Ok(None);
+        return Ok(false);
     };
     let aside = path.with_file_name(format!("_lock.stale-{run_id}"));
     let io = |what: &str, e: std::io::Error| Error::Io {
@@ -789,7 +773,7 @@ async fn take_over(
     };
     match std::fs::rename(&path, &aside) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io("moving aside the stale lock", e)),
     }
     let moved = std::fs::read(&aside).map_err(|e| io("reading the stale lock", e))?;
@@ -798,16 +782,16 @@ async fn take_over(
         std::fs::hard_link(&aside, &path).ok();
     }
     std::fs::remove_file(&aside).map_err(|e| io("removing the stale lock", e))?;
-    Ok(None)
+    Ok(false)
 }
 
-/// Renews the lease; false once the lock turned out to be another run's (recorded in `held`).
+/// Renews the lease; false once the lock turned out to be another run's (recorded in `lost`).
 async fn renew(
     root: &StoreRef,
     name: &str,
     lease: &Lease,
     ttl: Duration,
-    held: &Mutex<Held>,
+    lost_to: &Mutex<Option<String>>,
 ) -> Result<bool> {
     let url = root.url_of(name);
     let lost = |holder: String| {
@@ -816,8 +800,8 @@ async fn renew(
             holder,
             "the run lock was taken over; this run will not publish"
         );
-        if let Ok(mut h) = held.lock() {
-            h.lost = Some(holder);
+        if let Ok(mut l) = lost_to.lock() {
+            *l = Some(holder);
         }
         Ok(false)
     };
@@ -833,29 +817,24 @@ async fn renew(
         mode: PutMode::Update(current),
         ..Default::default()
     };
-    let written = match root
+    match root
         .store
         .put_opts(&root.key(name), PutPayload::from(lease.body()), update)
         .await
     {
-        Ok(r) => r,
+        Ok(_) => {}
         Err(object_store::Error::Precondition { .. }) => {
             return lost("a run that changed it while this one renewed".into())
         }
         // Local filesystem: a plain put replaces the file atomically (temporary file + rename).
         Err(object_store::Error::NotImplemented { .. })
-        | Err(object_store::Error::NotSupported { .. }) => root
-            .store
-            .put(&root.key(name), PutPayload::from(lease.body()))
-            .await
-            .map_err(|e| Error::storage(format!("renewing {url}"), e))?,
+        | Err(object_store::Error::NotSupported { .. }) => {
+            root.store
+                .put(&root.key(name), PutPayload::from(lease.body()))
+                .await
+                .map_err(|e| Error::storage(format!("renewing {url}"), e))?;
+        }
         Err(e) => return Err(Error::storage(format!("renewing {url}"), e)),
-    };
-    if let Ok(mut h) = held.lock() {
-        h.version = Some(UpdateVersion {
-            e_tag: written.e_tag,
-            version: written.version,
-        });
     }
     Ok(true)
 }

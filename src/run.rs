@@ -136,11 +136,8 @@ async fn run_locked(
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
         let secs = clock.elapsed().as_secs_f64();
         watchdog.done(name, secs);
-        let next = crate::limits::STAGES
-            .iter()
-            .skip_while(|&&s| s != name)
-            .nth(1);
-        crate::progress::stage(run_date, next.copied().unwrap_or("publishing"));
+        let next = crate::limits::next_stage(name);
+        crate::progress::stage(run_date, next.unwrap_or("publishing"));
         timings.insert(name, (secs * 1000.0).round() / 1000.0);
         let peak = peak_rss_mib();
         if let Some(mib) = peak {
