@@ -7,8 +7,9 @@
 //! label values must remain, else [`CalibrationError::SingleClass`]. `apply` maps a score to
 //! a probability in `[0, 1]`; a `NaN` score maps to `NaN`.
 
+use super::gbm::json_f64;
 use super::special::sigmoid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a calibrator could not be fitted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -70,12 +71,43 @@ fn usable(
 /// value, whatever their order). The fitted map goes through each block's value at the
 /// block's lowest and highest score, interpolates linearly between blocks, and is constant
 /// beyond the fitted range; it is non-decreasing and clamped to `[0, 1]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Serializable exactly (a loaded map gives the same bits; values serde_json would not read
+/// back exactly are written as strings, see `gbm::json_f64`); loading checks that there are
+/// as many knot values as knot scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "IsotonicRecord")]
 pub struct Isotonic {
     /// Knot scores, strictly increasing.
+    #[serde(with = "json_f64::vec")]
     xs: Vec<f64>,
     /// Knot values, non-decreasing, in `[0, 1]`.
+    #[serde(with = "json_f64::vec")]
     ys: Vec<f64>,
+}
+
+/// An [`Isotonic`] as read, before it is checked.
+#[derive(Deserialize)]
+struct IsotonicRecord {
+    #[serde(with = "json_f64::vec")]
+    xs: Vec<f64>,
+    #[serde(with = "json_f64::vec")]
+    ys: Vec<f64>,
+}
+
+impl TryFrom<IsotonicRecord> for Isotonic {
+    type Error = String;
+
+    fn try_from(r: IsotonicRecord) -> Result<Isotonic, String> {
+        if r.xs.len() != r.ys.len() {
+            return Err(format!(
+                "isotonic map with {} knot scores but {} values",
+                r.xs.len(),
+                r.ys.len()
+            ));
+        }
+        Ok(Isotonic { xs: r.xs, ys: r.ys })
+    }
 }
 
 impl Isotonic {
@@ -328,6 +360,33 @@ mod tests {
         // E[(p²−y)²] − E[(p−y)²] = E[(p − p²)²] = 1/30 ≈ 0.033: isotonic should recover
         // most of that gap on held-out data.
         assert!(after < before - 0.025, "before {before}, after {after}");
+    }
+
+    #[test]
+    fn isotonic_round_trips_exactly() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let s: Vec<f64> = (0..2_000).map(|_| rng.gen::<f64>()).collect();
+        let y: Vec<f64> = s
+            .iter()
+            .map(|&p| if rng.gen::<f64>() < p { 1.0 } else { 0.0 })
+            .collect();
+        let iso = Isotonic::fit(&s, &y).unwrap();
+        let json = serde_json::to_string(&iso).unwrap();
+        let loaded: Isotonic = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded, iso);
+        let mut probe: Vec<f64> = (0..3_000).map(|_| rng.gen_range(-0.5..1.5)).collect();
+        probe.extend([f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
+        let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
+        assert_eq!(bits(loaded.apply_all(&probe)), bits(iso.apply_all(&probe)));
+        // Knot values at the edge of what JSON can say survive too; a damaged map does not load.
+        let odd = Isotonic {
+            xs: vec![f64::NEG_INFINITY, 0.1 + 0.2],
+            ys: vec![0.0, f64::NAN],
+        };
+        let back: Isotonic = serde_json::from_str(&serde_json::to_string(&odd).unwrap()).unwrap();
+        assert_eq!(back.xs, odd.xs);
+        assert!(back.ys[1].is_nan());
+        assert!(serde_json::from_str::<Isotonic>(r#"{"xs":[0.5,1.0],"ys":[0.2]}"#).is_err());
     }
 
     #[test]

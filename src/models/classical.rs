@@ -1,12 +1,20 @@
 //! The classical anchor at one snapshot: BG/NBD (purchases and dropout) and Gamma-Gamma
 //! (spend per order), fitted on that snapshot's own history only, in days. Their outputs are
 //! both a baseline the backtest compares against and features for the supervised models.
+//!
+//! A [`Classical`] serializes to its parameters only (the manifest's record) and loads back
+//! from them (`serde_json::from_str::<Classical>`) into working models: [`BgNbd`] and
+//! [`GammaGamma`] are nothing but their parameters. The fitted parameters are moved to the
+//! nearest values serde_json reads back exactly (at most one unit in the last place), so the
+//! record stays plain JSON numbers and a loaded `Classical` gives bit-for-bit the outputs of
+//! the one that was saved.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{BgNbd, Rfm};
 use super::design::rows_in_part;
 use super::gamma_gamma::GammaGamma;
+use super::gbm::json_f64::json_exact;
 use super::parallel::map_rows;
 use crate::error::Result;
 use crate::features::CustomerTable;
@@ -20,7 +28,8 @@ const MIN_BUYERS: usize = 50;
 const MONTH_DAYS: f64 = 30.4375;
 
 /// The fitted models of one snapshot (None where there were too few buyers or no fit).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "ClassicalRecord")]
 pub struct Classical {
     /// BG/NBD parameters, time in days.
     pub bgnbd: Option<BgNbdParams>,
@@ -32,8 +41,38 @@ pub struct Classical {
     models: (Option<BgNbd>, Option<GammaGamma>),
 }
 
+/// A [`Classical`] as read: its parameters, from which the models are rebuilt.
+#[derive(Deserialize)]
+struct ClassicalRecord {
+    bgnbd: Option<BgNbdParams>,
+    gamma_gamma: Option<GammaGammaParams>,
+    fitted_on: usize,
+}
+
+impl From<ClassicalRecord> for Classical {
+    fn from(r: ClassicalRecord) -> Classical {
+        let bgnbd = r.bgnbd.as_ref().map(|p| BgNbd {
+            r: p.r,
+            alpha: p.alpha,
+            a: p.a,
+            b: p.b,
+        });
+        let gamma_gamma = r.gamma_gamma.as_ref().map(|p| GammaGamma {
+            p: p.p,
+            q: p.q,
+            gamma: p.gamma,
+        });
+        Classical {
+            bgnbd: r.bgnbd,
+            gamma_gamma: r.gamma_gamma,
+            fitted_on: r.fitted_on,
+            models: (bgnbd, gamma_gamma),
+        }
+    }
+}
+
 /// BG/NBD parameters for the manifest.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BgNbdParams {
     /// Shape of the purchase-rate gamma.
     pub r: f64,
@@ -46,7 +85,7 @@ pub struct BgNbdParams {
 }
 
 /// Gamma-Gamma parameters for the manifest.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GammaGammaParams {
     /// p.
     pub p: f64,
@@ -108,8 +147,14 @@ impl Classical {
             .into_iter()
             .map(|i| buyers[i])
             .collect();
+        // Parameters as the manifest will read back (see the module documentation).
         let bgnbd = match BgNbd::fit(&sample) {
-            Ok((m, _)) => Some(m),
+            Ok((m, _)) => Some(BgNbd {
+                r: json_exact(m.r),
+                alpha: json_exact(m.alpha),
+                a: json_exact(m.a),
+                b: json_exact(m.b),
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "BG/NBD did not fit; its outputs are left empty");
                 None
@@ -124,7 +169,11 @@ impl Classical {
             .map(|&i| (freq[i], aov[i]))
             .unzip();
         let gamma_gamma = match GammaGamma::fit(&f, &m) {
-            Ok((g, _)) => Some(g),
+            Ok((g, _)) => Some(GammaGamma {
+                p: json_exact(g.p),
+                q: json_exact(g.q),
+                gamma: json_exact(g.gamma),
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "Gamma-Gamma did not fit; its outputs are left empty");
                 None
@@ -212,5 +261,130 @@ impl Outputs {
             ("gg_spend", self.spend.clone()),
             ("bgnbd_gg_clv", self.clv.clone()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
+    use rand::{Rng, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+    use std::sync::Arc;
+
+    /// `n` customers whose histories (in days) follow BG/NBD: λ ~ Gamma(0.8, 1/40 days),
+    /// dropout p ~ Beta(1, 4) after each repeat purchase, observed for 30 to 700 days since
+    /// their first order; one in ten never bought.
+    fn table(n: usize, seed: u64) -> CustomerTable {
+        use rand_distr::{Beta, Distribution, Exp, Gamma};
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let (rate, dropout) = (
+            Gamma::new(0.8, 1.0 / 40.0).unwrap(),
+            Beta::new(1.0, 4.0).unwrap(),
+        );
+        let mut cols: [Vec<Option<f64>>; 5] = Default::default();
+        for _ in 0..n {
+            let row = if rng.gen::<f64>() < 0.1 {
+                [Some(0.0), None, None, Some(0.0), None]
+            } else {
+                let (lambda, p): (f64, f64) = (rate.sample(&mut rng), dropout.sample(&mut rng));
+                let gap = Exp::new(lambda.max(1e-9)).unwrap();
+                let t_end = rng.gen_range(30.0..700.0f64).floor();
+                let (mut x, mut t, mut last) = (0.0, 0.0, 0.0);
+                loop {
+                    t += gap.sample(&mut rng);
+                    if t > t_end {
+                        break;
+                    }
+                    x += 1.0;
+                    last = t;
+                    if rng.gen::<f64>() < p {
+                        break;
+                    }
+                }
+                let aov = rng.gen_range(10.0..150.0);
+                [
+                    Some(x + 1.0),
+                    Some(t_end),
+                    Some(t_end - last),
+                    Some(x + 1.0),
+                    Some(aov),
+                ]
+            };
+            for (c, v) in cols.iter_mut().zip(row) {
+                c.push(v);
+            }
+        }
+        let ids: Vec<String> = (0..n).map(|i| format!("C{i:07}")).collect();
+        let names = [
+            "purchase_days",
+            "first_completed_days",
+            "recency_days",
+            "frequency",
+            "avg_order_value",
+        ];
+        let mut fields = vec![("customer_id", Arc::new(StringArray::from(ids)) as _)];
+        for (name, c) in names.into_iter().zip(cols) {
+            fields.push((name, Arc::new(Float64Array::from(c)) as _));
+        }
+        CustomerTable::new(vec![RecordBatch::try_from_iter(fields).unwrap()], "test").unwrap()
+    }
+
+    fn all_bits(o: &Outputs) -> Vec<Vec<u64>> {
+        o.columns()
+            .iter()
+            .map(|(_, c)| c.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn stored_classical_gives_the_same_outputs() {
+        let t = table(1_500, 4);
+        let fitted = Classical::fit(&t).unwrap();
+        assert!(fitted.has_bgnbd() && fitted.models.1.is_some());
+        let json = serde_json::to_string(&fitted).unwrap();
+        // The manifest's shape: parameters as plain numbers, nothing else.
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&v), ["bgnbd", "fitted_on", "gamma_gamma"]);
+        assert_eq!(keys(&v["bgnbd"]), ["a", "alpha", "b", "r"]);
+        assert_eq!(keys(&v["gamma_gamma"]), ["gamma", "p", "q"]);
+        for p in ["r", "alpha", "a", "b"] {
+            assert!(v["bgnbd"][p].is_f64(), "{p}: {}", v["bgnbd"][p]);
+        }
+        for p in ["p", "q", "gamma"] {
+            assert!(v["gamma_gamma"][p].is_f64(), "{p}: {}", v["gamma_gamma"][p]);
+        }
+
+        let loaded: Classical = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&loaded).unwrap(), json);
+        assert_eq!(loaded.models.0, fitted.models.0);
+        assert_eq!(loaded.models.1, fitted.models.1);
+        assert!(loaded.has_bgnbd());
+        // On the snapshot it was fitted on and on another one (never-buyers give NaN).
+        for t in [&t, &table(800, 5)] {
+            let a = fitted.outputs(t, 0.01).unwrap();
+            let b = loaded.outputs(t, 0.01).unwrap();
+            assert!(a.p_alive.iter().any(|x| x.is_nan()));
+            assert!(a.clv.iter().any(|x| x.is_finite() && *x > 0.0));
+            assert_eq!(all_bits(&b), all_bits(&a));
+        }
+    }
+
+    #[test]
+    fn stored_empty_classical_stays_empty() {
+        let t = table(30, 6);
+        let none = Classical::fit(&t).unwrap();
+        assert!(!none.has_bgnbd());
+        let json = serde_json::to_string(&none).unwrap();
+        assert_eq!(json, r#"{"bgnbd":null,"gamma_gamma":null,"fitted_on":0}"#);
+        let loaded: Classical = serde_json::from_str(&json).unwrap();
+        assert!(!loaded.has_bgnbd());
+        let o = loaded.outputs(&t, 0.01).unwrap();
+        assert!(o.clv.iter().all(|x| x.is_nan()));
     }
 }

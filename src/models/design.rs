@@ -44,14 +44,31 @@ impl Design {
     /// The same features for `other`, in this design's column order (features missing from
     /// `other` are NaN), so a model fitted on one snapshot applies to another.
     pub fn align(&self, other: &Design) -> Vec<Vec<f64>> {
-        let rows = other.columns.first().map_or(0, Vec::len);
-        self.names
+        other.columns_for(&self.names)
+    }
+
+    /// The columns named `names`, in that order; a name this design lacks gives a column of
+    /// NaN (what a stored model, which keeps only its feature names, predicts from).
+    pub fn columns_for(&self, names: &[String]) -> Vec<Vec<f64>> {
+        let rows = self.rows();
+        names
             .iter()
-            .map(|n| match other.names.iter().position(|o| o == n) {
-                Some(j) => other.columns[j].clone(),
+            .map(|n| match self.column(n) {
+                Some(c) => c.to_vec(),
                 None => vec![f64::NAN; rows],
             })
             .collect()
+    }
+
+    /// The column named `name` (the first, should two share it), if any.
+    pub fn column(&self, name: &str) -> Option<&[f64]> {
+        let j = self.names.iter().position(|o| o == name)?;
+        self.columns.get(j).map(Vec::as_slice)
+    }
+
+    /// Number of rows (customers): the length of the first column, 0 without columns.
+    pub fn rows(&self) -> usize {
+        self.columns.first().map_or(0, Vec::len)
     }
 
     /// Only the rows in `rows` (a deterministic subset), for training on a sample.

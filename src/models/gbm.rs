@@ -27,7 +27,7 @@ use std::fmt;
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// With [`Loss::Logistic`], the largest Newton step (in logits, before the learning rate) a
 /// leaf may take.
@@ -42,7 +42,7 @@ const PARALLEL_MIN_WORK: usize = 1 << 18;
 const MAX_THREADS: usize = 8;
 
 /// The loss being minimised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Binary log-loss; targets in `[0, 1]`, predictions are probabilities.
@@ -172,13 +172,199 @@ pub enum GbmError {
     TooManyRows(usize),
 }
 
+/// Exact (de)serialization of `f64` for stored models (`#[serde(with = "json_f64")]`, and
+/// [`json_f64::vec`] / [`json_f64::vec2`] for `Vec<f64>` / `Vec<Vec<f64>>`).
+///
+/// JSON has no `±∞` or `NaN`, and serde_json as this crate builds it (without its
+/// `float_roundtrip` feature) parses about one finite f64 in ten one unit in the last place
+/// off, although it writes the shortest decimal that denotes the value exactly. So a value is
+/// written as
+/// * a JSON number when serde_json reads that number back to the same bits (with
+///   `float_roundtrip` enabled: every finite value);
+/// * else a string holding the same shortest decimal (`"0.0017306754262489243"`), which Rust's
+///   own (correctly rounded) parser reads back exactly;
+/// * `"inf"`, `"-inf"`, `"NaN"` for `±∞` and the canonical `NaN` ([`f64::NAN`]); any other
+///   `NaN` bit pattern as `"NaN:0x…"` (its 16 hex digits), so even `NaN` payloads survive.
+///
+/// Reading accepts JSON numbers (integers too) and all of these strings.
+/// [`json_f64::json_exact`] moves a value to a neighbour that serde_json reads back exactly,
+/// for records whose shape must stay plain JSON numbers.
+pub(crate) mod json_f64 {
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::{Deserialize, Serialize, Serializer};
+    use std::fmt;
+
+    /// An f64 that (de)serializes exactly (see the module documentation).
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) struct Exact(pub f64);
+
+    /// Whether serde_json reads its own output for `v` back to the same bits.
+    fn reads_back(v: f64) -> bool {
+        serde_json::to_string(&v)
+            .ok()
+            .and_then(|s| serde_json::from_str::<f64>(&s).ok())
+            .is_some_and(|w| w.to_bits() == v.to_bits())
+    }
+
+    /// `v` itself when serde_json reads it back exactly (always for non-finite `v`, which
+    /// this does not touch); else the nearest value within 16 units in the last place that
+    /// it reads back exactly, the one closer to zero on a tie; `v` if there is none. The
+    /// nearest is at most one unit away in practice.
+    pub(crate) fn json_exact(v: f64) -> f64 {
+        if !v.is_finite() || reads_back(v) {
+            return v;
+        }
+        let bits = v.abs().to_bits() as i64;
+        for k in 1..=16i64 {
+            for m in [bits - k, bits + k] {
+                if m < 0 {
+                    continue;
+                }
+                let u = f64::from_bits(m as u64).copysign(v);
+                if u.is_finite() && reads_back(u) {
+                    return u;
+                }
+            }
+        }
+        v
+    }
+
+    impl Serialize for Exact {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let v = self.0;
+            if v.is_nan() {
+                if v.to_bits() == f64::NAN.to_bits() {
+                    s.serialize_str("NaN")
+                } else {
+                    s.serialize_str(&format!("NaN:0x{:016x}", v.to_bits()))
+                }
+            } else if v.is_infinite() {
+                s.serialize_str(if v > 0.0 { "inf" } else { "-inf" })
+            } else if reads_back(v) {
+                s.serialize_f64(v)
+            } else {
+                // `{:?}` is the shortest decimal that parses back to `v`.
+                s.serialize_str(&format!("{v:?}"))
+            }
+        }
+    }
+
+    struct ExactVisitor;
+
+    impl Visitor<'_> for ExactVisitor {
+        type Value = Exact;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, or a string: a decimal, \"inf\", \"-inf\" or \"NaN\"")
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Exact, E> {
+            Ok(Exact(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Exact, E> {
+            Ok(Exact(v as f64))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Exact, E> {
+            Ok(Exact(v as f64))
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Exact, E> {
+            let bad = || E::invalid_value(de::Unexpected::Str(s), &self);
+            match s {
+                "NaN" => Ok(Exact(f64::NAN)),
+                "inf" => Ok(Exact(f64::INFINITY)),
+                "-inf" => Ok(Exact(f64::NEG_INFINITY)),
+                _ => match s.strip_prefix("NaN:0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16)
+                        .ok()
+                        .map(f64::from_bits)
+                        .filter(|v| v.is_nan())
+                        .map(Exact)
+                        .ok_or_else(bad),
+                    // Decimals only: "inf"-like spellings other than the ones above are not ours.
+                    None => s
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .map(Exact)
+                        .ok_or_else(bad),
+                },
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Exact {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Exact, D::Error> {
+            d.deserialize_any(ExactVisitor)
+        }
+    }
+
+    /// For a `f64` field.
+    pub(crate) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        Exact(*v).serialize(s)
+    }
+
+    /// For a `f64` field.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Exact::deserialize(d).map(|e| e.0)
+    }
+
+    /// For a `Vec<f64>` field.
+    pub(crate) mod vec {
+        use super::Exact;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|&x| Exact(x)))
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+            Ok(Vec::<Exact>::deserialize(d)?
+                .into_iter()
+                .map(|e| e.0)
+                .collect())
+        }
+    }
+
+    /// For a `Vec<Vec<f64>>` field.
+    pub(crate) mod vec2 {
+        use super::Exact;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        struct Row<'a>(&'a [f64]);
+
+        impl Serialize for Row<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|&x| Exact(x)))
+            }
+        }
+
+        pub(crate) fn serialize<S: Serializer>(v: &[Vec<f64>], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|row| Row(row)))
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<Vec<f64>>, D::Error> {
+            Ok(Vec::<Vec<Exact>>::deserialize(d)?
+                .into_iter()
+                .map(|row| row.into_iter().map(|e| e.0).collect())
+                .collect())
+        }
+    }
+}
+
 /// One node of a tree, stored in a flat vector; children always come after their parent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Node {
-    Leaf(f64),
+    Leaf(#[serde(with = "json_f64")] f64),
     Split {
         feature: u32,
         /// Non-missing values `≤ threshold` go left (`+∞`: every non-missing value).
+        #[serde(with = "json_f64")]
         threshold: f64,
         /// The same cut in bins: bins `≤ bin` go left.
         bin: u8,
@@ -189,7 +375,7 @@ enum Node {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Tree {
     nodes: Vec<Node>,
 }
@@ -254,15 +440,73 @@ impl Tree {
 }
 
 /// A fitted gradient-boosted tree ensemble.
-#[derive(Clone, PartialEq)]
+///
+/// Serializable (serde; `serde_json::to_string` / `from_str`), exactly: a loaded model
+/// predicts the same bits as the one saved. Non-finite thresholds and leaves are written as
+/// strings (see `json_f64`). Loading checks the structure (every child after its parent
+/// and inside its tree, split features in range, one gain per feature), so a damaged file
+/// fails to load instead of looping or panicking in [`Gbm::predict`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "GbmRecord")]
 pub struct Gbm {
     loss: Loss,
     /// Per feature, the increasing cut points between non-missing bins.
+    #[serde(with = "json_f64::vec2")]
     edges: Vec<Vec<f64>>,
     trees: Vec<Tree>,
+    #[serde(with = "json_f64")]
     base_score: f64,
     /// Total split gain per feature (not normalised).
+    #[serde(with = "json_f64::vec")]
     gain: Vec<f64>,
+}
+
+/// A [`Gbm`] as read, before its structure is checked.
+#[derive(Deserialize)]
+struct GbmRecord {
+    loss: Loss,
+    #[serde(with = "json_f64::vec2")]
+    edges: Vec<Vec<f64>>,
+    trees: Vec<Tree>,
+    #[serde(with = "json_f64")]
+    base_score: f64,
+    #[serde(with = "json_f64::vec")]
+    gain: Vec<f64>,
+}
+
+impl TryFrom<GbmRecord> for Gbm {
+    type Error = String;
+
+    fn try_from(r: GbmRecord) -> Result<Gbm, String> {
+        let nf = r.edges.len();
+        if r.gain.len() != nf {
+            return Err(format!("{} gains for {nf} features", r.gain.len()));
+        }
+        for (t, tree) in r.trees.iter().enumerate() {
+            let n = tree.nodes.len();
+            for (i, node) in tree.nodes.iter().enumerate() {
+                if let Node::Split {
+                    feature,
+                    left,
+                    right,
+                    ..
+                } = node
+                {
+                    let child_ok = |c: u32| (c as usize) > i && (c as usize) < n;
+                    if (*feature as usize) >= nf || !child_ok(*left) || !child_ok(*right) {
+                        return Err(format!("tree {t}, node {i}: invalid split {node:?}"));
+                    }
+                }
+            }
+        }
+        Ok(Gbm {
+            loss: r.loss,
+            edges: r.edges,
+            trees: r.trees,
+            base_score: r.base_score,
+            gain: r.gain,
+        })
+    }
 }
 
 impl fmt::Debug for Gbm {
@@ -1103,6 +1347,208 @@ mod tests {
             }
         }
         assert_eq!(bin_of(&edges, f64::NAN), 4);
+    }
+
+    /// Bit patterns of predictions, for exact comparisons (NaN included).
+    fn bits(v: &[f64]) -> Vec<u64> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Saves and loads through JSON; the loaded model must save to the same text.
+    fn reload(model: &Gbm) -> Gbm {
+        let json = serde_json::to_string(model).unwrap();
+        let loaded: Gbm = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&loaded).unwrap(), json);
+        loaded
+    }
+
+    #[test]
+    fn stored_model_predicts_the_same_bits() {
+        let (x, y, _) = classification(3_000, 21);
+        let (xt, _, _) = classification(2_000, 22);
+        assert!(
+            xt[0].iter().any(|v| v.is_nan()),
+            "test data has missing values"
+        );
+        for loss in [Loss::Logistic, Loss::Squared] {
+            let params = GbmParams {
+                n_trees: 40,
+                ..small_params(loss)
+            };
+            let model = Gbm::fit(&x, &y, &params).unwrap();
+            let loaded = reload(&model);
+            assert_eq!(bits(&loaded.predict(&xt)), bits(&model.predict(&xt)));
+            assert_eq!(bits(&loaded.predict(&x)), bits(&model.predict(&x)));
+            assert_eq!(
+                bits(&loaded.feature_importance()),
+                bits(&model.feature_importance())
+            );
+            assert_eq!(loaded.base_score().to_bits(), model.base_score().to_bits());
+            assert_eq!((loaded.loss(), loaded.n_trees()), (loss, model.n_trees()));
+        }
+    }
+
+    #[test]
+    fn fitted_infinite_threshold_round_trips() {
+        // Missing x0 has its own rate: the best first split sends every present value left
+        // and the missing ones right, at threshold +∞.
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        let (mut x0, mut y) = (Vec::new(), Vec::new());
+        for i in 0..2_000 {
+            let v = if i % 4 == 0 {
+                f64::NAN
+            } else {
+                rng.gen_range(-1.0..1.0)
+            };
+            let rate = if v.is_nan() { 0.9 } else { 0.2 };
+            x0.push(v);
+            y.push(if rng.gen::<f64>() < rate { 1.0 } else { 0.0 });
+        }
+        let model = Gbm::fit(&[x0.clone()], &y, &small_params(Loss::Logistic)).unwrap();
+        let infinite = model
+            .trees
+            .iter()
+            .flat_map(|t| &t.nodes)
+            .any(|n| matches!(n, Node::Split { threshold, .. } if *threshold == f64::INFINITY));
+        assert!(infinite, "expected a split at +∞");
+        let json = serde_json::to_string(&model).unwrap();
+        assert!(json.contains(r#""threshold":"inf""#), "{}", &json[..400]);
+        let loaded = reload(&model);
+        assert_eq!(loaded, model);
+        let probe = vec![vec![f64::NAN, -0.5, 0.5, f64::INFINITY, f64::NEG_INFINITY]];
+        assert_eq!(bits(&loaded.predict(&probe)), bits(&model.predict(&probe)));
+        assert_eq!(
+            bits(&loaded.predict(&[x0.clone()])),
+            bits(&model.predict(&[x0]))
+        );
+    }
+
+    #[test]
+    fn non_finite_values_round_trip() {
+        let odd_nan = f64::from_bits(0xfff8_0000_0000_0001);
+        let node = |threshold: f64, default_left: bool, left: u32| Node::Split {
+            feature: 0,
+            threshold,
+            bin: 0,
+            default_left,
+            left,
+            right: left + 1,
+        };
+        let model = Gbm {
+            loss: Loss::Squared,
+            edges: vec![vec![f64::NEG_INFINITY, 0.5]],
+            trees: vec![Tree {
+                nodes: vec![
+                    node(f64::NEG_INFINITY, false, 1),
+                    Node::Leaf(0.25),
+                    node(f64::INFINITY, false, 3),
+                    Node::Leaf(f64::INFINITY),
+                    Node::Leaf(odd_nan),
+                ],
+            }],
+            base_score: 0.1,
+            gain: vec![f64::NAN],
+        };
+        let json = serde_json::to_string(&model).unwrap();
+        for s in [
+            r#""threshold":"-inf""#,
+            r#""threshold":"inf""#,
+            r#"{"leaf":"inf"}"#,
+            r#"{"leaf":"NaN:0xfff8000000000001"}"#,
+            r#""gain":["NaN"]"#,
+            r#""edges":[["-inf",0.5]]"#,
+        ] {
+            assert!(json.contains(s), "{s} not in {json}");
+        }
+        let loaded = reload(&model);
+        let x = vec![vec![f64::NEG_INFINITY, 1.0, f64::NAN]];
+        let p = model.predict(&x);
+        assert_eq!(p[0], 0.35);
+        assert_eq!(p[1], f64::INFINITY);
+        assert!(p[2].is_nan());
+        assert_eq!(bits(&loaded.predict(&x)), bits(&p));
+        match &loaded.trees[0].nodes[4] {
+            Node::Leaf(v) => assert_eq!(v.to_bits(), odd_nan.to_bits()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn damaged_model_fails_to_load() {
+        let leaf = r#"{"loss":"squared","edges":[[0.5]],"trees":[{"nodes":[{"leaf":1.0}]}],"base_score":0.0,"gain":[0.0]}"#;
+        let model: Gbm = serde_json::from_str(leaf).unwrap();
+        assert_eq!(model.predict(&[vec![3.0]]), vec![1.0]);
+        let split = |feature: u32, left: u32| {
+            format!(
+                r#"{{"loss":"squared","edges":[[0.5]],"trees":[{{"nodes":[{{"split":{{"feature":{feature},"threshold":0.5,"bin":0,"default_left":true,"left":{left},"right":2}}}},{{"leaf":1}},{{"leaf":2}}]}}],"base_score":0.0,"gain":[0.0]}}"#
+            )
+        };
+        assert!(serde_json::from_str::<Gbm>(&split(0, 1)).is_ok());
+        // A child pointing back (an endless walk), a feature the model does not have.
+        assert!(serde_json::from_str::<Gbm>(&split(0, 0)).is_err());
+        assert!(serde_json::from_str::<Gbm>(&split(1, 1)).is_err());
+        let bad_gain = leaf.replace(r#""gain":[0.0]"#, r#""gain":[]"#);
+        assert!(serde_json::from_str::<Gbm>(&bad_gain).is_err());
+        let bad_value = leaf.replace(r#"{"leaf":1.0}"#, r#"{"leaf":"one"}"#);
+        assert!(serde_json::from_str::<Gbm>(&bad_value).is_err());
+    }
+
+    #[test]
+    fn json_f64_is_exact_for_every_value() {
+        use super::json_f64::{json_exact, Exact};
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        // Random bit patterns (every exponent, subnormals, NaN payloads), typical leaf
+        // values, and the special ones.
+        let mut values: Vec<f64> = (0..20_000).map(|_| f64::from_bits(rng.gen())).collect();
+        values.extend((0..20_000).map(|_| rng.gen_range(-0.01..0.01)));
+        values.extend([
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            f64::EPSILON,
+            5e-324,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -f64::NAN,
+        ]);
+        let wrapped: Vec<Exact> = values.iter().map(|&v| Exact(v)).collect();
+        let json = serde_json::to_string(&wrapped).unwrap();
+        let back: Vec<Exact> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.0.to_bits()).collect::<Vec<_>>(),
+            bits(&values)
+        );
+        // Most finite values are plain numbers; integers and numbers written by others read.
+        let as_value: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        let numbers = as_value.iter().filter(|v| v.is_number()).count();
+        assert!(numbers > values.len() / 2, "{numbers} numbers");
+        let read = |s: &str| serde_json::from_str::<Exact>(s).map(|e| e.0);
+        assert_eq!(read("1").unwrap(), 1.0);
+        assert_eq!(read("-2").unwrap(), -2.0);
+        assert_eq!(read(r#""0.1""#).unwrap(), 0.1);
+        assert_eq!(read(r#""-inf""#).unwrap(), f64::NEG_INFINITY);
+        assert!(read(r#""NaN""#).unwrap().is_nan());
+        for bad in [r#""infinity""#, r#""NaN:0x0""#, r#""x""#, "null", "true"] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        // json_exact: a neighbour serde_json reads back exactly, within 16 units in the last
+        // place (v itself when there is none: only at extreme exponents), and at most one
+        // unit away for values of everyday size.
+        let reads_back = |u: f64| {
+            let text = serde_json::to_string(&u).unwrap();
+            serde_json::from_str::<f64>(&text).is_ok_and(|w| w.to_bits() == u.to_bits())
+        };
+        for &v in values.iter().filter(|v| v.is_finite()) {
+            let u = json_exact(v);
+            let ulps = (u.to_bits() as i64 - v.to_bits() as i64).abs();
+            assert!(reads_back(u) && ulps <= 16 || u == v, "{v:e} → {u:e}");
+            if (1e-6..1e6).contains(&v.abs()) {
+                assert!(reads_back(u) && ulps <= 1, "{v:e} → {u:e}");
+            }
+        }
     }
 
     #[test]

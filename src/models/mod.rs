@@ -19,6 +19,7 @@ pub mod calibration;
 pub mod cdnow;
 pub mod classical;
 pub mod design;
+pub mod drift;
 pub mod gamma_gamma;
 pub mod gbm;
 pub mod metrics;

@@ -8,12 +8,17 @@
 //! factor fitted on the held-out quarter makes the predictions sum to what those customers
 //! really spent, so totals per segment are expectations, as CLV is, and the ranking is the
 //! trees'.
+//!
+//! Both models can be stored and loaded with serde (`serde_json::to_string(&model)`,
+//! `serde_json::from_str::<ChurnModel>(&text)`): a model keeps its feature names, not the
+//! training data, and a loaded model's predictions are bit-for-bit those of the model that
+//! was saved (see `gbm::json_f64` for how values are written).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::calibration::Isotonic;
 use super::design::{rows_in_part, Design};
-use super::gbm::{Gbm, GbmParams, Loss};
+use super::gbm::{json_f64, Gbm, GbmParams, Loss};
 use crate::error::{Error, Result};
 
 /// Training rows at most per model (a deterministic sample by id hash): more adds time, not
@@ -21,19 +26,23 @@ use crate::error::{Error, Result};
 pub const MAX_TRAINING_ROWS: usize = 40_000;
 
 /// What the manifest records about a fitted supervised model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fitted {
     /// Rows used to fit the trees.
     pub training_rows: usize,
     /// Rows used to calibrate (churn: isotonic map; value: the money-scale factor).
     pub calibration_rows: usize,
-    /// The most important features (share of total split gain), best first.
+    /// The most important features (share of total split gain), best first; each share is
+    /// a value serde_json reads back exactly (`json_f64::json_exact`), so a loaded record
+    /// equals the saved one while staying plain JSON numbers.
     pub top_features: Vec<(String, f64)>,
 }
 
-/// A churn model: trees + calibration, remembering its feature columns.
+/// A churn model: trees + calibration, remembering the names of its feature columns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChurnModel {
-    design: Design,
+    /// The design's feature names, in the trees' column order.
+    features: Vec<String>,
     gbm: Gbm,
     calibration: Isotonic,
     /// For the manifest.
@@ -41,10 +50,13 @@ pub struct ChurnModel {
 }
 
 /// A value model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValueModel {
-    design: Design,
+    /// The design's feature names, in the trees' column order.
+    features: Vec<String>,
     gbm: Gbm,
     /// Money-scale factor (see the module documentation).
+    #[serde(with = "json_f64")]
     scale: f64,
     /// For the manifest.
     pub fitted: Fitted,
@@ -67,7 +79,11 @@ fn top_features(design: &Design, gbm: &Gbm) -> Vec<(String, f64)> {
         .names
         .iter()
         .cloned()
-        .zip(gbm.feature_importance())
+        .zip(
+            gbm.feature_importance()
+                .into_iter()
+                .map(json_f64::json_exact),
+        )
         .collect();
     imp.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     imp.truncate(8);
@@ -97,17 +113,23 @@ impl ChurnModel {
             top_features: top_features(&design, &gbm),
         };
         Ok(ChurnModel {
-            design,
+            features: design.names,
             gbm,
             calibration,
             fitted,
         })
     }
 
-    /// Calibrated P(no completed order in the next 90 days) for the customers of `design`.
+    /// Calibrated P(no completed order in the next 90 days) for the customers of `design`
+    /// (matched by feature name; a feature `design` lacks counts as missing).
     pub fn predict(&self, design: &Design) -> Vec<f64> {
-        let raw = self.gbm.predict(&self.design.align(design));
+        let raw = self.gbm.predict(&design.columns_for(&self.features));
         self.calibration.apply_all(&raw)
+    }
+
+    /// The feature names the model reads, in its column order.
+    pub fn features(&self) -> &[String] {
+        &self.features
     }
 }
 
@@ -135,20 +157,26 @@ impl ValueModel {
             top_features: top_features(&design, &gbm),
         };
         Ok(ValueModel {
-            design,
+            features: design.names,
             gbm,
             scale,
             fitted,
         })
     }
 
-    /// Expected discounted 365-day net revenue (≥ 0) for the customers of `design`.
+    /// Expected discounted 365-day net revenue (≥ 0) for the customers of `design`
+    /// (matched by feature name; a feature `design` lacks counts as missing).
     pub fn predict(&self, design: &Design) -> Vec<f64> {
         self.gbm
-            .predict(&self.design.align(design))
+            .predict(&design.columns_for(&self.features))
             .into_iter()
             .map(|v| v.exp_m1().max(0.0) * self.scale)
             .collect()
+    }
+
+    /// The feature names the model reads, in its column order.
+    pub fn features(&self) -> &[String] {
+        &self.features
     }
 }
 
@@ -165,7 +193,108 @@ fn money_scale(predicted: f64, realised: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::money_scale;
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    /// A design of `n` customers (five features, some missing), their ids, a churn label
+    /// and a heavy-tailed value that both depend on the features.
+    fn synthetic(n: usize, seed: u64) -> (Design, Vec<String>, Vec<f64>, Vec<f64>) {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let names: Vec<String> = ["frequency", "recency_days", "tenure_days", "aov", "noise"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut columns = vec![Vec::with_capacity(n); names.len()];
+        let (mut churned, mut value) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let f = rng.gen_range(0.0..20.0f64).floor();
+            let r = if f == 0.0 || rng.gen::<f64>() < 0.1 {
+                f64::NAN
+            } else {
+                rng.gen_range(0.0..400.0)
+            };
+            let t = rng.gen_range(30.0..900.0);
+            let aov = rng.gen_range(5.0..200.0);
+            let noise = if rng.gen::<f64>() < 0.05 {
+                f64::NAN
+            } else {
+                rng.gen::<f64>()
+            };
+            for (c, v) in columns.iter_mut().zip([f, r, t, aov, noise]) {
+                c.push(v);
+            }
+            let active = (f / 20.0) * (1.0 - if r.is_nan() { 1.0 } else { r / 400.0 });
+            churned.push(if rng.gen::<f64>() < 0.9 - 0.8 * active {
+                1.0
+            } else {
+                0.0
+            });
+            let spend = if rng.gen::<f64>() < active {
+                aov * f * rng.gen_range(0.5..2.0)
+            } else {
+                0.0
+            };
+            value.push(spend);
+        }
+        let ids = (0..n).map(|i| format!("C{seed}{i:07}")).collect();
+        (Design { names, columns }, ids, churned, value)
+    }
+
+    fn bits(v: &[f64]) -> Vec<u64> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Another snapshot's design: other customers, its columns in another order, one
+    /// feature the models were not fitted on and one of theirs absent.
+    fn scoring_design() -> Design {
+        let (d, ..) = synthetic(1_500, 8);
+        let mut names = d.names.clone();
+        let mut columns = d.columns.clone();
+        names.reverse();
+        columns.reverse();
+        names[0] = "not_a_model_feature".into();
+        Design { names, columns }
+    }
+
+    #[test]
+    fn stored_churn_model_scores_the_same_bits() {
+        let (design, ids, churned, _) = synthetic(4_000, 7);
+        let model = ChurnModel::fit(design.clone(), &ids, &churned, 3).unwrap();
+        let json = serde_json::to_string(&model).unwrap();
+        assert!(!json.contains("columns"), "a stored model keeps no data");
+        let loaded: ChurnModel = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&loaded).unwrap(), json);
+        assert_eq!(loaded.features(), &design.names[..]);
+        assert_eq!(loaded.fitted, model.fitted);
+        let now = scoring_design();
+        let p = model.predict(&now);
+        assert!(p.iter().all(|p| (0.0..=1.0).contains(p)), "{p:?}");
+        assert_eq!(bits(&loaded.predict(&now)), bits(&p));
+        assert_eq!(
+            bits(&loaded.predict(&design)),
+            bits(&model.predict(&design))
+        );
+    }
+
+    #[test]
+    fn stored_value_model_scores_the_same_bits() {
+        let (design, ids, _, value) = synthetic(4_000, 9);
+        let model = ValueModel::fit(design.clone(), &ids, &value, 3).unwrap();
+        let json = serde_json::to_string(&model).unwrap();
+        let loaded: ValueModel = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&loaded).unwrap(), json);
+        assert_eq!(loaded.scale.to_bits(), model.scale.to_bits());
+        assert_eq!(loaded.fitted, model.fitted);
+        let now = scoring_design();
+        let v = model.predict(&now);
+        assert!(v.iter().all(|v| *v >= 0.0) && v.iter().any(|v| *v > 0.0));
+        assert_eq!(bits(&loaded.predict(&now)), bits(&v));
+        assert_eq!(
+            bits(&loaded.predict(&design)),
+            bits(&model.predict(&design))
+        );
+    }
 
     #[test]
     fn money_scale_is_realised_over_predicted_and_safe() {
