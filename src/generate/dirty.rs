@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
-use super::world::{CHANNELS, DAY_US, EVENT_TYPES, STATUSES, WINDOW_DAYS};
+use super::world::{partition_name, CHANNELS, DAY_US, EVENT_TYPES, STATUSES, WINDOW_DAYS};
 use super::write::{events_schema, orders_schema};
 use super::{io_context, GenerateError, GenerateOptions, GenerateSummary};
 
@@ -56,7 +56,8 @@ pub const LEGACY_ORDERS_FILE: &str = "orders/part-legacy-00000.parquet";
 pub const DIRTY_ORDERS_FILE: &str = "orders/part-dirty-00000.parquet";
 /// `orders/` file that is a truncated copy of [`DIRTY_ORDERS_FILE`] (no valid footer).
 pub const TRUNCATED_ORDERS_FILE: &str = "orders/part-truncated-00000.parquet";
-/// Name of the invalid events file, in the `events/dt=YYYY-MM/` partition of the end date.
+/// Name of the invalid events file, in the `events/dt=YYYY-MM/` partition of the end date
+/// (`events/dt=YYYY-MM-DD/` in the daily layout).
 pub const DIRTY_EVENTS_NAME: &str = "part-dirty-00000.parquet";
 /// The planted counts ([`Defects`] as JSON).
 pub const DEFECTS_FILE: &str = "truth/defects.json";
@@ -381,7 +382,7 @@ struct Frame {
     end_us: i64,
     /// Valid planted orders lie in `[orders_from, end_us)`.
     orders_from: i64,
-    /// Valid planted events lie in `[events_from, end_us)` (the end date's month).
+    /// Valid planted events lie in `[events_from, end_us)` (the end date's partition).
     events_from: i64,
 }
 
@@ -537,9 +538,14 @@ pub(super) fn write_dirty(
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(splitmix(splitmix(opts.seed) ^ DIRTY_SEED));
     let end_us = end_us(opts.end_date)?;
     let window_start = end_us - WINDOW_DAYS * DAY_US;
-    let month = NaiveDate::from_ymd_opt(opts.end_date.year(), opts.end_date.month(), 1)
-        .expect("first of a valid month");
-    let month_us = month
+    // The events partition of the end date: its month, or the day itself in the daily layout.
+    let partition_start = if opts.daily {
+        opts.end_date
+    } else {
+        NaiveDate::from_ymd_opt(opts.end_date.year(), opts.end_date.month(), 1)
+            .expect("first of a valid month")
+    };
+    let partition_us = partition_start
         .and_hms_opt(0, 0, 0)
         .expect("midnight")
         .and_utc()
@@ -547,7 +553,7 @@ pub(super) fn write_dirty(
     let frame = Frame {
         end_us,
         orders_from: window_start.max(FLOOR_US),
-        events_from: month_us.max(window_start).max(FLOOR_US),
+        events_from: partition_us.max(window_start).max(FLOOR_US),
     };
 
     let orders = read_clean_orders(out, &mut rng)?;
@@ -562,7 +568,7 @@ pub(super) fn write_dirty(
 
     let events_dir = out
         .join("events")
-        .join(format!("dt={}", month.format("%Y-%m")));
+        .join(format!("dt={}", partition_name(opts.end_date, opts.daily)));
     fs::create_dir_all(&events_dir).map_err(|e| io_context(&events_dir, "cannot create", e))?;
     let identified = clean.events - clean.anonymous_events;
     let e = write_invalid_events(

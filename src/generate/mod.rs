@@ -48,17 +48,63 @@
 //! # Determinism and parallelism
 //! Customers are generated in fixed-size chunks of 10,000; each chunk has its own
 //! `Xoshiro256PlusPlus` generator seeded from `(seed, chunk index)` and writes its own files, so
-//! the bytes written depend only on `(seed, customers, end_date)`, never on `threads`. Chunks
-//! are generated in parallel (at most `threads` at a time, each worker holding one chunk).
+//! the bytes written depend only on the options (`seed`, `customers`, `end_date`, `until`,
+//! `add_day`, `daily`, `dirty`), never on `threads`. Chunks are generated in parallel (at most
+//! `threads` at a time, each worker holding one chunk).
 //!
 //! # Layout under `out`
 //! ```text
-//! orders/part-00000.parquet ...
-//! events/dt=YYYY-MM/part-00000.parquet ...      (no dt column inside the files)
+//! orders/part-00000.parquet ...                  one file per chunk
+//! events/dt=YYYY-MM/part-00000.parquet ...       one file per chunk and month with events
+//!                                                (no dt column inside the files)
 //! customers/part-00000.parquet ...
 //! truth/customers.parquet
 //! truth/future_orders/part-00000.parquet ...
 //! ```
+//!
+//! With [`GenerateOptions::daily`] (`--daily`) the events are partitioned by day instead:
+//! `events/dt=YYYY-MM-DD/part-00000.parquet ...`, one file per chunk and day with events. At
+//! 1,000,000 customers that is about 73,000 small files (100 chunks × 730 days), so it is meant
+//! for tests and small shops; the benchmark uses the monthly layout plus `--add-day`.
+//!
+//! # Simulating nights (`until`, `add_day`)
+//! For incremental-run tests and benchmarks, a shop can be written as it stood at the end of a
+//! day and then grown one day at a time:
+//!
+//! * [`GenerateOptions::until`] `= D` (`--until D`, `D <= end_date`) writes the layout above
+//!   with only what exists by the end of day `D`: orders and events with a timestamp before
+//!   `D+1 00:00 UTC`, and the customers rows of the customers whose `signup_ts` is before then
+//!   (later signups do not appear yet). A chunk's `orders/` and `customers/` files are written
+//!   even when they have no rows left. The truth is written as without `until`: it describes
+//!   the world up to `end_date` (types, dropouts and the future orders after `end_date`), not
+//!   as it looks at `D`. `until = end_date` writes exactly the same bytes as no `until`.
+//! * [`GenerateOptions::add_day`] `= D` (`--add-day D`, `D <= end_date`) adds the rows of day
+//!   `D` (timestamps in `[D, D+1)`) to the shop already under `out`, as new files, one per
+//!   input, each gathering the day's rows of all chunks in chunk order:
+//!   ```text
+//!   orders/part-D.parquet                   e.g. orders/part-2026-10-15.parquet
+//!   customers/part-D.parquet                the customers who signed up on D
+//!   events/dt=YYYY-MM/part-D.parquet        (events/dt=YYYY-MM-DD/part-D.parquet with daily)
+//!   ```
+//!   A file whose rows would be empty (no signups that day, say) is not written, nor is truth.
+//!   Nothing under `out` is removed or rewritten: it fails before simulating if `out/orders`
+//!   does not exist, if one of these files exists already, or if `events/` holds partitions
+//!   of the other layout (pass the same `daily` as the shop was generated with). The files are
+//!   written under hidden temporary names and renamed when complete.
+//!
+//! With the same `seed`, `customers` and `end_date`, the rows of `until = D` followed by
+//! `add_day = D+1` are the rows of `until = D+1` (as multisets of rows per input; the files
+//! differ). Both simulate the whole world: every draw of the simulation depends on `end_date`
+//! (times are drawn relative to the end of the data and the calendar is indexed from it), so
+//! a shop cannot be simulated "up to D" by moving the end; instead the rows after `D` are
+//! left out when writing. `add_day` therefore costs the simulation of the whole shop (like a
+//! full generation, minus writing all but one day's rows). The first funnel session of a
+//! customer can begin minutes before their signup (about 1 customer in 1,000; accounts are
+//! created at checkout), so, rarely, across midnight, a customer's first events belong to the
+//! day before their customers row.
+//!
+//! `dirty` cannot be combined with `until` or `add_day` (the planted defects are placed
+//! relative to the end date); it can be combined with `daily`.
 //!
 //! With [`GenerateOptions::dirty`] (`segmenter generate --dirty`), after the clean files are
 //! written (and left byte-identical to a clean generation's), extra files with planted defects
@@ -75,7 +121,8 @@
 //! events/dt=<end month>/part-dirty-00000.parquet
 //!                                        0.3 % of the identified event count each of: event_type
 //!                                        "video_play", null session_id, event_ts in 1970,
-//!                                        event_ts 1-30 days after the end
+//!                                        event_ts 1-30 days after the end (with daily: in
+//!                                        events/dt=<end date>/, valid ones on the end date)
 //! truth/defects.json                     {"orders": {reason: count}, "events": {reason: count},
 //!                                        "skipped_files": [...]} ([`Defects`]; `after_cutoff`
 //!                                        for a run dated the end date; events' `anonymous`
@@ -92,10 +139,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::properties::WriterProperties;
 
 mod dirty;
 mod world;
@@ -106,7 +155,7 @@ pub use dirty::{
     DIRTY_ORDERS_FILE, LEGACY_ORDERS_FILE, TRUNCATED_ORDERS_FILE,
 };
 
-use world::World;
+use world::{partition_name, World};
 use write::truth_schema;
 
 /// The planted customer types, in a fixed order (used by tests/benchmarks to compute adjusted
@@ -139,26 +188,42 @@ pub const PLANTED_TYPES: &[&str] = &[
 /// Options of [`generate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerateOptions {
-    /// Output directory; `orders/`, `events/`, `customers/` and `truth/` are (re)created in it.
+    /// Output directory; `orders/`, `events/`, `customers/` and `truth/` are (re)created in it
+    /// (with [`GenerateOptions::add_day`], files are only added to them).
     pub out: PathBuf,
     /// Number of customers (at least 1).
     pub customers: usize,
-    /// Seed of the simulation; the output bytes depend only on `seed`, `customers` and
-    /// `end_date`.
+    /// Seed of the simulation; the output bytes depend only on `seed`, `customers`,
+    /// `end_date`, `until`, `add_day` and `daily`.
     pub seed: u64,
     /// Last day of the data: every order and event lies in
-    /// `[end_date + 1 - 730 days, end_date + 1)` (00:00 UTC boundaries).
+    /// `[end_date + 1 - 730 days, end_date + 1)` (00:00 UTC boundaries). The world is always
+    /// simulated up to this day (and the future window after it), also with `until` and
+    /// `add_day`.
     pub end_date: NaiveDate,
     /// Number of worker threads (0 means the available parallelism). Does not change the output.
     pub threads: usize,
     /// Also write extra files with planted defects and `truth/defects.json` (see "Layout" in
-    /// the module documentation); the clean files are the same bytes either way.
+    /// the module documentation); the clean files are the same bytes either way. Cannot be
+    /// combined with `until` or `add_day`.
     pub dirty: bool,
+    /// Write only what exists by the end of this day (at most `end_date`): orders and events
+    /// before `until + 1` 00:00 UTC and the customers who signed up before then. The world and
+    /// the truth are those of `end_date` (see "Simulating nights" in the module documentation);
+    /// `Some(end_date)` writes the same bytes as `None`.
+    pub until: Option<NaiveDate>,
+    /// Add the rows of this day (at most `end_date`) to the shop already under `out` as new
+    /// files, and nothing else (see "Simulating nights" in the module documentation). Fails if
+    /// `out/orders` does not exist or if a file it would write exists.
+    pub add_day: Option<NaiveDate>,
+    /// Write events in daily partitions, `events/dt=YYYY-MM-DD/`, instead of monthly ones.
+    pub daily: bool,
 }
 
 impl GenerateOptions {
     /// Options for `customers` customers written under `out`, with seed 42, end date
-    /// 2026-10-31, as many threads as the machine offers and clean data only.
+    /// 2026-10-31, as many threads as the machine offers, clean data only, the whole history
+    /// and monthly events partitions.
     pub fn new(out: impl Into<PathBuf>, customers: usize) -> Self {
         GenerateOptions {
             out: out.into(),
@@ -167,6 +232,9 @@ impl GenerateOptions {
             end_date: NaiveDate::from_ymd_opt(2026, 10, 31).expect("valid date"),
             threads: default_threads(),
             dirty: false,
+            until: None,
+            add_day: None,
+            daily: false,
         }
     }
 }
@@ -174,15 +242,18 @@ impl GenerateOptions {
 /// What [`generate`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerateSummary {
-    /// Number of customers (rows of `customers/` and `truth/customers.parquet`).
+    /// Rows written to `customers/`: all customers (also the rows of
+    /// `truth/customers.parquet`); with `until`, those who signed up by then; with `add_day`,
+    /// those who signed up that day.
     pub customers: usize,
-    /// Rows written to `orders/` (all statuses, inside the two-year window).
+    /// Rows written to `orders/` (all statuses, inside the two-year window; with `until` or
+    /// `add_day`, of the days written).
     pub orders: u64,
     /// Rows written to `events/`, identified and anonymous.
     pub events: u64,
     /// Of [`GenerateSummary::events`], the rows with a null `customer_id`.
     pub anonymous_events: u64,
-    /// Rows written to `truth/future_orders/` (the 365 days after the end).
+    /// Rows written to `truth/future_orders/` (the 365 days after the end; 0 with `add_day`).
     pub future_orders: u64,
     /// Number of Parquet files written (the clean shop; see [`GenerateSummary::dirty`]).
     pub files: usize,
@@ -204,16 +275,21 @@ pub enum GenerateError {
     /// Building an Arrow record batch failed.
     #[error("Arrow error: {0}")]
     Arrow(#[from] ArrowError),
-    /// The options cannot be used (e.g. zero customers).
+    /// The options cannot be used (e.g. zero customers, `until` after `end_date`).
     #[error("invalid generate options: {0}")]
     InvalidOptions(String),
+    /// [`GenerateOptions::add_day`] would replace a file that already exists (checked before
+    /// the simulation starts; nothing was written).
+    #[error("{} already exists: add_day never replaces a file (was the day added before?)", .0.display())]
+    Exists(PathBuf),
 }
 
 /// Generates the synthetic shop described in the module documentation under `opts.out`.
 ///
 /// Existing `orders/`, `events/`, `customers/` and `truth/` subdirectories of `opts.out` are
-/// removed first; other content of `opts.out` is left alone. The output is byte-identical for
-/// the same `(seed, customers, end_date, dirty)` whatever `threads` is.
+/// removed first (except with [`GenerateOptions::add_day`], which only adds files); other
+/// content of `opts.out` is left alone. The output is byte-identical for the same options
+/// whatever `threads` is.
 pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, GenerateError> {
     generate_chunked(opts, CHUNK_SIZE)
 }
@@ -245,6 +321,7 @@ fn io_context(path: &Path, what: &str, e: std::io::Error) -> GenerateError {
 /// Totals over all chunks.
 #[derive(Default)]
 struct Totals {
+    customers: u64,
     orders: u64,
     future_orders: u64,
     events: u64,
@@ -252,78 +329,102 @@ struct Totals {
     files: usize,
 }
 
-/// Writes the truth batches of the chunks, in chunk order, into one file.
-struct TruthSink {
-    writer: Option<ArrowWriter<File>>,
+/// Hands on the results of the chunks, which arrive in any order, in chunk order.
+struct InOrder<T> {
     next: usize,
-    pending: BTreeMap<usize, RecordBatch>,
+    pending: BTreeMap<usize, T>,
 }
 
-impl TruthSink {
-    fn push(&mut self, chunk: usize, batch: RecordBatch) -> Result<(), GenerateError> {
-        self.pending.insert(chunk, batch);
-        while let Some(batch) = self.pending.remove(&self.next) {
-            if let Some(w) = self.writer.as_mut() {
-                w.write(&batch)?;
-            }
+impl<T> InOrder<T> {
+    fn new() -> Self {
+        InOrder {
+            next: 0,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        chunk: usize,
+        item: T,
+        mut f: impl FnMut(T) -> Result<(), GenerateError>,
+    ) -> Result<(), GenerateError> {
+        self.pending.insert(chunk, item);
+        while let Some(item) = self.pending.remove(&self.next) {
+            f(item)?;
             self.next += 1;
         }
         Ok(())
     }
 }
 
-fn generate_chunked(
-    opts: &GenerateOptions,
-    chunk_size: usize,
-) -> Result<GenerateSummary, GenerateError> {
-    let started = Instant::now();
-    if opts.customers == 0 {
-        return Err(GenerateError::InvalidOptions(
-            "customers must be at least 1".into(),
-        ));
-    }
-    if opts.customers > u32::MAX as usize / 2 {
-        return Err(GenerateError::InvalidOptions(format!(
-            "customers must be at most {}, got {}",
-            u32::MAX / 2,
-            opts.customers
-        )));
-    }
-    let threads = if opts.threads == 0 {
-        default_threads()
-    } else {
-        opts.threads
-    };
-    let world = World::new(opts, chunk_size)?;
-    dirty::check(opts)?;
-    prepare_dirs(&opts.out)?;
+/// A Parquet file written batch by batch. It is created (with its directory) at its first
+/// non-empty batch: a file whose batches are all empty is never created.
+struct BatchFile {
+    path: PathBuf,
+    schema: SchemaRef,
+    props: WriterProperties,
+    writer: Option<ArrowWriter<File>>,
+    rows: u64,
+}
 
-    let n_chunks = opts.customers.div_ceil(chunk_size);
-    let workers = threads.clamp(1, n_chunks);
-    tracing::info!(
-        customers = opts.customers,
-        seed = opts.seed,
-        end_date = %opts.end_date,
-        chunks = n_chunks,
-        workers,
-        out = %opts.out.display(),
-        "generating synthetic shop"
-    );
+impl BatchFile {
+    fn new(path: PathBuf, schema: SchemaRef, props: WriterProperties) -> Self {
+        BatchFile {
+            path,
+            schema,
+            props,
+            writer: None,
+            rows: 0,
+        }
+    }
 
-    let truth_path = opts.out.join("truth").join("customers.parquet");
-    let truth_file =
-        File::create(&truth_path).map_err(|e| io_context(&truth_path, "cannot create", e))?;
-    let truth_writer = ArrowWriter::try_new(truth_file, truth_schema(), Some(world.props.clone()))?;
-    let sink = Mutex::new(TruthSink {
-        writer: Some(truth_writer),
-        next: 0,
-        pending: BTreeMap::new(),
-    });
-    let totals = Mutex::new(Totals::default());
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), GenerateError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                if let Some(dir) = self.path.parent() {
+                    fs::create_dir_all(dir).map_err(|e| io_context(dir, "cannot create", e))?;
+                }
+                let file = File::create(&self.path)
+                    .map_err(|e| io_context(&self.path, "cannot create", e))?;
+                let w = ArrowWriter::try_new(file, self.schema.clone(), Some(self.props.clone()))?;
+                self.writer.insert(w)
+            }
+        };
+        writer.write(batch)?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Finishes the file; whether there is one.
+    fn close(&mut self) -> Result<bool, GenerateError> {
+        match self.writer.take() {
+            Some(w) => {
+                w.close()?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// Runs `work` for every chunk on `workers` threads (each holding one chunk at a time) and
+/// hands every result to `sink` (one call at a time, in the order the chunks finish). Stops at
+/// the first error and returns it.
+fn for_each_chunk<T>(
+    n_chunks: usize,
+    workers: usize,
+    work: impl Fn(usize) -> Result<T, GenerateError> + Sync,
+    sink: impl FnMut(usize, T) -> Result<(), GenerateError> + Send,
+) -> Result<(), GenerateError> {
+    let sink = Mutex::new(sink);
     let first_error: Mutex<Option<GenerateError>> = Mutex::new(None);
     let next_chunk = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
-
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
@@ -334,53 +435,101 @@ fn generate_chunked(
                 if chunk >= n_chunks {
                     break;
                 }
-                let result = world.run_chunk(chunk).and_then(|(stats, truth)| {
-                    lock(&sink).push(chunk, truth)?;
-                    Ok(stats)
+                let result = work(chunk).and_then(|item| {
+                    let mut sink = lock(&sink);
+                    (*sink)(chunk, item)
                 });
-                match result {
-                    Ok(stats) => {
-                        let mut t = lock(&totals);
-                        t.orders += stats.orders;
-                        t.future_orders += stats.future_orders;
-                        t.events += stats.events;
-                        t.anonymous_events += stats.anonymous_events;
-                        t.files += stats.files;
-                    }
-                    Err(e) => {
-                        abort.store(true, Ordering::Relaxed);
-                        lock(&first_error).get_or_insert(e);
-                        break;
-                    }
+                if let Err(e) = result {
+                    abort.store(true, Ordering::Relaxed);
+                    lock(&first_error).get_or_insert(e);
+                    break;
                 }
             });
         }
     });
+    match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
 
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
+/// Checks the options that do not need the calendar (see also [`World::new`]).
+fn check_options(opts: &GenerateOptions) -> Result<(), GenerateError> {
+    let invalid = |msg: String| Err(GenerateError::InvalidOptions(msg));
+    if opts.customers == 0 {
+        return invalid("customers must be at least 1".into());
     }
-    let mut sink = sink.into_inner().unwrap_or_else(|e| e.into_inner());
-    debug_assert!(sink.pending.is_empty() && sink.next == n_chunks);
-    if let Some(w) = sink.writer.take() {
-        w.close()?;
+    if opts.customers > u32::MAX as usize / 2 {
+        return invalid(format!(
+            "customers must be at most {}, got {}",
+            u32::MAX / 2,
+            opts.customers
+        ));
     }
-    let totals = totals.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut summary = GenerateSummary {
-        customers: opts.customers,
-        orders: totals.orders,
-        events: totals.events,
-        anonymous_events: totals.anonymous_events,
-        future_orders: totals.future_orders,
-        files: totals.files + 1,
-        dirty: None,
-        elapsed: Duration::ZERO,
+    for (name, date) in [("until", opts.until), ("add_day", opts.add_day)] {
+        if let Some(d) = date.filter(|d| *d > opts.end_date) {
+            return invalid(format!(
+                "{name} {d} is after end_date {}: the data ends there",
+                opts.end_date
+            ));
+        }
+    }
+    if opts.until.is_some() && opts.add_day.is_some() {
+        return invalid(
+            "until and add_day cannot be combined (generate until D, then add day D+1 into the \
+             same directory)"
+                .into(),
+        );
+    }
+    if opts.dirty && (opts.until.is_some() || opts.add_day.is_some()) {
+        return invalid(
+            "dirty cannot be combined with until or add_day (the planted defects are placed \
+             relative to the end date)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn generate_chunked(
+    opts: &GenerateOptions,
+    chunk_size: usize,
+) -> Result<GenerateSummary, GenerateError> {
+    let started = Instant::now();
+    check_options(opts)?;
+    let threads = if opts.threads == 0 {
+        default_threads()
+    } else {
+        opts.threads
+    };
+    let world = World::new(opts, chunk_size)?;
+    dirty::check(opts)?;
+
+    let n_chunks = opts.customers.div_ceil(chunk_size);
+    let workers = threads.clamp(1, n_chunks);
+    tracing::info!(
+        customers = opts.customers,
+        seed = opts.seed,
+        end_date = %opts.end_date,
+        until = opts.until.map(|d| d.to_string()),
+        add_day = opts.add_day.map(|d| d.to_string()),
+        daily = opts.daily,
+        chunks = n_chunks,
+        workers,
+        out = %opts.out.display(),
+        "generating synthetic shop"
+    );
+
+    let mut summary = match opts.add_day {
+        Some(date) => add_day(opts, &world, date, n_chunks, workers)?,
+        None => write_shop(opts, &world, n_chunks, workers)?,
     };
     if opts.dirty {
         summary.dirty = Some(dirty::write_dirty(opts, &summary)?);
     }
     summary.elapsed = started.elapsed();
     tracing::info!(
+        customers = summary.customers,
         orders = summary.orders,
         events = summary.events,
         anonymous_events = summary.anonymous_events,
@@ -390,6 +539,191 @@ fn generate_chunked(
         "synthetic shop written"
     );
     Ok(summary)
+}
+
+/// The shop (up to `until`, if set) and its truth: replaces `orders/`, `events/`,
+/// `customers/` and `truth/`.
+fn write_shop(
+    opts: &GenerateOptions,
+    world: &World,
+    n_chunks: usize,
+    workers: usize,
+) -> Result<GenerateSummary, GenerateError> {
+    prepare_dirs(&opts.out)?;
+    let mut truth = BatchFile::new(
+        opts.out.join("truth").join("customers.parquet"),
+        truth_schema(),
+        world.props.clone(),
+    );
+    let mut in_order = InOrder::new();
+    let mut totals = Totals::default();
+    for_each_chunk(
+        n_chunks,
+        workers,
+        |chunk| world.run_chunk(chunk),
+        |chunk, (stats, batch)| {
+            totals.customers += stats.customers;
+            totals.orders += stats.orders;
+            totals.future_orders += stats.future_orders;
+            totals.events += stats.events;
+            totals.anonymous_events += stats.anonymous_events;
+            totals.files += stats.files;
+            in_order.push(chunk, batch, |b| truth.write(&b))
+        },
+    )?;
+    debug_assert!(in_order.pending.is_empty() && in_order.next == n_chunks);
+    let truth_files = usize::from(truth.close()?);
+    Ok(GenerateSummary {
+        customers: totals.customers as usize,
+        orders: totals.orders,
+        events: totals.events,
+        anonymous_events: totals.anonymous_events,
+        future_orders: totals.future_orders,
+        files: totals.files + truth_files,
+        dirty: None,
+        elapsed: Duration::ZERO,
+    })
+}
+
+/// The rows of day `date` as new files in the existing shop under `opts.out` (see "Simulating
+/// nights" in the module documentation).
+fn add_day(
+    opts: &GenerateOptions,
+    world: &World,
+    date: NaiveDate,
+    n_chunks: usize,
+    workers: usize,
+) -> Result<GenerateSummary, GenerateError> {
+    let out = &opts.out;
+    let orders_dir = out.join("orders");
+    if !orders_dir.is_dir() {
+        return Err(GenerateError::InvalidOptions(format!(
+            "add_day (--add-day) adds a day to an existing shop, but {} is not a directory \
+             (generate the shop first, e.g. with --until the day before)",
+            orders_dir.display()
+        )));
+    }
+    check_layout(out, opts.daily)?;
+    let name = format!("part-{date}.parquet");
+    let tmp_name = format!(".{name}.tmp");
+    let events_dir = out
+        .join("events")
+        .join(format!("dt={}", partition_name(date, opts.daily)));
+    let targets = [
+        (out.join("customers"), world.customers_schema.clone()),
+        (orders_dir, world.orders_schema.clone()),
+        (events_dir, world.events_schema.clone()),
+    ];
+    for (dir, _) in &targets {
+        let path = dir.join(&name);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(GenerateError::Exists(path));
+        }
+    }
+    let day = world.day(date)?;
+    // Written under hidden temporary names (readers skip them), published when complete.
+    let mut files: Vec<BatchFile> = targets
+        .iter()
+        .map(|(dir, schema)| {
+            BatchFile::new(dir.join(&tmp_name), schema.clone(), world.props.clone())
+        })
+        .collect();
+    let mut in_order = InOrder::new();
+    let mut anonymous_events = 0u64;
+    let written = for_each_chunk(
+        n_chunks,
+        workers,
+        |chunk| world.day_rows(chunk, &day),
+        |chunk, rows| {
+            in_order.push(chunk, rows, |r| {
+                files[0].write(&r.customers)?;
+                files[1].write(&r.orders)?;
+                files[2].write(&r.events)?;
+                anonymous_events += r.anonymous_events;
+                Ok(())
+            })
+        },
+    )
+    .and_then(|()| {
+        let mut published = 0;
+        for f in &mut files {
+            if f.close()? {
+                let dir = f.path.parent().expect("a file in a directory");
+                publish(&f.path, &dir.join(&name))?;
+                published += 1;
+            }
+        }
+        Ok(published)
+    });
+    let published = match written {
+        Ok(n) => n,
+        Err(e) => {
+            for f in &mut files {
+                drop(f.writer.take());
+                fs::remove_file(&f.path).ok();
+            }
+            return Err(e);
+        }
+    };
+    Ok(GenerateSummary {
+        customers: files[0].rows as usize,
+        orders: files[1].rows,
+        events: files[2].rows,
+        anonymous_events,
+        future_orders: 0,
+        files: published,
+        dirty: None,
+        elapsed: Duration::ZERO,
+    })
+}
+
+/// Moves the finished `tmp` to `path`, never replacing an existing file.
+fn publish(tmp: &Path, path: &Path) -> Result<(), GenerateError> {
+    match fs::hard_link(tmp, path) {
+        Ok(()) => fs::remove_file(tmp).map_err(|e| io_context(tmp, "cannot remove", e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(GenerateError::Exists(path.to_path_buf()))
+        }
+        // A file system without hard links: check, then rename.
+        Err(_) if fs::symlink_metadata(path).is_ok() => {
+            Err(GenerateError::Exists(path.to_path_buf()))
+        }
+        Err(_) => fs::rename(tmp, path).map_err(|e| io_context(path, "cannot create", e)),
+    }
+}
+
+/// Refuses to add a day in another events layout than the existing partitions'.
+fn check_layout(out: &Path, daily: bool) -> Result<(), GenerateError> {
+    let dir = out.join("events");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(value) = name.to_str().and_then(|n| n.strip_prefix("dt=")) else {
+            continue;
+        };
+        // YYYY-MM-DD (daily) or YYYY-MM (monthly).
+        let found_daily = value.len() == 10;
+        if found_daily != daily {
+            let (found, asked) = if found_daily {
+                ("daily", "monthly")
+            } else {
+                ("monthly", "daily")
+            };
+            return Err(GenerateError::InvalidOptions(format!(
+                "{} is a {found} events partition, but the day would be added in the {asked} \
+                 layout: add it in the layout the shop was generated with ({})",
+                dir.join(&name).display(),
+                if found_daily {
+                    "--daily"
+                } else {
+                    "without --daily"
+                }
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn prepare_dirs(out: &Path) -> Result<(), GenerateError> {

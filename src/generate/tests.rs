@@ -1004,3 +1004,436 @@ fn planted_defects_match_an_independent_count() {
         "{rejected} of {rows}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Simulating nights: until, add_day, the daily layout
+// ---------------------------------------------------------------------------------------------
+
+/// The three inputs a run reads.
+const INPUTS: [(&str, &str); 3] = [
+    ("orders", "order_ts"),
+    ("events", "event_ts"),
+    ("customers", "signup_ts"),
+];
+
+/// A small shop (300 customers in chunks of 100, so the day files gather three chunks).
+fn night_options(dir: &Path, daily: bool) -> GenerateOptions {
+    let mut o = options(dir, 300, 2);
+    o.daily = daily;
+    o
+}
+
+const NIGHT_CHUNK: usize = 100;
+
+fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+fn midnight(d: NaiveDate) -> i64 {
+    d.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_micros()
+}
+
+/// The rows (all columns formatted, `|`-separated) of the Parquet files under `out/sub`, with
+/// their `ts_col`; hidden files are skipped, as readers do.
+fn timed_rows(out: &Path, sub: &str, ts_col: &str) -> Vec<(i64, String)> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut rows = Vec::new();
+    if !out.join(sub).exists() {
+        return rows;
+    }
+    let options = FormatOptions::default().with_null("<null>");
+    for rel in files_under(&out.join(sub)) {
+        if rel.file_name().unwrap().to_str().unwrap().starts_with('.') {
+            continue;
+        }
+        let (_, batches) = read(&out.join(sub).join(&rel));
+        for b in &batches {
+            let formatters: Vec<ArrayFormatter> = b
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+                .collect();
+            for (i, t) in times(b, ts_col).into_iter().enumerate() {
+                let mut row = String::new();
+                for f in &formatters {
+                    row.push_str(&f.value(i).to_string());
+                    row.push('|');
+                }
+                rows.push((t.unwrap(), row));
+            }
+        }
+    }
+    rows
+}
+
+/// The rows of [`timed_rows`] with a timestamp in `[lo, hi)`, sorted.
+fn between(rows: &[(i64, String)], lo: i64, hi: i64) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .filter(|(t, _)| *t >= lo && *t < hi)
+        .map(|(_, r)| r.clone())
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// All rows of the Parquet files under `out/sub`, formatted and sorted.
+fn all_rows(out: &Path, sub: &str, ts_col: &str) -> Vec<String> {
+    between(&timed_rows(out, sub, ts_col), i64::MIN, i64::MAX)
+}
+
+/// The bytes of every file under `root`.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .map(|f| {
+            let bytes = fs::read(root.join(&f)).unwrap();
+            (f, bytes)
+        })
+        .collect()
+}
+
+fn assert_same_files(a: &Path, b: &Path, what: &str) {
+    let (sa, sb) = (snapshot(a), snapshot(b));
+    assert_eq!(
+        sa.keys().collect::<Vec<_>>(),
+        sb.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (f, bytes) in &sa {
+        assert!(bytes == &sb[f], "{what}: {} differs", f.display());
+    }
+}
+
+#[test]
+fn until_end_date_writes_the_same_bytes_as_a_full_generation() {
+    for daily in [false, true] {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let sa = generate_chunked(&night_options(a.path(), daily), NIGHT_CHUNK).unwrap();
+        let mut until = night_options(b.path(), daily);
+        until.until = Some(until.end_date);
+        let sb = generate_chunked(&until, NIGHT_CHUNK).unwrap();
+        assert_same_files(a.path(), b.path(), &format!("daily={daily}"));
+        assert_eq!(
+            (
+                sa.customers,
+                sa.orders,
+                sa.events,
+                sa.anonymous_events,
+                sa.files
+            ),
+            (
+                sb.customers,
+                sb.orders,
+                sb.events,
+                sb.anonymous_events,
+                sb.files
+            )
+        );
+        assert_eq!(sa.customers, 300);
+    }
+}
+
+#[test]
+fn until_writes_only_what_exists_by_the_end_of_the_day() {
+    let full = tempfile::tempdir().unwrap();
+    let part = tempfile::tempdir().unwrap();
+    generate_chunked(&night_options(full.path(), false), NIGHT_CHUNK).unwrap();
+    let until = date(2026, 6, 14);
+    let cut = midnight(date(2026, 6, 15));
+    let mut opts = night_options(part.path(), false);
+    opts.until = Some(until);
+    let summary = generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+
+    // Exactly the rows of the full shop before the cut, for every input.
+    let mut written = HashMap::new();
+    for (sub, ts_col) in INPUTS {
+        let rows = timed_rows(full.path(), sub, ts_col);
+        let expected = between(&rows, i64::MIN, cut);
+        assert!(!expected.is_empty() && expected.len() < rows.len(), "{sub}");
+        assert_eq!(all_rows(part.path(), sub, ts_col), expected, "{sub}");
+        written.insert(sub, expected);
+    }
+    assert_eq!(summary.customers, written["customers"].len());
+    assert!(summary.customers < 300);
+    assert_eq!(summary.orders as usize, written["orders"].len());
+    assert_eq!(summary.events as usize, written["events"].len());
+    let anonymous = written["events"]
+        .iter()
+        .filter(|r| r.contains("|<null>|"))
+        .count();
+    assert!(anonymous > 0);
+    assert_eq!(summary.anonymous_events as usize, anonymous);
+
+    // No partition after the day; the files of every chunk are there; the truth is the full
+    // shop's.
+    let files = files_under(part.path());
+    assert_eq!(files.len(), summary.files);
+    assert!(files.contains(&PathBuf::from("events/dt=2026-06/part-00002.parquet")));
+    assert!(!files.iter().any(|f| f.starts_with("events/dt=2026-07")));
+    for sub in ["orders", "customers"] {
+        for chunk in 0..3 {
+            assert!(files.contains(&PathBuf::from(format!("{sub}/part-{chunk:05}.parquet"))));
+        }
+    }
+    assert_same_files(
+        &full.path().join("truth"),
+        &part.path().join("truth"),
+        "truth",
+    );
+}
+
+/// The days that appear in `sub` of the full shop, by number of rows.
+fn rows_per_day(out: &Path, sub: &str, ts_col: &str) -> BTreeMap<NaiveDate, usize> {
+    let mut days = BTreeMap::new();
+    for (_, _, batches) in read_all(out, sub) {
+        for b in &batches {
+            for t in times(b, ts_col) {
+                let d = chrono::DateTime::from_timestamp_micros(t.unwrap())
+                    .unwrap()
+                    .date_naive();
+                *days.entry(d).or_insert(0) += 1;
+            }
+        }
+    }
+    days
+}
+
+#[test]
+fn until_then_add_day_equals_until_the_next_day() {
+    let full = tempfile::tempdir().unwrap();
+    generate_chunked(&night_options(full.path(), false), NIGHT_CHUNK).unwrap();
+    let signups = rows_per_day(full.path(), "customers", "signup_ts");
+    let orders = rows_per_day(full.path(), "orders", "order_ts");
+    let events = rows_per_day(full.path(), "events", "event_ts");
+    // A day with signups, orders and events; a day without signups; the first of a month (a
+    // new monthly partition) and the end date. The daily layout (thousands of small files,
+    // slow in a debug build) only with the first two.
+    let busy = *signups
+        .keys()
+        .rev()
+        .find(|d| **d < date(2026, 10, 25) && orders.contains_key(d) && events.contains_key(d))
+        .unwrap();
+    let quiet = (0..)
+        .map(|n| date(2026, 10, 31) - chrono::Duration::days(n))
+        .find(|d| !signups.contains_key(d) && orders.contains_key(d))
+        .unwrap();
+    let days = [busy, quiet, date(2026, 10, 1), date(2026, 10, 31)];
+    println!("days: {days:?}");
+
+    for daily in [false, true] {
+        for &day in &days[..if daily { 2 } else { 4 }] {
+            let what = format!("add_day {day}, daily={daily}");
+            let before = day.pred_opt().unwrap();
+            let grown = tempfile::tempdir().unwrap();
+            let direct = tempfile::tempdir().unwrap();
+
+            let mut opts = night_options(grown.path(), daily);
+            opts.until = Some(before);
+            generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+            let old = snapshot(grown.path());
+            let mut opts = night_options(grown.path(), daily);
+            opts.add_day = Some(day);
+            let summary = generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+
+            let mut opts = night_options(direct.path(), daily);
+            opts.until = Some(day);
+            generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+
+            // The invariant: the same rows, input by input.
+            for (sub, ts_col) in INPUTS {
+                assert_eq!(
+                    all_rows(grown.path(), sub, ts_col),
+                    all_rows(direct.path(), sub, ts_col),
+                    "{what}: {sub}"
+                );
+            }
+
+            // Nothing was rewritten; the new files are the day's, and only non-empty ones.
+            let new = snapshot(grown.path());
+            for (f, bytes) in &old {
+                assert!(new.get(f) == Some(bytes), "{what}: {} changed", f.display());
+            }
+            let added: Vec<PathBuf> = new
+                .keys()
+                .filter(|f| !old.contains_key(*f))
+                .cloned()
+                .collect();
+            let partition = if daily {
+                day.format("dt=%Y-%m-%d").to_string()
+            } else {
+                day.format("dt=%Y-%m").to_string()
+            };
+            let name = format!("part-{day}.parquet");
+            let mut expected = Vec::new();
+            let count = |m: &BTreeMap<NaiveDate, usize>| m.get(&day).copied().unwrap_or(0);
+            if count(&signups) > 0 {
+                expected.push(Path::new("customers").join(&name));
+            }
+            if count(&events) > 0 {
+                expected.push(Path::new("events").join(&partition).join(&name));
+            }
+            if count(&orders) > 0 {
+                expected.push(Path::new("orders").join(&name));
+            }
+            assert_eq!(added, expected, "{what}");
+            assert_eq!(summary.files, expected.len(), "{what}");
+            assert_eq!(
+                (
+                    summary.customers,
+                    summary.orders as usize,
+                    summary.events as usize
+                ),
+                (count(&signups), count(&orders), count(&events)),
+                "{what}"
+            );
+            assert_eq!(summary.future_orders, 0);
+            if day == busy {
+                assert_eq!(expected.len(), 3, "{what}");
+            }
+            if day == quiet {
+                assert!(!added.iter().any(|f| f.starts_with("customers")), "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn add_day_files_are_deterministic_and_never_replace_anything() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let day = date(2026, 10, 20);
+    for (dir, threads) in [(a.path(), 1), (b.path(), 3)] {
+        let mut opts = night_options(dir, false);
+        opts.until = Some(day.pred_opt().unwrap());
+        generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+        let mut opts = night_options(dir, false);
+        opts.add_day = Some(day);
+        opts.threads = threads;
+        generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    }
+    assert_same_files(a.path(), b.path(), "1 and 3 threads");
+    assert!(a.path().join("orders/part-2026-10-20.parquet").exists());
+    assert!(a
+        .path()
+        .join("events/dt=2026-10/part-2026-10-20.parquet")
+        .exists());
+
+    // Adding the day again fails and leaves everything as it was (no temporary files either).
+    let before = snapshot(a.path());
+    let mut again = night_options(a.path(), false);
+    again.add_day = Some(day);
+    let err = generate_chunked(&again, NIGHT_CHUNK).unwrap_err();
+    assert!(matches!(err, GenerateError::Exists(_)), "{err}");
+    assert!(err.to_string().contains("part-2026-10-20.parquet"), "{err}");
+    assert_eq!(snapshot(a.path()), before);
+
+    // The other events layout is refused.
+    let mut daily = night_options(a.path(), true);
+    daily.add_day = Some(day.succ_opt().unwrap());
+    let err = generate_chunked(&daily, NIGHT_CHUNK).unwrap_err();
+    assert!(
+        matches!(&err, GenerateError::InvalidOptions(m) if m.contains("monthly")),
+        "{err}"
+    );
+    assert_eq!(snapshot(a.path()), before);
+
+    // Without an existing shop there is nothing to add to.
+    let empty = tempfile::tempdir().unwrap();
+    let mut opts = night_options(empty.path(), false);
+    opts.add_day = Some(day);
+    let err = generate_chunked(&opts, NIGHT_CHUNK).unwrap_err();
+    assert!(
+        matches!(&err, GenerateError::InvalidOptions(m) if m.contains("orders")),
+        "{err}"
+    );
+    assert!(files_under(empty.path()).is_empty());
+}
+
+#[test]
+fn daily_layout_partitions_the_same_events_by_day() {
+    let monthly = tempfile::tempdir().unwrap();
+    let daily = tempfile::tempdir().unwrap();
+    generate_chunked(&night_options(monthly.path(), false), NIGHT_CHUNK).unwrap();
+    let summary = generate_chunked(&night_options(daily.path(), true), NIGHT_CHUNK).unwrap();
+
+    // Only the events differ, and only in their layout.
+    for sub in ["orders", "customers", "truth"] {
+        assert_same_files(&monthly.path().join(sub), &daily.path().join(sub), sub);
+    }
+    assert_eq!(
+        all_rows(monthly.path(), "events", "event_ts"),
+        all_rows(daily.path(), "events", "event_ts")
+    );
+    let files = files_under(daily.path());
+    assert_eq!(files.len(), summary.files);
+    let mut days = HashSet::new();
+    for (rel, _, batches) in read_all(daily.path(), "events") {
+        let dt = rel.parent().unwrap().to_str().unwrap().to_string();
+        let name = rel.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            name.starts_with("part-000") && name.ends_with(".parquet"),
+            "{name}"
+        );
+        let day = NaiveDate::parse_from_str(&dt, "dt=%Y-%m-%d").unwrap();
+        days.insert(day);
+        let (lo, hi) = (midnight(day), midnight(day.succ_opt().unwrap()));
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert!(rows > 0, "{}", rel.display());
+        for b in &batches {
+            assert!(times(b, "event_ts")
+                .into_iter()
+                .all(|t| (lo..hi).contains(&t.unwrap())));
+        }
+    }
+    assert_eq!(
+        days.len(),
+        rows_per_day(monthly.path(), "events", "event_ts").len()
+    );
+
+    // Dirty mode puts its events into the end date's daily partition.
+    let dirty = tempfile::tempdir().unwrap();
+    let mut opts = dirty_options(dirty.path(), 300, 2);
+    opts.daily = true;
+    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    assert!(dirty
+        .path()
+        .join("events/dt=2026-10-31")
+        .join(DIRTY_EVENTS_NAME)
+        .exists());
+    for f in files_under(&dirty.path().join("events")) {
+        let dt = f.parent().unwrap().to_str().unwrap();
+        assert!(
+            NaiveDate::parse_from_str(dt, "dt=%Y-%m-%d").is_ok(),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn night_options_are_checked_before_anything_is_written() {
+    let end = date(2026, 10, 31);
+    let after = date(2026, 11, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let with = |until, add_day, dirty| {
+        let mut o = night_options(dir.path(), false);
+        (o.until, o.add_day, o.dirty) = (until, add_day, dirty);
+        o
+    };
+    for (what, opts) in [
+        ("until after the end", with(Some(after), None, false)),
+        ("add_day after the end", with(None, Some(after), false)),
+        ("until and add_day", with(Some(end), Some(end), false)),
+        ("dirty with until", with(Some(end), None, true)),
+        ("dirty with add_day", with(None, Some(end), true)),
+    ] {
+        let err = generate(&opts).unwrap_err();
+        assert!(
+            matches!(err, GenerateError::InvalidOptions(_)),
+            "{what}: {err}"
+        );
+        assert!(files_under(dir.path()).is_empty(), "{what}");
+    }
+}

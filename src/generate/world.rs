@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp1, Gamma, Poisson, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use super::write::{customers_schema, events_schema, orders_schema, ChunkStats};
+use super::write::{customers_schema, events_schema, orders_schema, ChunkStats, DayRows};
 use super::{GenerateError, GenerateOptions};
 
 // ---------------------------------------------------------------------------------------------
@@ -378,10 +378,14 @@ pub(super) struct World {
     end_us: i64,
     /// Window start in microseconds.
     start_us: i64,
-    /// `YYYY-MM` of every month of the window.
-    pub(super) months: Vec<String>,
-    /// Month index (into `months`) of every day of the window.
-    month_of_day: Vec<u16>,
+    /// Rows at or after this instant are not written (`until + 1` 00:00 UTC; `end_us` without
+    /// [`GenerateOptions::until`]). The simulation itself always runs to the end.
+    pub(super) cut_us: i64,
+    /// The `dt=` value of every events partition of the window: `YYYY-MM` (monthly layout) or
+    /// `YYYY-MM-DD` ([`GenerateOptions::daily`]).
+    pub(super) partitions: Vec<String>,
+    /// Partition index (into `partitions`) of every day of the window.
+    partition_of_day: Vec<u16>,
     /// Digits of customer numbers.
     pub(super) id_width: usize,
     pub(super) props: WriterProperties,
@@ -412,18 +416,22 @@ impl World {
             .timestamp_micros();
         let start_us = end_us - WINDOW_DAYS * DAY_US;
 
-        let mut months = Vec::new();
-        let mut month_of_day = Vec::with_capacity(WINDOW_DAYS as usize);
-        let mut current = None;
+        let mut partitions: Vec<String> = Vec::new();
+        let mut partition_of_day = Vec::with_capacity(WINDOW_DAYS as usize);
         for d in 0..WINDOW_DAYS {
             let date = start_date + chrono::Duration::days(d);
-            let key = (date.year(), date.month());
-            if current != Some(key) {
-                current = Some(key);
-                months.push(format!("{:04}-{:02}", key.0, key.1));
+            let name = partition_name(date, opts.daily);
+            if partitions.last() != Some(&name) {
+                partitions.push(name);
             }
-            month_of_day.push((months.len() - 1) as u16);
+            partition_of_day.push((partitions.len() - 1) as u16);
         }
+        let cut_us = match opts.until {
+            Some(until) if until < opts.end_date => {
+                midnight_us(until.succ_opt().ok_or_else(invalid)?)
+            }
+            _ => end_us,
+        };
 
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -442,8 +450,9 @@ impl World {
             calendar: Calendar::new(end_exclusive),
             end_us,
             start_us,
-            months,
-            month_of_day,
+            cut_us,
+            partitions,
+            partition_of_day,
             id_width: opts.customers.to_string().len().max(7),
             props,
             orders_schema: orders_schema(),
@@ -457,11 +466,8 @@ impl World {
         self.end_us + (t * DAY_US as f64).round() as i64
     }
 
-    /// Generates one chunk of customers, writes its files and returns its truth batch.
-    pub(super) fn run_chunk(
-        &self,
-        chunk: usize,
-    ) -> Result<(ChunkStats, RecordBatch), GenerateError> {
+    /// Simulates one chunk of customers (the whole world up to the end of the future window).
+    fn simulate(&self, chunk: usize) -> ChunkData {
         let first = chunk * self.chunk_size;
         let count = self.chunk_size.min(self.customers - first);
         let mut gen = ChunkGen::new(self, chunk, first, count);
@@ -469,18 +475,79 @@ impl World {
             gen.customer(local as u32);
         }
         gen.anonymous_traffic();
-        let data = gen.finish();
+        gen.finish()
+    }
+
+    /// Generates one chunk of customers, writes its files (only the rows before `cut_us`) and
+    /// returns its truth batch.
+    pub(super) fn run_chunk(
+        &self,
+        chunk: usize,
+    ) -> Result<(ChunkStats, RecordBatch), GenerateError> {
+        let mut data = self.simulate(chunk);
+        if self.cut_us < self.end_us {
+            let cut = self.cut_us;
+            data.orders.retain(|o| o.ts < cut);
+            for events in &mut data.partition_events {
+                events.retain(|e| e.ts < cut);
+            }
+        }
         let stats = self.write_chunk(chunk, &data)?;
         let truth = self.truth_batch(&data)?;
         tracing::debug!(
             chunk,
-            customers = count,
+            customers = stats.customers,
             orders = stats.orders,
             events = stats.events,
             "chunk written"
         );
         Ok((stats, truth))
     }
+
+    /// The time range and events partition of `date` (see [`Day`]).
+    pub(super) fn day(&self, date: NaiveDate) -> Result<Day, GenerateError> {
+        let next = date.succ_opt().ok_or_else(|| {
+            GenerateError::InvalidOptions(format!("add_day {date} is out of range"))
+        })?;
+        let from_us = midnight_us(date);
+        let partition = (from_us >= self.start_us && from_us < self.end_us)
+            .then(|| self.partition_of_day[((from_us - self.start_us) / DAY_US) as usize] as usize);
+        Ok(Day {
+            from_us,
+            to_us: midnight_us(next),
+            partition,
+        })
+    }
+
+    /// Generates one chunk of customers and returns only the rows of `day` (writes nothing).
+    pub(super) fn day_rows(&self, chunk: usize, day: &Day) -> Result<DayRows, GenerateError> {
+        let data = self.simulate(chunk);
+        self.day_batches(&data, day)
+    }
+}
+
+/// One day of the data: rows with a timestamp in `[from_us, to_us)`.
+pub(super) struct Day {
+    pub(super) from_us: i64,
+    pub(super) to_us: i64,
+    /// Index of the day's events partition, `None` outside the window (no events there).
+    pub(super) partition: Option<usize>,
+}
+
+/// The `dt=` value of the events partition of `date`: `YYYY-MM`, or `YYYY-MM-DD` if `daily`.
+pub(super) fn partition_name(date: NaiveDate, daily: bool) -> String {
+    if daily {
+        format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day())
+    } else {
+        format!("{:04}-{:02}", date.year(), date.month())
+    }
+}
+
+/// `date` 00:00 UTC in microseconds since the epoch.
+fn midnight_us(date: NaiveDate) -> i64 {
+    date.and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_micros()
 }
 
 /// Mixes the seed and the chunk index into the seed of the chunk's generator (SplitMix64).
@@ -499,6 +566,7 @@ fn chunk_seed(seed: u64, chunk: u64) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 /// One order (in the window or in the future window).
+#[derive(Clone, Copy)]
 pub(super) struct OrderRec {
     pub(super) cust: u32,
     pub(super) seq: u32,
@@ -510,6 +578,7 @@ pub(super) struct OrderRec {
 }
 
 /// One clickstream event; `cust == ANON` for anonymous visitors.
+#[derive(Clone, Copy)]
 pub(super) struct Ev {
     pub(super) ts: i64,
     pub(super) cust: u32,
@@ -542,8 +611,9 @@ pub(super) struct ChunkData {
     pub(super) truth: Vec<TruthRow>,
     pub(super) orders: Vec<OrderRec>,
     pub(super) future_orders: Vec<OrderRec>,
-    pub(super) month_events: Vec<Vec<Ev>>,
-    pub(super) anonymous_events: u64,
+    /// Events by partition (index into [`World::partitions`]), each a customer's events in
+    /// time order, customers in order, then the chunk's anonymous events in time order.
+    pub(super) partition_events: Vec<Vec<Ev>>,
 }
 
 /// A session of the customer being generated: start time and its events in `tmp_events`.
@@ -618,8 +688,7 @@ impl<'w> ChunkGen<'w> {
                 truth: Vec::with_capacity(count),
                 orders: Vec::with_capacity(count * 9),
                 future_orders: Vec::with_capacity(count * 4),
-                month_events: (0..world.months.len()).map(|_| Vec::new()).collect(),
-                anonymous_events: 0,
+                partition_events: (0..world.partitions.len()).map(|_| Vec::new()).collect(),
             },
             type_cdf: cdf(weights),
             country_cdf: cdf(COUNTRY_WEIGHTS),
@@ -935,8 +1004,8 @@ impl<'w> ChunkGen<'w> {
         self.identified_events += self.cust_events.len() as u64;
         for ev in self.cust_events.drain(..) {
             let day = ((ev.ts - world.start_us) / DAY_US) as usize;
-            let month = world.month_of_day[day] as usize;
-            self.data.month_events[month].push(ev);
+            let partition = world.partition_of_day[day] as usize;
+            self.data.partition_events[partition].push(ev);
         }
     }
 
@@ -1052,7 +1121,7 @@ impl<'w> ChunkGen<'w> {
     }
 
     /// Anonymous sessions, about `ANON_SHARE` of all events of the chunk, uniform over the
-    /// window (calendar-modulated). Appended to each month after the identified events.
+    /// window (calendar-modulated). Appended to each partition after the identified events.
     fn anonymous_traffic(&mut self) {
         let world = self.world;
         let target =
@@ -1083,11 +1152,10 @@ impl<'w> ChunkGen<'w> {
             }
         }
         anon.sort_unstable_by_key(|e| (e.ts, e.session, e.k));
-        self.data.anonymous_events = anon.len() as u64;
         for ev in anon {
             let day = ((ev.ts - world.start_us) / DAY_US) as usize;
-            let month = world.month_of_day[day] as usize;
-            self.data.month_events[month].push(ev);
+            let partition = world.partition_of_day[day] as usize;
+            self.data.partition_events[partition].push(ev);
         }
     }
 }

@@ -12,7 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 
 use super::world::{
-    ChunkData, Ev, OrderRec, World, ANON, CHANNELS, COUNTRIES, EVENT_TYPES, STATUSES,
+    ChunkData, Day, Ev, OrderRec, World, ANON, CHANNELS, COUNTRIES, EVENT_TYPES, STATUSES,
 };
 use super::{io_context, GenerateError, PLANTED_TYPES};
 
@@ -22,11 +22,20 @@ use super::{io_context, GenerateError, PLANTED_TYPES};
 
 #[derive(Default)]
 pub(super) struct ChunkStats {
+    pub(super) customers: u64,
     pub(super) orders: u64,
     pub(super) future_orders: u64,
     pub(super) events: u64,
     pub(super) anonymous_events: u64,
     pub(super) files: usize,
+}
+
+/// The rows of one day of one chunk ([`World::day_rows`]); batches may be empty.
+pub(super) struct DayRows {
+    pub(super) customers: RecordBatch,
+    pub(super) orders: RecordBatch,
+    pub(super) events: RecordBatch,
+    pub(super) anonymous_events: u64,
 }
 
 pub(super) fn ts_type() -> DataType {
@@ -133,48 +142,13 @@ impl World {
         let part = format!("part-{chunk:05}.parquet");
         let mut stats = ChunkStats::default();
 
-        // Customer ids of the chunk, formatted once.
-        let ids: Vec<String> = (0..data.customers.len() as u32)
-            .map(|local| {
-                let mut s = String::with_capacity(self.id_width + 1);
-                self.push_customer_id(&mut s, self.customer_number(data, local));
-                s
-            })
-            .collect();
+        let ids = self.chunk_ids(data);
 
-        // customers/
+        // customers/ (those who signed up before the cut)
         {
-            let n = data.customers.len();
-            let mut id_b = StringBuilder::with_capacity(n, n * (self.id_width + 1));
-            let mut email_b = StringBuilder::with_capacity(n, n * (self.id_width + 13));
-            let mut country_b = StringBuilder::with_capacity(n, n * 2);
-            let mut buf = String::new();
-            for (local, row) in data.customers.iter().enumerate() {
-                id_b.append_value(&ids[local]);
-                if row.email_null {
-                    email_b.append_null();
-                } else {
-                    buf.clear();
-                    buf.push('c');
-                    push_num(
-                        &mut buf,
-                        self.customer_number(data, local as u32),
-                        self.id_width,
-                    );
-                    buf.push_str("@example.com");
-                    email_b.append_value(&buf);
-                }
-                country_b.append_value(COUNTRIES[row.country as usize]);
-            }
-            let columns: Vec<ArrayRef> = vec![
-                Arc::new(id_b.finish()),
-                Arc::new(email_b.finish()),
-                timestamps(data.customers.iter().map(|r| r.signup_us).collect()),
-                Arc::new(country_b.finish()),
-                Arc::new(BooleanArray::from(
-                    data.customers.iter().map(|r| r.opt_in).collect::<Vec<_>>(),
-                )),
-            ];
+            let cut = self.cut_us;
+            let columns = self.customer_columns(data, &ids, |signup| signup < cut);
+            stats.customers = columns[0].len() as u64;
             let path = self.out.join("customers").join(&part);
             self.write_file(&path, &self.customers_schema, columns)?;
             stats.files += 1;
@@ -195,23 +169,123 @@ impl World {
         stats.orders = data.orders.len() as u64;
         stats.future_orders = data.future_orders.len() as u64;
 
-        // events/dt=YYYY-MM/
-        for (month, events) in data.month_events.iter().enumerate() {
+        // events/dt=YYYY-MM/ or events/dt=YYYY-MM-DD/
+        for (partition, events) in data.partition_events.iter().enumerate() {
             if events.is_empty() {
                 continue;
             }
             let dir = self
                 .out
                 .join("events")
-                .join(format!("dt={}", self.months[month]));
+                .join(format!("dt={}", self.partitions[partition]));
             fs::create_dir_all(&dir).map_err(|e| io_context(&dir, "cannot create", e))?;
             let columns = self.event_columns(data, &ids, events);
             self.write_file(&dir.join(&part), &self.events_schema, columns)?;
             stats.files += 1;
             stats.events += events.len() as u64;
+            stats.anonymous_events += events.iter().filter(|e| e.cust == ANON).count() as u64;
         }
-        stats.anonymous_events = data.anonymous_events;
         Ok(stats)
+    }
+
+    /// The customer ids of a chunk, formatted once.
+    fn chunk_ids(&self, data: &ChunkData) -> Vec<String> {
+        (0..data.customers.len() as u32)
+            .map(|local| {
+                let mut s = String::with_capacity(self.id_width + 1);
+                self.push_customer_id(&mut s, self.customer_number(data, local));
+                s
+            })
+            .collect()
+    }
+
+    /// The rows of `day` of a chunk: its signups, orders and events, as record batches.
+    pub(super) fn day_batches(
+        &self,
+        data: &ChunkData,
+        day: &Day,
+    ) -> Result<DayRows, GenerateError> {
+        let ids = self.chunk_ids(data);
+        let on_day = |ts: i64| ts >= day.from_us && ts < day.to_us;
+        let customers = RecordBatch::try_new(
+            self.customers_schema.clone(),
+            self.customer_columns(data, &ids, on_day),
+        )?;
+        let orders: Vec<OrderRec> = data
+            .orders
+            .iter()
+            .filter(|o| on_day(o.ts))
+            .copied()
+            .collect();
+        let orders = RecordBatch::try_new(
+            self.orders_schema.clone(),
+            self.order_columns(data, &ids, &orders),
+        )?;
+        let events: Vec<Ev> = match day.partition {
+            Some(p) => data.partition_events[p]
+                .iter()
+                .filter(|e| on_day(e.ts))
+                .copied()
+                .collect(),
+            None => Vec::new(),
+        };
+        let anonymous_events = events.iter().filter(|e| e.cust == ANON).count() as u64;
+        let events = RecordBatch::try_new(
+            self.events_schema.clone(),
+            self.event_columns(data, &ids, &events),
+        )?;
+        Ok(DayRows {
+            customers,
+            orders,
+            events,
+            anonymous_events,
+        })
+    }
+
+    /// The columns of the customers rows of a chunk whose `signup_ts` passes `keep`.
+    fn customer_columns(
+        &self,
+        data: &ChunkData,
+        ids: &[String],
+        keep: impl Fn(i64) -> bool,
+    ) -> Vec<ArrayRef> {
+        let rows: Vec<usize> = (0..data.customers.len())
+            .filter(|&local| keep(data.customers[local].signup_us))
+            .collect();
+        let n = rows.len();
+        let mut id_b = StringBuilder::with_capacity(n, n * (self.id_width + 1));
+        let mut email_b = StringBuilder::with_capacity(n, n * (self.id_width + 13));
+        let mut country_b = StringBuilder::with_capacity(n, n * 2);
+        let mut buf = String::new();
+        for &local in &rows {
+            let row = &data.customers[local];
+            id_b.append_value(&ids[local]);
+            if row.email_null {
+                email_b.append_null();
+            } else {
+                buf.clear();
+                buf.push('c');
+                push_num(
+                    &mut buf,
+                    self.customer_number(data, local as u32),
+                    self.id_width,
+                );
+                buf.push_str("@example.com");
+                email_b.append_value(&buf);
+            }
+            country_b.append_value(COUNTRIES[row.country as usize]);
+        }
+        vec![
+            Arc::new(id_b.finish()),
+            Arc::new(email_b.finish()),
+            timestamps(rows.iter().map(|&l| data.customers[l].signup_us).collect()),
+            Arc::new(country_b.finish()),
+            Arc::new(BooleanArray::from(
+                rows.iter()
+                    .map(|&l| data.customers[l].opt_in)
+                    .collect::<Vec<_>>(),
+            )),
+        ]
     }
 
     fn order_columns(
