@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Benchmark segmenter against the DuckDB + scikit-learn peer (bench/peer_duckdb.py) on generated data.
+# Benchmark segmenter against the DuckDB + scikit-learn peer (bench/peer_duckdb.py) on generated data:
+# a night after a published run, as a nightly schedule runs it.
 #
 #   bench/compare.sh [N ...]                 # N = customers; default: 20000 200000
 #   SEGMENTER_BIN=target/release/segmenter bench/compare.sh 20000    # skip the release build
 #
-# For each N: generate data once into bench/work/N/data (reused while its .complete marker
-# matches N, seed, date and the generator source), run `segmenter run --date $BENCH_DATE` and then the peer with --as-of the next day,
-# each once under /usr/bin/time -v after reading the input files into the page cache, and print
-# wall time, CPU time and peak RSS with segmenter/peer ratios, plus segmenter's stage timings.
-# The table is also written to bench/work/results-N.txt; logs stay in bench/work/N/.
-# Exits non-zero if a run fails, or (after printing every table) if segmenter's output fails
-# scripts/check_outputs.py.
+# For each N: generate once into bench/work/N/data the shop as it stood at the end of D
+# (BENCH_DATE; `generate --until D`, the world ending the next night, D+1) and, into
+# bench/work/N/day, the rows of D+1 (`generate --add-day D+1`); both are reused while their
+# markers match N, seed, dates and the generator source. Then, each under /usr/bin/time -v after
+# reading the inputs into the page cache:
+#   1. `segmenter run --date D` on the shop without D+1 (the refit night: every file read);
+#   2. D+1's files are added; `segmenter run --date D+1` (the incremental night: reuses D's
+#      state and stored models);
+#   3. `segmenter run --date D+1 --full` on a copy of the output root as it was after D;
+#   4. the peer with --as-of D+2 (the same data and cut-off as D+1).
+# Prints wall time, CPU time and peak RSS of the night and the peer with ratios, the three
+# segmenter runs' stages side by side, and whether the night's outputs equal the --full run's
+# byte for byte. The table is also written to bench/work/results-N.txt; logs stay in bench/work/N/.
+# Exits non-zero if a run fails, or (after printing every table) if the night's outputs differ
+# from the --full run's or fail scripts/check_outputs.py.
 #
 # Environment: SEGMENTER_BIN, BENCH_DATE (2026-10-31), BENCH_SEED (42), PEER_THREADS (2).
 set -euo pipefail
@@ -24,7 +33,8 @@ PEER="$ROOT/bench/peer_duckdb.py"
 [ -f "$PEER" ] || die "peer script $PEER not found"
 
 DATE="${BENCH_DATE:-2026-10-31}"
-AS_OF="$(date -u -d "$DATE + 1 day" +%F)" || die "BENCH_DATE=$DATE is not a date"
+NEXT="$(date -u -d "$DATE + 1 day" +%F)" || die "BENCH_DATE=$DATE is not a date"
+AS_OF="$(date -u -d "$DATE + 2 day" +%F)"
 SEED="${BENCH_SEED:-42}"
 THREADS="${PEER_THREADS:-2}"
 WORK="$ROOT/bench/work"
@@ -82,23 +92,30 @@ for N in "${NS[@]}"; do
     OUT="$W/out"
     mkdir -p "$W"
 
-    MARK="customers=$N seed=$SEED end_date=$DATE generator=$GENERATOR"
-    if [ -f "$DATA/.complete" ] && [ "$(cat "$DATA/.complete")" = "$MARK" ]; then
-        say "N=$N: reusing $DATA ($MARK)"
+    DAY="$W/day"
+    MARK="customers=$N seed=$SEED end_date=$NEXT until=$DATE generator=$GENERATOR"
+    if [ -f "$DATA/.complete" ] && [ "$(cat "$DATA/.complete")" = "$MARK" ] &&
+        [ -f "$DAY/.complete" ] && [ "$(cat "$DAY/.complete")" = "$MARK" ]; then
+        say "N=$N: reusing $DATA and $DAY ($MARK)"
     else
-        rm -rf "$DATA"
+        rm -rf "$DATA" "$DAY"
         say "N=$N: generating $DATA ($MARK)"
         start=$(date +%s)
         run "segmenter generate" "$W/generate.log" "$W/time-generate.txt" \
-            "$BIN" generate --out "$DATA" --customers "$N" --seed "$SEED" --end-date "$DATE"
+            "$BIN" generate --out "$DATA" --customers "$N" --seed "$SEED" --end-date "$NEXT" --until "$DATE"
         for sub in orders events customers; do
             [ -d "$DATA/$sub" ] || die "generate wrote no $DATA/$sub (log: $W/generate.log)"
+            mkdir -p "$DAY/$sub"
         done
+        run "segmenter generate --add-day" "$W/generate-day.log" "$W/time-generate-day.txt" \
+            "$BIN" generate --out "$DAY" --customers "$N" --seed "$SEED" --end-date "$NEXT" --add-day "$NEXT"
         echo "$MARK" >"$DATA/.complete"
+        echo "$MARK" >"$DAY/.complete"
         say "N=$N: generated in $(($(date +%s) - start)) s"
     fi
 
-    cat >"$W/pipeline.toml" <<EOF
+    pipeline() {
+        cat >"$2" <<EOF
 # Written by bench/compare.sh for N=$N; inputs are generated, output is rewritten every run.
 [inputs]
 orders = $(toml_str "$DATA/orders/")
@@ -106,21 +123,42 @@ events = $(toml_str "$DATA/events/")
 customers = $(toml_str "$DATA/customers/")
 
 [output]
-root = $(toml_str "$OUT/segmenter/")
+root = $(toml_str "$1")
 EOF
+    }
+    pipeline "$OUT/segmenter/" "$W/pipeline.toml"
+    pipeline "$OUT/full/" "$W/pipeline-full.toml"
     rm -rf "$OUT"
-    mkdir -p "$OUT/peer"
+    mkdir -p "$OUT/peer" "$OUT/full"
 
-    # Segmenter first, then the peer; each starts with the inputs in the page cache.
+    # The shop as it stood at the end of D: the night's files are not there yet.
+    (cd "$DAY" && find orders events customers -type f -name '*.parquet') | while read -r f; do
+        rm -f "$DATA/$f"
+    done
     warm "$DATA"
-    run "segmenter run" "$W/segmenter.log" "$W/time-segmenter.txt" \
+    run "segmenter run (D, refit)" "$W/segmenter-first.log" "$W/time-first.txt" \
         "$BIN" run --pipeline "$W/pipeline.toml" --date "$DATE"
+    cp -r "$OUT/segmenter/." "$OUT/full/"
+    # The night: D+1's orders, events and sign-ups arrive.
+    cp -r "$DAY/orders" "$DAY/events" "$DAY/customers" "$DATA/"
+
+    warm "$DATA"
+    run "segmenter run (D+1, incremental)" "$W/segmenter.log" "$W/time-segmenter.txt" \
+        "$BIN" run --pipeline "$W/pipeline.toml" --date "$NEXT"
+    warm "$DATA"
+    run "segmenter run (D+1, --full)" "$W/segmenter-full.log" "$W/time-full.txt" \
+        "$BIN" run --pipeline "$W/pipeline-full.toml" --date "$NEXT" --full
     warm "$DATA"
     run "peer" "$W/peer.log" "$W/time-peer.txt" \
         "$PY" "$PEER" "$DATA" "$OUT/peer/segments.parquet" --as-of "$AS_OF" --threads "$THREADS"
 
-    # Not timed: a benchmark of output that readers cannot use would be meaningless.
-    if "$PY" "$ROOT/scripts/check_outputs.py" "$OUT/segmenter" "$DATE" >"$W/check_outputs.log" 2>&1; then
+    # Not timed: the night must publish what a full run publishes, and readers must be able
+    # to use it.
+    if ! IDENTICAL="$("$PY" "$ROOT/bench/same_outputs.py" "$OUT/segmenter" "$OUT/full" "$NEXT" 2>&1)"; then
+        say "the night's outputs differ from the --full run's: $IDENTICAL"
+        CHECK_FAILED+=("$N (outputs differ from --full)")
+    fi
+    if "$PY" "$ROOT/scripts/check_outputs.py" "$OUT/segmenter" "$NEXT" >"$W/check_outputs.log" 2>&1; then
         CHECK="passed"
     else
         CHECK="FAILED: $(grep -m1 '^FAIL' "$W/check_outputs.log" || tail -n 1 "$W/check_outputs.log")"
@@ -128,10 +166,12 @@ EOF
         CHECK_FAILED+=("$N")
     fi
 
-    "$PY" "$ROOT/bench/report.py" --n "$N" --date "$DATE" --as-of "$AS_OF" --threads "$THREADS" \
+    "$PY" "$ROOT/bench/report.py" --n "$N" --date "$NEXT" --as-of "$AS_OF" --threads "$THREADS" \
         --data "$DATA" --seg-time "$W/time-segmenter.txt" --peer-time "$W/time-peer.txt" \
         --seg-out "$OUT/segmenter" --peer-out "$OUT/peer/segments.parquet" --peer-log "$W/peer.log" \
-        --check "$CHECK" >"$WORK/results-$N.txt"
+        --check "$CHECK" --night-of "$DATE" --first-time "$W/time-first.txt" \
+        --full-time "$W/time-full.txt" --full-out "$OUT/full" --identical "$IDENTICAL" \
+        >"$WORK/results-$N.txt"
     echo
     cat "$WORK/results-$N.txt"
     echo
@@ -139,5 +179,5 @@ EOF
 done
 
 if [ ${#CHECK_FAILED[@]} -gt 0 ]; then
-    die "timings printed, but segmenter's output failed scripts/check_outputs.py for N=${CHECK_FAILED[*]}"
+    die "timings printed, but segmenter's output failed a check for N=${CHECK_FAILED[*]}"
 fi

@@ -3,6 +3,11 @@
 
 usage: report.py --n N --date D --as-of D1 --threads T --data DIR --seg-time FILE --peer-time FILE
                  --seg-out DIR --peer-out FILE --peer-log FILE [--check TEXT]
+                 [--night-of D0 --first-time FILE --full-time FILE --full-out DIR --identical TEXT]
+
+With --night-of, the segmenter run is the incremental night D after D0 published (in --seg-out),
+and the table adds D0's run (a refit reading everything) and `--full` of D (--full-out), with
+their stages side by side.
 
 The time files are the `-o` output of GNU `/usr/bin/time -v`. Prints the table to stdout.
 """
@@ -53,12 +58,48 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def manifest_of(root, date):
+    with open(os.path.join(root, "_runs", date, "manifest.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def nights(a, seg, peer, p):
+    """The incremental night beside the refit before it and a --full run of the same night."""
+    first, full = parse_time_v(a.first_time), parse_time_v(a.full_time)
+    runs = [
+        (f"{a.night_of} refit", first, manifest_of(a.seg_out, a.night_of)),
+        (f"{a.date} incremental", seg, manifest_of(a.seg_out, a.date)),
+        (f"{a.date} --full", full, manifest_of(a.full_out, a.date)),
+    ]
+    p(f"{'segmenter run':<26}{'wall s':>9}{'x peer':>8}{'peak MiB':>10}  state")
+    for name, t, m in runs:
+        st = m.get("state", {})
+        p(f"{name:<26}{t['wall']:>9.2f}{ratio(t['wall'], peer['wall']):>8}{t['rss']:>10.0f}  "
+          f"{st.get('mode')}: {st.get('reused_files', 0)} files reused "
+          f"({st.get('reused_rows', 0):,} rows), {st.get('read_files', 0)} read "
+          f"({st.get('read_rows', 0):,} rows); models refitted: {m['models']['refit']['refitted']}")
+    stages = ["inputs", "features", "models", "clustering", "segments", "write"]
+    p("")
+    p(f"{'stage (s)':<12}" + "".join(f"{name:>24}" for name, _, _ in runs))
+    for s in stages:
+        p(f"{s:<12}" + "".join(f"{m['timings'].get(s, float('nan')):>24.3f}" for _, _, m in runs))
+    p("")
+    p(f"outputs of the incremental night vs --full: {a.identical}")
+    with open(a.peer_log, encoding="utf-8", errors="replace") as f:
+        peer_line = [line for line in f if line.startswith("peer:")]
+    p("peer stages:      " + (peer_line[-1].strip()[len("peer:"):].strip() if peer_line else "(no 'peer:' line)"))
+    p(f"output check:     scripts/check_outputs.py {a.check}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     for a in ("--n", "--date", "--as-of", "--threads", "--data", "--seg-time", "--peer-time",
               "--seg-out", "--peer-out", "--peer-log"):
         ap.add_argument(a, required=True)
     ap.add_argument("--check", default="not run")
+    for a in ("--night-of", "--first-time", "--full-time", "--full-out"):
+        ap.add_argument(a)
+    ap.add_argument("--identical", default="not compared")
     a = ap.parse_args()
 
     seg, peer = parse_time_v(a.seg_time), parse_time_v(a.peer_time)
@@ -92,6 +133,10 @@ def main():
     p(f"{'segmenter/peer':<16}{ratio(seg['wall'], peer['wall']):>10}{ratio(seg['cpu'], peer['cpu']):>10}"
       f"{ratio(seg['rss'], peer['rss']):>15}")
     p("")
+    if a.night_of:
+        nights(a, seg, peer, p)
+        print("\n".join(out))
+        return
 
     manifest = os.path.join(a.seg_out, "_runs", a.date, "manifest.json")
     try:

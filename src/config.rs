@@ -275,6 +275,14 @@ pub struct ModelParams {
     /// Customers kept (a stable sample by id) in each earlier snapshot the models train and
     /// backtest on; everyone is scored.
     pub training_sample: usize,
+    /// The churn and value models are refitted when no published run of the last this many
+    /// days (the run's date included) refitted them; the other nights load them and score.
+    pub refit_every_days: u32,
+    /// Stored models older than this many days are refitted, whatever the schedule.
+    pub max_age_days: u32,
+    /// Stored models are refitted when a feature's population stability index against the
+    /// training snapshot exceeds this.
+    pub max_feature_psi: f64,
 }
 
 impl Default for ModelParams {
@@ -286,6 +294,9 @@ impl Default for ModelParams {
             value_high_quantile: 0.8,
             value_medium_quantile: 0.5,
             training_sample: 100_000,
+            refit_every_days: 7,
+            max_age_days: 28,
+            max_feature_psi: 0.25,
         }
     }
 }
@@ -1126,6 +1137,22 @@ fn check_model(m: &ModelParams, problems: &mut Vec<String>) {
         problems.push(format!(
             "`model.training_sample` = {} must be at least 1000 customers",
             m.training_sample
+        ));
+    }
+    for (key, days) in [
+        ("model.refit_every_days", m.refit_every_days),
+        ("model.max_age_days", m.max_age_days),
+    ] {
+        if days == 0 {
+            problems.push(format!(
+                "`{key}` must be at least 1 day (1: refit every night)"
+            ));
+        }
+    }
+    if m.max_feature_psi.is_nan() || m.max_feature_psi <= 0.0 {
+        problems.push(format!(
+            "`model.max_feature_psi` = {} must be positive (0.25 is the usual \"large shift\")",
+            m.max_feature_psi
         ));
     }
 }

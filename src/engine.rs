@@ -56,6 +56,18 @@ pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
     Ok(ctx)
 }
 
+/// A session with `ctx`'s settings, memory pool, object stores and functions but its own
+/// tables: for queries that bind a table name (`events_raw`) to something else, side by side
+/// with `ctx`.
+pub fn sibling(ctx: &SessionContext) -> SessionContext {
+    let state = ctx.state();
+    let sub = SessionContext::new_with_config_rt(state.config().clone(), ctx.runtime_env());
+    for udf in state.scalar_functions().values() {
+        sub.register_udf(udf.as_ref().clone());
+    }
+    sub
+}
+
 /// `sample_unit(customer_id)`: a number in [0, 1) fixed for each customer id (the high bits of
 /// its FNV-1a hash), so `sample_unit(customer_id) < 0.1` keeps the same tenth of the customers
 /// in every query, snapshot and run. NULL for a NULL id.

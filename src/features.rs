@@ -14,6 +14,7 @@ use crate::engine;
 use crate::error::{Error, Result};
 use crate::inputs::Inputs;
 use crate::rules::{self, Bounds};
+use crate::state::{Rollup, StateStore};
 
 /// A point in time, as the SQL templates need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +218,7 @@ fn query_params(
     );
     p.insert(
         "event_reason",
-        rules::reason_sql(rules::Input::Events, bounds),
+        rules::reason_sql_before_any_cutoff(rules::Input::Events, bounds),
     );
     p
 }
@@ -227,13 +228,15 @@ fn query_params(
 /// queries/engagement.sql and queries/order_history.sql give one row per snapshot and customer
 /// (the earlier snapshots only for the `sample_share` of customers the models use), and
 /// queries/features.sql joins them. Rows are ordered by snapshot and customer_id.
-/// The events' counts go into `inputs.events`.
+/// The events' counts go into `inputs.events`. With `state`, the clickstream's rollup reuses
+/// the partials of unchanged files (src/state.rs); the returned rollup says what it did.
 pub async fn customer_features(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     snapshots: &Snapshots,
     inputs: &mut Inputs,
-) -> Result<SnapshotFeatures> {
+    state: Option<StateStore<'_>>,
+) -> Result<(SnapshotFeatures, Rollup)> {
     let sample_share = sample_share(ctx, pipeline.model.training_sample).await?;
     let bounds = &inputs.bounds;
     let batch = snapshots.batch()?;
@@ -261,7 +264,23 @@ pub async fn customer_features(
     let engagement = render_with(&pipeline.engagement_sql, &p, &each, "engagement")?;
     let sql = render(&pipeline.features_sql, &p, "features")?;
     let sessions = render(&pipeline.sessions_sql, &p, "sessions")?;
-    let tee = engine::tee(ctx, &sessions, "queries/sessions.sql", "sessions", "reason").await?;
+    let files = inputs
+        .events
+        .as_ref()
+        .map(|e| e.sources.as_slice())
+        .unwrap_or_default();
+    let cutoff = snapshots.cutoff(0).ok_or_else(|| {
+        Error::Model("the run's own snapshot (0) is missing from the snapshots".into())
+    })?;
+    let rollup = crate::state::rollup(ctx, &sessions, cutoff, files, state).await?;
+    let tee = engine::tee(
+        ctx,
+        &rollup.sql,
+        "queries/sessions.sql (merged)",
+        "sessions",
+        "reason",
+    )
+    .await?;
     let features = async {
         engine::create_view(ctx, "engagement", &engagement, "queries/engagement.sql").await?;
         collect_by_snapshot(ctx, &sql, snapshots).await
@@ -276,7 +295,7 @@ pub async fn customer_features(
         events.count_reasons(counts);
         events.use_the_rest();
     }
-    Ok(SnapshotFeatures { tables })
+    Ok((SnapshotFeatures { tables }, rollup))
 }
 
 /// The share of customers the earlier snapshots keep so that about `customers` remain: the

@@ -111,6 +111,20 @@ pub struct InputReport {
     pub rejected: BTreeMap<String, u64>,
     /// Unreadable files left out (`quality.on_corrupt_file = "skip"`).
     pub skipped_files: Vec<String>,
+    /// The readable files, in listing order (the incremental state is keyed by them).
+    #[serde(skip)]
+    pub sources: Vec<SourceFile>,
+}
+
+/// One readable input file: its URL, identity (path, size, e-tag, last modified) and rows.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Its URL, as the engine reads it.
+    pub url: String,
+    /// What the store says of it.
+    pub meta: object_store::ObjectMeta,
+    /// Rows in it (Parquet metadata).
+    pub rows: u64,
 }
 
 impl InputReport {
@@ -273,29 +287,62 @@ async fn register_raw(
         )));
     }
 
-    let schema = schema_of(cols);
     let urls = if skipped.is_empty() {
-        vec![ListingTableUrl::parse(location.as_str())]
+        vec![location.as_str().to_string()]
     } else {
         // Only the readable files.
-        good.iter()
-            .map(|m| ListingTableUrl::parse(file_url(&store, &m.location)))
-            .collect()
+        good.iter().map(|m| file_url(&store, &m.location)).collect()
     };
+    register_files(ctx, name, &urls, cols).await?;
+    let sources = good
+        .iter()
+        .zip(&rows)
+        .map(|(meta, &rows)| SourceFile {
+            url: file_url(&store, &meta.location),
+            meta: meta.clone(),
+            rows,
+        })
+        .collect();
+
+    Ok(InputReport {
+        location: location.as_str().to_string(),
+        files: good.len(),
+        bytes: good.iter().map(|m| m.size).sum(),
+        rows_in_files: rows.iter().sum(),
+        skipped_files: skipped,
+        sources,
+        ..Default::default()
+    })
+}
+
+/// Registers the Parquet files (or directories) at `urls` as table `name` with the canonical
+/// schema of `cols`; with an erasure list in force, `name` is a view that leaves the erased
+/// customers out, over `<name>_files`.
+async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    urls: &[String],
+    cols: &[Col],
+) -> Result<()> {
+    let what = || format!("registering {name}");
     let urls = urls
-        .into_iter()
+        .iter()
+        .map(ListingTableUrl::parse)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::engine(format!("registering {}", location.as_str()), e))?;
+        .map_err(|e| Error::engine(what(), e))?;
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
-        .with_schema(schema);
-    let table = ListingTable::try_new(config)
-        .map_err(|e| Error::engine(format!("registering {}", location.as_str()), e))?;
+        .with_schema(schema_of(cols));
+    let table = ListingTable::try_new(config).map_err(|e| Error::engine(what(), e))?;
+    ctx.deregister_table(name)
+        .map_err(|e| Error::engine(what(), e))?;
     if erased_filter(ctx) {
         // The erased customers leave here, before anything reads the input (src/privacy.rs).
         let files = format!("{name}_files");
+        ctx.deregister_table(files.as_str())
+            .map_err(|e| Error::engine(what(), e))?;
         ctx.register_table(files.as_str(), Arc::new(table))
             .map_err(|e| Error::engine(format!("registering {files}"), e))?;
         let view = format!(
@@ -304,17 +351,22 @@ async fn register_raw(
         crate::engine::create_view(ctx, name, &view, "leaving out the erased customers").await?;
     } else {
         ctx.register_table(name, Arc::new(table))
-            .map_err(|e| Error::engine(format!("registering {name}"), e))?;
+            .map_err(|e| Error::engine(what(), e))?;
     }
+    Ok(())
+}
 
-    Ok(InputReport {
-        location: location.as_str().to_string(),
-        files: good.len(),
-        bytes: good.iter().map(|m| m.size).sum(),
-        rows_in_files: rows.iter().sum(),
-        skipped_files: skipped,
-        ..Default::default()
-    })
+/// Registers event files (URLs of single files) as table `name`, as [`register`] registers
+/// `events_raw`: the canonical schema, erased customers left out.
+pub async fn register_event_files(ctx: &SessionContext, name: &str, urls: &[String]) -> Result<()> {
+    register_files(ctx, name, urls, EVENTS).await
+}
+
+/// Registers an empty `events_raw` (the canonical schema, no rows).
+pub fn register_no_events(ctx: &SessionContext) -> Result<()> {
+    ctx.deregister_table("events_raw")
+        .map_err(|e| Error::engine("registering events_raw", e))?;
+    register_empty(ctx, "events_raw", EVENTS)
 }
 
 /// Whether an erasure list is in force: the run registered `is_erased` (src/privacy.rs).
@@ -480,15 +532,17 @@ impl InputReport {
 }
 
 /// Writes the rejected rows of orders and events (with a `reason` column) under `dir`
-/// (e.g. `_rejected/run_date=D/`), one file per input named with `run_id`. Events are only
-/// scanned again when the counts found errors; `anonymous` and `after_cutoff` rows are not
-/// rejects and are not written. Returns the URLs written.
+/// (e.g. `_rejected/run_date=D/`), one file per input named with `run_id`. Events are scanned
+/// again only from table `events_scan` (the files this run read, when their counts found
+/// errors: src/state.rs); `anonymous` and `after_cutoff` rows are not rejects and are not
+/// written. Returns the URLs written.
 pub async fn write_rejected(
     ctx: &SessionContext,
     root: &StoreRef,
     dir: &str,
     run_id: &str,
     inputs: &Inputs,
+    events_scan: Option<&str>,
 ) -> Result<Vec<String>> {
     let bounds = &inputs.bounds;
     let mut written = Vec::new();
@@ -517,27 +571,25 @@ pub async fn write_rejected(
             .await?,
         );
     }
-    if let Some(events) = &inputs.events {
-        if events.rows_rejected() > 0 {
-            let sql = format!(
-                "SELECT event_id, customer_id, session_id, event_ts, event_type, reason FROM ( \
-                   SELECT *, {} AS reason FROM events_raw) \
-                 WHERE reason IS NOT NULL AND reason NOT IN ('{after}', '{anonymous}') \
-                 ORDER BY reason, event_ts, event_id",
-                rules::reason_sql(Input::Events, bounds),
-                after = rules::AFTER_CUTOFF,
-                anonymous = rules::ANONYMOUS
-            );
-            written.push(
-                write_query(
-                    ctx,
-                    root,
-                    &format!("{dir}events/part-{run_id}.parquet"),
-                    &sql,
-                )
-                .await?,
-            );
-        }
+    if let Some(table) = events_scan {
+        let sql = format!(
+            "SELECT event_id, customer_id, session_id, event_ts, event_type, reason FROM ( \
+               SELECT *, {} AS reason FROM {table}) \
+             WHERE reason IS NOT NULL AND reason NOT IN ('{after}', '{anonymous}') \
+             ORDER BY reason, event_ts, event_id",
+            rules::reason_sql(Input::Events, bounds),
+            after = rules::AFTER_CUTOFF,
+            anonymous = rules::ANONYMOUS
+        );
+        written.push(
+            write_query(
+                ctx,
+                root,
+                &format!("{dir}events/part-{run_id}.parquet"),
+                &sql,
+            )
+            .await?,
+        );
     }
     Ok(written)
 }

@@ -29,11 +29,13 @@ pub mod publish;
 pub mod quality;
 pub mod rules;
 pub mod run;
+pub mod schedule;
 pub mod segments;
+pub mod state;
 pub mod status;
 pub mod storage;
 pub mod tables;
 
 pub use config::Pipeline;
 pub use error::{Error, Result};
-pub use run::{run, RunSummary};
+pub use run::{run, RunOptions, RunSummary};

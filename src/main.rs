@@ -7,7 +7,7 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 use segmenter::generate::{generate, GenerateOptions};
-use segmenter::{Error, Pipeline, RunSummary};
+use segmenter::{Error, Pipeline, RunOptions, RunSummary};
 
 /// Nightly customer segmentation from order and clickstream Parquet.
 #[derive(Parser, Debug)]
@@ -41,6 +41,10 @@ enum Command {
         /// range, only the first date refits.
         #[arg(long)]
         refit: bool,
+        /// Ignore the incremental state: read every input file again (same result, slower);
+        /// the state is written afresh.
+        #[arg(long)]
+        full: bool,
         /// With --from/--to: run dates that are already published too (by default a backfill
         /// skips them, so a stopped backfill resumes where it stopped).
         #[arg(long, requires = "from")]
@@ -170,20 +174,20 @@ fn backfill(
     rt: &tokio::runtime::Runtime,
     pipeline: &Pipeline,
     dates: &[NaiveDate],
-    refit: bool,
+    options: RunOptions,
     force: bool,
     metrics: &dyn Fn(NaiveDate, &segmenter::Result<RunSummary>) -> segmenter::Result<()>,
 ) -> anyhow::Result<ExitCode> {
     let (mut published, mut skipped) = (0, 0);
     let mut failed = None;
-    let mut refit = refit;
+    let mut options = options;
     for &d in dates {
         if !force && rt.block_on(segmenter::run::is_published(pipeline, d))? {
             println!("skipped {d}: already published (--force runs it again)");
             skipped += 1;
             continue;
         }
-        let result = rt.block_on(segmenter::run(pipeline, d, refit));
+        let result = rt.block_on(segmenter::run(pipeline, d, options));
         metrics(d, &result)?;
         match result {
             Ok(summary) => {
@@ -192,7 +196,7 @@ fn backfill(
                     d, summary.customers, summary.manifest
                 );
                 published += 1;
-                refit = false;
+                options.refit = false;
             }
             Err(e) => {
                 println!("failed {d}: {e}");
@@ -256,9 +260,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             to,
             overrides,
             refit,
+            full,
             force,
             metrics_file,
         } => {
+            let options = RunOptions { refit, full };
             let pipeline = Pipeline::load(&pipeline, &overrides)?;
             let dates = match (date, from, to) {
                 (Some(d), _, _) => vec![d],
@@ -290,7 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 segmenter::status::write_atomically(path, &text)
             };
             if from.is_none() {
-                let result = rt.block_on(segmenter::run(&pipeline, dates[0], refit));
+                let result = rt.block_on(segmenter::run(&pipeline, dates[0], options));
                 metrics(dates[0], &result)?;
                 let summary = result?;
                 println!(
@@ -299,7 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            backfill(&rt, &pipeline, &dates, refit, force, &metrics)
+            backfill(&rt, &pipeline, &dates, options, force, &metrics)
         }
         Command::Status {
             pipeline,
@@ -418,7 +424,7 @@ fn demo(dir: &Path, customers: usize, seed: u64) -> anyhow::Result<ExitCode> {
         &|k| std::env::var(k).ok(),
     )?;
     println!("running pipelines/demo.toml for {end} ...");
-    let summary = runtime()?.block_on(segmenter::run(&pipeline, end, false))?;
+    let summary = runtime()?.block_on(segmenter::run(&pipeline, end, RunOptions::default()))?;
     print_summary(&summary);
     Ok(ExitCode::SUCCESS)
 }

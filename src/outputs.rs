@@ -144,6 +144,8 @@ pub struct Manifest<'a, I: Serialize, M: Serialize, C: Serialize, P: Serialize> 
     /// What erasure removed (`privacy.erased_customers`; absent when none is configured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::privacy::ErasureReport>,
+    /// The clickstream's incremental state: files and rows reused and read, its index.
+    pub state: &'a crate::state::Report,
 }
 
 #[cfg(test)]

@@ -55,6 +55,12 @@ pub struct Published {
     pub rows: crate::quality::PreviousRows,
     /// Its segment model, relative to the output root (`clustering.model`).
     pub model: Option<String>,
+    /// The index of its incremental state, relative to the output root (`state.index`).
+    pub state: Option<String>,
+    /// The refit whose models scored it (`models.refit.date`)…
+    pub refit_date: Option<String>,
+    /// … and those models, relative to the output root (`models.refit.model`).
+    pub scoring_models: Option<String>,
 }
 
 /// The manifest of the published run `run_date`; `None` if it is gone or (logged) cannot be
@@ -97,10 +103,19 @@ pub async fn published(root: &StoreRef, run_date: &str) -> Result<Option<Publish
         .pointer("/clustering/model")
         .and_then(serde_json::Value::as_str)
         .map(str::to_string);
+    let text = |pointer: &str| {
+        manifest
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
     Ok(Some(Published {
         run_id,
         rows,
         model,
+        state: text("/state/index"),
+        refit_date: text("/models/refit/date"),
+        scoring_models: text("/models/refit/model"),
     }))
 }
 

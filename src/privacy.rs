@@ -94,6 +94,15 @@ impl Erasure {
         self.ids.contains(id)
     }
 
+    /// A digest of the list (sorted ids): what the incremental state is keyed by, so that
+    /// a changed list recomputes every file without the erased customers.
+    pub fn digest(&self) -> String {
+        let mut ids: Vec<&String> = self.ids.iter().collect();
+        ids.sort_unstable();
+        let joined: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+        crate::state::sha256_hex(joined.join("\n").as_bytes())
+    }
+
     /// Whether the list is empty (then nothing is filtered).
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()

@@ -46,13 +46,14 @@ pub const MANIFEST_FORMAT: u32 = 1;
 const ATTEMPTS_WINDOW_DAYS: u64 = 31;
 
 /// The directories under which attempts leave files, one `run_date=D/` partition per date.
-const SCOPED_DIRS: [&str; 6] = [
+const SCOPED_DIRS: [&str; 7] = [
     "customer_segments",
     "segment_summary",
     "segment_transitions",
     "exports",
     "_rejected",
     "_models",
+    "_state",
 ];
 
 /// Where a run's manifest is stored, relative to the output root; it exists once the run is
@@ -138,6 +139,22 @@ impl Attempt {
     pub fn model_file(&self) -> String {
         format!(
             "_models/run_date={}/segment_model-{}.json",
+            self.run_date, self.run_id
+        )
+    }
+
+    /// The index of the incremental state this attempt used (src/state.rs).
+    pub fn state_index_file(&self) -> String {
+        format!(
+            "_state/run_date={}/index-{}.json",
+            self.run_date, self.run_id
+        )
+    }
+
+    /// The session keys of the state that may have several rows (src/state.rs).
+    pub fn state_multi_file(&self) -> String {
+        format!(
+            "_state/run_date={}/multi-{}.parquet",
             self.run_date, self.run_id
         )
     }
@@ -374,7 +391,8 @@ async fn remove_other_attempts(root: &StoreRef, dir: &str, run_id: &str) -> Resu
 
 /// Test hook: with `SEGMENTER_TEST_PAUSE=<point>` in the environment, the run prints
 /// `paused at <point>` on stderr and sleeps there until it is killed (the crash tests kill it
-/// with SIGKILL at a known step). Points: `write` (tables written, model not yet),
+/// with SIGKILL at a known step). Points: `state` (the clickstream's partials written, the
+/// state's index not yet), `write` (tables written, model not yet),
 /// `model` (model written), `manifest` (just before the manifest).
 pub fn pause_point(point: &str) {
     if std::env::var("SEGMENTER_TEST_PAUSE").is_ok_and(|p| p == point) {

@@ -121,6 +121,16 @@ fn quoted(values: &[&str]) -> String {
 
 /// The reason a row of `input` fails the rules, as an SQL expression (NULL when it passes).
 pub fn reason_sql(input: Input, b: &Bounds) -> String {
+    reason_sql_without(input, b, None)
+}
+
+/// The rules without `after_cutoff`: what the clickstream's per-day partials apply, so that
+/// they do not depend on the run's cut-off (src/state.rs applies it when merging the days).
+pub fn reason_sql_before_any_cutoff(input: Input, b: &Bounds) -> String {
+    reason_sql_without(input, b, Some(AFTER_CUTOFF))
+}
+
+fn reason_sql_without(input: Input, b: &Bounds, left_out: Option<&str>) -> String {
     let ts = match input {
         Input::Orders => "order_ts",
         Input::Events => "event_ts",
@@ -131,6 +141,7 @@ pub fn reason_sql(input: Input, b: &Bounds) -> String {
             Input::Orders => r.orders,
             Input::Events => r.events,
         })
+        .filter(|r| Some(r.reason) != left_out)
         .map(|r| {
             let cond = r
                 .condition

@@ -12,15 +12,17 @@ use crate::clustering;
 use crate::config::Pipeline;
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::features::{self, Cutoff};
+use crate::features::{self, Cutoff, Snapshots};
 use crate::inputs;
 use crate::limits::Watchdog;
-use crate::models;
+use crate::models::{self, Night};
 use crate::outputs::Manifest;
-use crate::previous;
+use crate::previous::{self, Published};
 use crate::privacy::Erasure;
 use crate::publish::{self, Lock};
 use crate::quality;
+use crate::schedule::{self, RefitRecord};
+use crate::state::{self, StateStore};
 use crate::storage;
 use crate::tables;
 
@@ -58,9 +60,18 @@ pub struct SegmentLine {
     pub total_value: f64,
 }
 
-/// Runs the pipeline for logical date `date` and publishes the outputs. `refit` fits the
-/// segments from scratch instead of warm-starting from the previous run's model.
-pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<RunSummary> {
+/// How a run goes about its work (the result is the same either way, except that `refit`
+/// fits afresh what would otherwise be reused).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Fit the segments from scratch instead of warm-starting from the previous run's model.
+    pub refit: bool,
+    /// Ignore the incremental state: read every input file again (`--full`).
+    pub full: bool,
+}
+
+/// Runs the pipeline for logical date `date` and publishes the outputs.
+pub async fn run(pipeline: &Pipeline, date: NaiveDate, options: RunOptions) -> Result<RunSummary> {
     let started_at = chrono::Utc::now();
     let run_date = date.format("%Y-%m-%d").to_string();
     let run_id = format!(
@@ -92,7 +103,7 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, refit: bool) -> Result<Ru
             date,
             cutoff,
             started_at,
-            refit,
+            options,
         },
         &mut timings,
     )
@@ -110,7 +121,7 @@ struct Attempt {
     date: NaiveDate,
     cutoff: Cutoff,
     started_at: chrono::DateTime<chrono::Utc>,
-    refit: bool,
+    options: RunOptions,
 }
 
 async fn run_locked(
@@ -127,7 +138,7 @@ async fn run_locked(
         date,
         cutoff,
         started_at,
-        refit,
+        options,
     } = attempt;
     let (run_date, run_id) = (names.run_date.as_str(), names.run_id.as_str());
     let mut clock = Instant::now();
@@ -161,24 +172,132 @@ async fn run_locked(
     };
     lap("inputs", timings);
 
-    let snapshots = models::snapshots(cutoff);
-    let all = features::customer_features(ctx, pipeline, &snapshots, &mut inputs).await?;
+    let decision = schedule::decide(
+        root,
+        &pipeline.model,
+        date,
+        previous_run.as_deref().zip(published.as_ref()),
+        options.refit,
+    )
+    .await?;
+    let mut refit_reason = decision.refit.clone();
+    // Scoring nights need the run's own snapshot only; refits all of them.
+    let snapshots = if refit_reason.is_some() {
+        models::snapshots(cutoff)
+    } else {
+        Snapshots::new(cutoff, &[])
+    };
+    let salt = erasure.as_ref().map(|e| e.digest()).unwrap_or_default();
+    let previous_state = match (&previous_run, &published) {
+        (
+            Some(d),
+            Some(Published {
+                state: Some(index), ..
+            }),
+        ) => state::read_index(root, d, index).await?,
+        _ => None,
+    };
+    let superseded = previous_state.as_ref().map(|p| p.index.clone());
+    let store = StateStore {
+        root,
+        previous: previous_state,
+        full: options.full,
+        salt: salt.clone(),
+    };
+    let (mut all, mut rollup) =
+        features::customer_features(ctx, pipeline, &snapshots, &mut inputs, Some(store)).await?;
     log_inputs(&inputs);
+    let mut state_report = std::mem::take(&mut rollup.report);
+    publish::pause_point("state");
+    if let (Some(index), Some(multi)) = (&mut rollup.index, &rollup.multi) {
+        let name = names.state_multi_file();
+        crate::outputs::write_parquet(root, &name, multi).await?;
+        index.multi = Some(name);
+    }
+    if let Some(index) = &rollup.index {
+        let name = names.state_index_file();
+        let json = serde_json::to_vec(index)
+            .map_err(|e| Error::Model(format!("serialising the state index: {e}")))?;
+        crate::outputs::write_bytes(root, &name, json).await?;
+        state_report.index = Some(name);
+    }
+    tracing::info!(
+        mode = state_report.mode,
+        reused_files = state_report.reused_files,
+        read_files = state_report.read_files,
+        dropped_files = state_report.dropped_files,
+        why = state_report.why.as_deref(),
+        "clickstream state"
+    );
     // Rejected rows are written before the gates, so that a run stopped by them leaves the
     // evidence; they are not a published table.
-    let rejected_files =
-        inputs::write_rejected(ctx, root, &names.rejected_dir(), run_id, &inputs).await?;
+    let rejected_files = inputs::write_rejected(
+        ctx,
+        root,
+        &names.rejected_dir(),
+        run_id,
+        &inputs,
+        rollup.rejects_table,
+    )
+    .await?;
     quality::check(
         &inputs,
         &pipeline.quality,
         published.as_ref().map(|p| &p.rows),
     )?;
-    let features = all.current()?;
-    tracing::info!(customers = features.len(), "features computed");
+    tracing::info!(customers = all.current()?.len(), "features computed");
     lap("features", timings);
 
-    let scores = models::score(pipeline, &snapshots, &all)?;
-    log_models(&scores.report);
+    let mut scored = None;
+    if let (None, Some((stored, file))) = (&refit_reason, &decision.stored) {
+        match models::score_stored(pipeline, stored, &all)? {
+            Night::Scored(scores, drift) => {
+                let record = RefitRecord {
+                    refitted: false,
+                    date: stored.refit_date.clone(),
+                    model: file.clone(),
+                    reason: None,
+                };
+                scored = Some((scores, drift, record, None));
+            }
+            Night::Refit(reason) => {
+                tracing::info!(reason, "the stored models do not fit tonight's features");
+                refit_reason = Some(reason);
+            }
+        }
+    }
+    let (scores, drift, refit_record, to_store) = match scored {
+        Some(scored) => scored,
+        None => {
+            let every = models::snapshots(cutoff);
+            if snapshots != every {
+                // Found out after the features: compute the training snapshots too (the
+                // clickstream's partials were just written: none is read again).
+                let again = StateStore {
+                    root,
+                    previous: rollup.index.clone().map(|index| state::Previous {
+                        run_date: run_date.to_string(),
+                        index,
+                    }),
+                    full: false,
+                    salt: salt.clone(),
+                };
+                all = features::customer_features(ctx, pipeline, &every, &mut inputs, Some(again))
+                    .await?
+                    .0;
+            }
+            let fit = models::fit(pipeline, &every, &all, run_date)?;
+            let record = RefitRecord {
+                refitted: true,
+                date: run_date.to_string(),
+                model: schedule::models_file(run_date, run_id),
+                reason: refit_reason.clone(),
+            };
+            (fit.scores, fit.drift, record, Some(fit.stored))
+        }
+    };
+    log_models(&scores.report, &refit_record);
+    let features = all.current()?;
     lap("models", timings);
 
     // Only a previous run whose manifest this build can read lends its model.
@@ -190,7 +309,7 @@ async fn run_locked(
         features,
         &pipeline.clustering,
         previous_model.as_ref(),
-        refit,
+        options.refit,
         run_date,
     )?;
     tracing::info!(
@@ -250,6 +369,12 @@ async fn run_locked(
         &segmentation.model,
     )
     .await?;
+    if let Some(stored) = &to_store {
+        let json = serde_json::to_vec(stored)
+            .map_err(|e| Error::Model(format!("serialising the scoring models: {e}")))?;
+        let url = crate::outputs::write_bytes(root, &refit_record.model, json).await?;
+        files.insert("scoring_models", vec![url]);
+    }
     if !rejected_files.is_empty() {
         files.insert("_rejected", rejected_files);
     }
@@ -273,7 +398,7 @@ async fn run_locked(
         finished_at: chrono::Utc::now().to_rfc3339(),
         inputs: &inputs,
         customers: features.len(),
-        models: &scores.report,
+        models: schedule::manifest_record(&scores.report, &refit_record, &drift),
         clustering: segmentation.manifest_record(
             previous_run.as_deref(),
             pipeline.clustering.seed,
@@ -288,11 +413,18 @@ async fn run_locked(
         peak_rss_mib: peak_rss,
         limits_exceeded: watchdog.exceeded(),
         privacy,
+        state: &state_report,
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
     let manifest_json = serde_json::from_slice(&json).unwrap_or_default();
     let manifest_url = publish::publish(root, &names, lock, json, &pipeline.retention).await?;
+    if let (Some(before), Some(now)) = (&superseded, &rollup.index) {
+        let removed = state::remove_superseded(root, before, now).await;
+        if removed > 0 {
+            tracing::info!(removed, "removed the state's superseded per-file rows");
+        }
+    }
 
     Ok(RunSummary {
         run_id: run_id.to_string(),
@@ -349,21 +481,32 @@ pub async fn evaluate(pipeline: &Pipeline, date: NaiveDate) -> Result<models::Mo
     erasure(&ctx, pipeline).await?;
     let mut inputs = inputs::register(&ctx, pipeline, &cutoff.sql()).await?;
     let snapshots = models::snapshots(cutoff);
-    let all = features::customer_features(&ctx, pipeline, &snapshots, &mut inputs).await?;
+    let (all, _) =
+        features::customer_features(&ctx, pipeline, &snapshots, &mut inputs, None).await?;
     log_inputs(&inputs);
-    let scores = models::score(pipeline, &snapshots, &all)?;
-    log_models(&scores.report);
-    Ok(scores.report)
+    let fit = models::fit(
+        pipeline,
+        &snapshots,
+        &all,
+        &date.format("%Y-%m-%d").to_string(),
+    )?;
+    Ok(fit.report)
 }
 
-fn log_models(report: &models::ModelReport) {
-    let b = &report.backtest;
+fn log_models(report: &serde_json::Value, refit: &RefitRecord) {
     tracing::info!(
-        churn = report.churn.method,
-        value = report.value.method,
-        backtest_auc = b.churn_trees.as_ref().map(|m| m.auc),
-        backtest_auc_bgnbd = b.churn_bgnbd.as_ref().map(|m| m.auc),
-        "models fitted"
+        churn = report.pointer("/churn/method").and_then(|v| v.as_str()),
+        value = report.pointer("/value/method").and_then(|v| v.as_str()),
+        backtest_auc = report
+            .pointer("/backtest/churn_trees/auc")
+            .and_then(|v| v.as_f64()),
+        backtest_auc_bgnbd = report
+            .pointer("/backtest/churn_bgnbd/auc")
+            .and_then(|v| v.as_f64()),
+        refitted = refit.refitted,
+        refit_date = refit.date,
+        reason = refit.reason.as_deref(),
+        "models"
     );
 }
 

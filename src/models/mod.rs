@@ -30,7 +30,7 @@ pub mod supervised;
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Pipeline;
 use crate::error::Result;
@@ -65,8 +65,174 @@ pub struct Scores {
     pub churn: Vec<f64>,
     /// Expected discounted net revenue over the next 365 days (≥ 0).
     pub value: Vec<f64>,
-    /// How the scores were made, for the manifest.
+    /// How the scoring models were made (the refit's [`ModelReport`], with its backtest), for
+    /// the manifest.
+    pub report: serde_json::Value,
+}
+
+/// Version of the stored models' format ([`Stored`]); another version is refitted.
+pub const STORED_FORMAT: u32 = 1;
+
+/// The churn learner a refit chose, with what scoring needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChurnScorer {
+    /// Trees + isotonic calibration.
+    Trees {
+        /// The model.
+        model: ChurnModel,
+    },
+    /// BG/NBD for buyers; never-buyers at the rate never-buyers showed in training.
+    Bgnbd {
+        /// That rate (None: the run-rate formula).
+        non_buyer_rate: Option<f64>,
+    },
+    /// The run-rate formula (too little history).
+    Fallback,
+}
+
+/// The value learner a refit chose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ValueScorer {
+    /// Trees on log value, scaled.
+    Trees {
+        /// The model.
+        model: ValueModel,
+    },
+    /// BG/NBD × Gamma-Gamma CLV.
+    BgnbdGammaGamma,
+    /// Last year's revenue × P(alive) (too little history).
+    Fallback,
+}
+
+/// Everything a night needs to score without fitting, stored with the refit's outputs
+/// (`_models/run_date=R/scoring_models-<run_id>.json`) and found through the manifests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    /// [`STORED_FORMAT`].
+    pub format: u32,
+    /// The run date of the refit.
+    pub refit_date: String,
+    /// The design's feature names at the refit: another list means refit.
+    pub features: Vec<String>,
+    /// BG/NBD and Gamma-Gamma fitted at the refit's cut-off: their outputs are features.
+    pub classical: Classical,
+    /// The churn learner.
+    pub churn: ChurnScorer,
+    /// The value learner.
+    pub value: ValueScorer,
+    /// The refit's report (learners, training snapshots, backtest), as the manifest shows it.
+    pub report: serde_json::Value,
+    /// The churn training snapshot's distribution of the SQL features, for drift.
+    pub reference: drift::Reference,
+}
+
+/// How the features of a night compare with the stored models' training snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drift {
+    /// The largest population stability index of any feature.
+    pub max_psi: f64,
+    /// `model.max_feature_psi`.
+    pub threshold: f64,
+    /// Every feature's index, largest first.
+    pub psi: Vec<(String, f64)>,
+}
+
+/// What a night did with stored models.
+pub enum Night {
+    /// Scored; the features' drift.
+    Scored(Scores, Drift),
+    /// The stored models do not fit tonight's features: refit, for this reason.
+    Refit(String),
+}
+
+/// Scores snapshot 0 with stored models, unless the feature list changed or a feature
+/// drifted past `model.max_feature_psi` (then [`Night::Refit`]).
+pub fn score_stored(
+    pipeline: &Pipeline,
+    stored: &Stored,
+    features: &SnapshotFeatures,
+) -> Result<Night> {
+    let now = features.current()?;
+    let rate = pipeline.model.monthly_discount_rate;
+    let p = Prepared::with_classical(now, stored.classical.clone(), rate)?;
+    if p.design.names != stored.features {
+        let added: Vec<&str> = p
+            .design
+            .names
+            .iter()
+            .filter(|n| !stored.features.contains(n))
+            .map(String::as_str)
+            .collect();
+        let removed: Vec<&str> = stored
+            .features
+            .iter()
+            .filter(|n| !p.design.names.contains(n))
+            .map(String::as_str)
+            .collect();
+        return Ok(Night::Refit(format!(
+            "the feature list changed (added: [{}], removed: [{}])",
+            added.join(", "),
+            removed.join(", ")
+        )));
+    }
+    let drift = drift_of(&stored.reference, &p.design, pipeline.model.max_feature_psi);
+    if drift.max_psi > drift.threshold {
+        let (name, psi) = drift.psi.first().cloned().unwrap_or_default();
+        return Ok(Night::Refit(format!(
+            "feature drift: {name} has a population stability index of {psi:.3} against the \
+             training snapshot (model.max_feature_psi = {})",
+            drift.threshold
+        )));
+    }
+    let (churn, value) = score_prepared(stored, &p, rate)?;
+    Ok(Night::Scored(
+        Scores {
+            churn,
+            value,
+            report: stored.report.clone(),
+        },
+        drift,
+    ))
+}
+
+fn drift_of(reference: &drift::Reference, design: &Design, threshold: f64) -> Drift {
+    let mut psi = reference.psi(design);
+    psi.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Drift {
+        max_psi: psi.first().map_or(0.0, |p| p.1),
+        threshold,
+        psi,
+    }
+}
+
+/// Scores a prepared snapshot with the stored learners: the one way scores are made, on
+/// refit nights and the others.
+fn score_prepared(stored: &Stored, p: &Prepared, rate: f64) -> Result<(Vec<f64>, Vec<f64>)> {
+    let churn = match &stored.churn {
+        ChurnScorer::Trees { model } => model.predict(&p.design),
+        ChurnScorer::Bgnbd { non_buyer_rate } => bgnbd_churn(p, *non_buyer_rate)?,
+        ChurnScorer::Fallback => fallback_churn(p.table)?,
+    };
+    let value = match &stored.value {
+        ValueScorer::Trees { model } => model.predict(&p.design),
+        ValueScorer::BgnbdGammaGamma => zero_nan(&p.outputs.clv),
+        ValueScorer::Fallback => fallback_value(p.table, &churn, rate)?,
+    };
+    Ok((churn, value))
+}
+
+/// A refit: the scores, the report, and the models to store.
+pub struct Fit {
+    /// Snapshot 0 scored by the new models.
+    pub scores: Scores,
+    /// The report (what `segmenter evaluate` prints).
     pub report: ModelReport,
+    /// The models, for the next nights.
+    pub stored: Stored,
+    /// Snapshot 0's drift against the new training snapshot (for the manifest).
+    pub drift: Drift,
 }
 
 /// What the manifest records about the models.
@@ -108,8 +274,17 @@ struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     fn new(table: &'a CustomerTable, monthly_rate: f64) -> Result<Prepared<'a>> {
-        let clock = std::time::Instant::now();
         let classical = Classical::fit(table)?;
+        Self::with_classical(table, classical, monthly_rate)
+    }
+
+    /// With classical models fitted elsewhere (stored by a refit).
+    fn with_classical(
+        table: &'a CustomerTable,
+        classical: Classical,
+        monthly_rate: f64,
+    ) -> Result<Prepared<'a>> {
+        let clock = std::time::Instant::now();
         let fitted = clock.elapsed().as_secs_f64();
         let outputs = classical.outputs(table, monthly_rate)?;
         let with_outputs = clock.elapsed().as_secs_f64();
@@ -264,12 +439,14 @@ fn choose(trees: Option<f64>, classical: Option<f64>, lower_is_better: bool) -> 
 
 /// Fits the models on the earlier snapshots, backtests them, and scores snapshot 0 with the
 /// learner that did better in the backtest (Brier score for churn, Spearman for value; the
-/// classical model wins ties and stands in where the trees cannot be backtested).
-pub fn score(
+/// classical model wins ties and stands in where the trees cannot be backtested). The fitted
+/// models are returned for storing (`refit_date`: this run's date).
+pub fn fit(
     pipeline: &Pipeline,
     snapshots: &Snapshots,
     features: &SnapshotFeatures,
-) -> Result<Scores> {
+    refit_date: &str,
+) -> Result<Fit> {
     let rate = pipeline.model.monthly_discount_rate;
     let seed = pipeline.clustering.seed;
     let prepared = prepare_all(features, rate)?;
@@ -295,7 +472,7 @@ pub fn score(
     let churn_train = prepared.get(&CHURN_TRAIN);
     let value_train = prepared.get(&VALUE_TRAIN);
     let (churn, value_trees) = both(
-        || -> Result<(Vec<f64>, FitReport)> {
+        || -> Result<(ChurnScorer, FitReport)> {
             match (churn_learner, churn_train) {
                 (Learner::Trees, Some(t)) if t.trainable()? => {
                     let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
@@ -305,27 +482,27 @@ pub fn score(
                         t,
                         &m.fitted,
                     );
-                    Ok((m.predict(&now.design), report))
+                    Ok((ChurnScorer::Trees { model: m }, report))
                 }
                 _ if now.classical.has_bgnbd() => {
                     // Never-buyers: the share of never-buyers 90 days ago who still had not
                     // bought.
-                    let non_buyers = match churn_train {
+                    let non_buyer_rate = match churn_train {
                         Some(t) if t.trainable()? => non_buyer_churn(t)?,
                         _ => None,
                     };
                     Ok((
-                        bgnbd_churn(now, non_buyers)?,
+                        ChurnScorer::Bgnbd { non_buyer_rate },
                         fit_report("bgnbd", cutoff_of(0), now.ids.len()),
                     ))
                 }
                 _ => Ok((
-                    fallback_churn(now.table)?,
+                    ChurnScorer::Fallback,
                     fit_report("fallback_run_rate", cutoff_of(0), 0),
                 )),
             }
         },
-        || -> Result<Option<(Vec<f64>, FitReport)>> {
+        || -> Result<Option<(ValueScorer, FitReport)>> {
             match (value_learner, value_train) {
                 (Learner::Trees, Some(t)) if t.buyers()? >= MIN_TRAINING_BUYERS => {
                     let m = ValueModel::fit(
@@ -340,7 +517,7 @@ pub fn score(
                         t,
                         &m.fitted,
                     );
-                    Ok(Some((m.predict(&now.design), report)))
+                    Ok(Some((ValueScorer::Trees { model: m }, report)))
                 }
                 _ => Ok(None),
             }
@@ -350,24 +527,50 @@ pub fn score(
     let (value, value_report) = match value_trees? {
         Some(trees) => trees,
         None if now.classical.has_bgnbd() => (
-            zero_nan(&now.outputs.clv),
+            ValueScorer::BgnbdGammaGamma,
             fit_report("bgnbd_gamma_gamma", cutoff_of(0), now.ids.len()),
         ),
         None => (
-            fallback_value(now.table, &churn, rate)?,
+            ValueScorer::Fallback,
             fit_report("fallback_run_rate", cutoff_of(0), 0),
         ),
     };
-
-    Ok(Scores {
+    let report = ModelReport {
+        churn: churn_report,
+        value: value_report,
+        classical: now.classical.clone(),
+        backtest,
+    };
+    // Drift is watched on the SQL features only: the classical outputs move with their own
+    // refits (each snapshot fits its own BG/NBD), not with the customers.
+    let training = prepared.get(&CHURN_TRAIN).unwrap_or(now).table;
+    let reference = drift::Reference::new(&Design::new(training, &[])?);
+    let stored = Stored {
+        format: STORED_FORMAT,
+        refit_date: refit_date.to_string(),
+        features: now.design.names.clone(),
+        classical: now.classical.clone(),
         churn,
         value,
-        report: ModelReport {
-            churn: churn_report,
-            value: value_report,
-            classical: now.classical.clone(),
-            backtest,
+        report: serde_json::to_value(&report)
+            .map_err(|e| crate::Error::Model(format!("recording the models: {e}")))?,
+        reference,
+    };
+    let drift = drift_of(
+        &stored.reference,
+        &now.design,
+        pipeline.model.max_feature_psi,
+    );
+    let (churn, value) = score_prepared(&stored, now, rate)?;
+    Ok(Fit {
+        scores: Scores {
+            churn,
+            value,
+            report: stored.report.clone(),
         },
+        report,
+        stored,
+        drift,
     })
 }
 

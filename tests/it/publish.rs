@@ -113,7 +113,7 @@ fn start_paused(p: &Path, date: &str, point: &str) -> Child {
 }
 
 /// Holds `segmenter run` for `date` at `point` and kills it there with SIGKILL.
-fn run_and_kill_at(p: &Path, date: &str, point: &str) {
+pub(crate) fn run_and_kill_at(p: &Path, date: &str, point: &str) {
     let mut child = start_paused(p, date, point);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -600,8 +600,8 @@ fn retention_removes_old_exports_and_lost_attempts_but_keeps_published_tables() 
     );
     assert_eq!(
         files_in("_models/run_date=2026-10-27"),
-        1,
-        "published model kept"
+        2,
+        "published segment model and scoring models (a refit night) kept"
     );
     assert!(
         files_in("exports/run_date=2026-10-30") > 0,

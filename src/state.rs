@@ -1,0 +1,1050 @@
+//! The incremental state of the clickstream rollup: a cache that can never change a result.
+//!
+//! queries/sessions.sql rolls events up into one row per (customer, session, UTC day), and it
+//! is mergeable (counts, sums, min, max: checked in its plan, [`Shape`]). So each input file's
+//! rows ("partial") are computed once and kept under `output.root/_state/sessions/<key>.parquet`,
+//! where the key is a SHA-256 of the file's identity (URL, size, e-tag, last modified) and of
+//! everything that shapes a partial (the rendered query with its row rules and
+//! `quality.earliest_date`, the erasure list, [`STATE_FORMAT`], the build's version):
+//!
+//! ```text
+//!  events files ──(new or changed: sessions.sql, one file at a time)──► _state/sessions/<key>.parquet
+//!  unchanged files ─────────────────(their partial, from the index)──┘        │
+//!                                                                             ▼
+//!        merge: GROUP BY every key column but `day`; count/sum → sum, min → min, max → max;
+//!        rows of days at or after the cut-off become one `after_cutoff` row
+//!                                                                             ▼
+//!                                          one row per session (what sessions.sql used to be)
+//! ```
+//! A run keeps an index of the partials it used (`_state/run_date=D/index-<run_id>.json`,
+//! named by its manifest's `state.index`), written with its outputs; the next run reads the
+//! index of the latest published run before it. So a killed run leaves the previous state in
+//! force, a replaced, new or late file is recomputed, a deleted one drops out, an edited query
+//! changes every key, and deleting `_state/` only costs time. Since cut-offs are at midnight
+//! UTC, per-day rows apply the run's cut-off (and every snapshot's) exactly.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::engine;
+use crate::error::{Error, Result};
+use crate::features::Cutoff;
+use crate::inputs::{self, SourceFile};
+use crate::rules;
+use crate::storage::StoreRef;
+
+/// Version of the partials' and the index's format: part of every key.
+pub const STATE_FORMAT: u32 = 1;
+/// Where the partials live, relative to the output root.
+const PARTIALS_DIR: &str = "_state/sessions";
+/// Files rolled up at the same time.
+const CONCURRENCY: usize = 4;
+/// Names of read files listed in the manifest at most.
+const LISTED_READS: usize = 50;
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How one column of the rollup merges across days and files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    /// A GROUP BY column, or an expression of them.
+    Key,
+    /// The `day` key: merged away.
+    Day,
+    /// An aggregate merged by this function (`sum` for counts and sums, `min`, `max`).
+    Merge(&'static str),
+}
+
+/// The rollup's output columns and how each merges, read from the query's logical plan.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    columns: Vec<(String, Role)>,
+    schema: SchemaRef,
+}
+
+impl Shape {
+    /// Plans `sql` (the rendered rollup) in `ctx` and checks it is mergeable: every column a
+    /// GROUP BY column or count/sum/min/max, with `day` among the keys. Anything else is a
+    /// configuration error (exit 2) naming the column.
+    pub async fn of(ctx: &SessionContext, sql: &str) -> Result<Shape> {
+        let what = "queries/sessions.sql";
+        let df = ctx
+            .sql(sql)
+            .await
+            .map_err(|e| Error::engine(format!("planning {what}"), e))?;
+        let columns = roles(df.logical_plan()).map_err(|problem| {
+            Error::config(
+                None,
+                format!(
+                    "{what} cannot be kept as incremental state: {problem}. Every column must be a \
+                     GROUP BY column or count(…), sum(…), min(…) or max(…) of the day's events, \
+                     so that days and files merge exactly (README, \"Incremental runs\")"
+                ),
+            )
+        })?;
+        for (name, role) in [
+            ("reason", Role::Key),
+            ("customer_id", Role::Key),
+            ("session_id", Role::Key),
+            ("day", Role::Day),
+            ("events", Role::Merge("sum")),
+        ] {
+            if !columns.iter().any(|(n, r)| n == name && *r == role) {
+                let want = match role {
+                    Role::Day => {
+                        "the UTC day (date_trunc('day', event_ts)) among the GROUP BY keys"
+                    }
+                    Role::Key => "a GROUP BY column",
+                    Role::Merge(_) => "count(*)",
+                };
+                return Err(Error::config(
+                    None,
+                    format!("{what} must return a column `{name}`: {want}"),
+                ));
+            }
+        }
+        Ok(Shape {
+            columns,
+            schema: Arc::new(df.schema().as_arrow().clone()),
+        })
+    }
+
+    /// The merge of the per-day rows in `from` (a parenthesised query) into one row per
+    /// session, cut at `cutoff`: rows of later days count as `after_cutoff` events. One pass:
+    /// the cut is part of the keys (for the direct rollup of `segmenter evaluate`).
+    pub fn merge_sql(&self, from: &str, cutoff: Cutoff) -> String {
+        let late = format!("\"day\" >= {}", cutoff.sql());
+        let mut select = Vec::new();
+        let mut group = Vec::new();
+        for (name, role) in &self.columns {
+            let q = quoted(name);
+            match role {
+                Role::Day => {}
+                Role::Key => {
+                    let expr = if name == "reason" {
+                        format!(
+                            "CASE WHEN {late} THEN '{}' ELSE {q} END",
+                            rules::AFTER_CUTOFF
+                        )
+                    } else {
+                        format!("CASE WHEN {late} THEN NULL ELSE {q} END")
+                    };
+                    select.push(format!("{expr} AS {q}"));
+                    group.push(expr);
+                }
+                Role::Merge(f) => select.push(format!("{f}({q}) AS {q}")),
+            }
+        }
+        format!(
+            "SELECT {} FROM {from} GROUP BY {}",
+            select.join(", "),
+            group.join(", ")
+        )
+    }
+
+    /// [`Shape::merge_sql`] over a table: the rows before the cut-off grouped by their plain
+    /// keys (as fast as grouping can be), and the later ones summed into one `after_cutoff` row.
+    pub fn merge_table_sql(&self, table: &str, cutoff: Cutoff) -> String {
+        let (mut keys, mut late_keys, mut aggs) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, role) in &self.columns {
+            let q = quoted(name);
+            match role {
+                Role::Day => {}
+                Role::Key if name == "reason" => {
+                    keys.push(q.clone());
+                    late_keys.push(format!("'{}' AS {q}", rules::AFTER_CUTOFF));
+                }
+                Role::Key => {
+                    keys.push(q.clone());
+                    late_keys.push(format!("NULL AS {q}"));
+                }
+                Role::Merge(f) => aggs.push(format!("{f}({q}) AS {q}")),
+            }
+        }
+        let cut = cutoff.sql();
+        let aggs = aggs.join(", ");
+        // Column order: the keys and aggregates in the query's order, as one SELECT list.
+        let order: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|(_, r)| *r != Role::Day)
+            .map(|(n, _)| quoted(n))
+            .collect();
+        format!(
+            "SELECT {order} FROM ( \
+               SELECT {keys}, {aggs} FROM {table} \
+               WHERE \"day\" < {cut} OR \"day\" IS NULL GROUP BY {keys} \
+               UNION ALL \
+               SELECT {late_keys}, {aggs} FROM {table} WHERE \"day\" >= {cut} HAVING count(*) > 0)",
+            order = order.join(", "),
+            keys = keys.join(", "),
+            late_keys = late_keys.join(", "),
+        )
+    }
+}
+
+impl Shape {
+    /// The key columns that identify a session (every key but `reason` and `day`).
+    fn session_keys(&self) -> Vec<&str> {
+        self.columns
+            .iter()
+            .filter(|(n, r)| *r == Role::Key && n != "reason")
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// [`Shape::merge_table_sql`] when only the sessions whose keys are in table `multi` can
+    /// have several rows: those are grouped, every other session row passes through as it is.
+    pub fn merge_split_sql(&self, table: &str, multi: &str, cutoff: Cutoff) -> String {
+        let (mut keys, mut late_keys, mut aggs, mut raw) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (name, role) in &self.columns {
+            let q = quoted(name);
+            match role {
+                Role::Day => {}
+                Role::Key if name == "reason" => {
+                    keys.push(q.clone());
+                    late_keys.push(format!("'{}' AS {q}", rules::AFTER_CUTOFF));
+                }
+                Role::Key => {
+                    keys.push(q.clone());
+                    late_keys.push(format!("NULL AS {q}"));
+                }
+                Role::Merge(f) => {
+                    aggs.push(format!("{f}({q}) AS {q}"));
+                    raw.push(format!("p.{q}"));
+                }
+            }
+        }
+        let on: Vec<String> = self
+            .session_keys()
+            .iter()
+            .map(|k| {
+                let q = quoted(k);
+                format!("(p.{q} IS NOT DISTINCT FROM m.{q})")
+            })
+            .collect();
+        let p_keys: Vec<String> = keys.iter().map(|k| format!("p.{k}")).collect();
+        let order: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|(_, r)| *r != Role::Day)
+            .map(|(n, _)| quoted(n))
+            .collect();
+        let cut = cutoff.sql();
+        format!(
+            "SELECT {order} FROM ( \
+               SELECT {p_keys}, {raw} FROM {table} p LEFT ANTI JOIN {multi} m ON {on} \
+               WHERE p.\"reason\" IS NULL AND p.\"day\" < {cut} \
+               UNION ALL \
+               SELECT {keys}, {aggs} FROM ( \
+                 SELECT p.* FROM {table} p LEFT SEMI JOIN {multi} m ON {on} \
+                 WHERE p.\"reason\" IS NULL AND p.\"day\" < {cut} \
+                 UNION ALL \
+                 SELECT * FROM {table} WHERE \"reason\" IS NOT NULL AND (\"day\" < {cut} OR \"day\" IS NULL)) \
+               GROUP BY {keys} \
+               UNION ALL \
+               SELECT {late_keys}, {aggs} FROM {table} WHERE \"day\" >= {cut} HAVING count(*) > 0)",
+            order = order.join(", "),
+            p_keys = p_keys.join(", "),
+            raw = raw.join(", "),
+            on = on.join(" AND "),
+            keys = keys.join(", "),
+            late_keys = late_keys.join(", "),
+            aggs = aggs.join(", "),
+        )
+    }
+
+    /// The session keys of `batch` (partial rows) on its session rows.
+    fn keys_of(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let reason = batch
+            .column_by_name("reason")
+            .ok_or_else(|| Error::config(None, "queries/sessions.sql must return `reason`"))?;
+        let mask = datafusion::arrow::compute::is_null(reason)
+            .map_err(|e| Error::engine("selecting session rows", e.into()))?;
+        let keys = self.session_keys();
+        let indices: Vec<usize> = keys
+            .iter()
+            .map(|k| batch.schema().index_of(k))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::engine("selecting session keys", e.into()))?;
+        let projected = batch
+            .project(&indices)
+            .map_err(|e| Error::engine("selecting session keys", e.into()))?;
+        datafusion::arrow::compute::filter_record_batch(&projected, &mask)
+            .map_err(|e| Error::engine("selecting session rows", e.into()))
+    }
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn unalias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+/// Each output column's role in `plan` (a SELECT over one GROUP BY), or what is not mergeable.
+fn roles(plan: &LogicalPlan) -> std::result::Result<Vec<(String, Role)>, String> {
+    let mut top = plan;
+    while let LogicalPlan::Sort(s) = top {
+        top = s.input.as_ref();
+    }
+    let LogicalPlan::Projection(projection) = top else {
+        return Err("it must be one SELECT … GROUP BY …".into());
+    };
+    let LogicalPlan::Aggregate(agg) = projection.input.as_ref() else {
+        return Err("it must be one SELECT … GROUP BY … (no HAVING, no outer query)".into());
+    };
+    let fields = agg.schema.columns();
+    let n_groups = agg.group_expr.len();
+    let out = plan.schema();
+    let mut roles = Vec::new();
+    for (i, expr) in projection.expr.iter().enumerate() {
+        let name = out.field(i).name().clone();
+        let role = match unalias(expr) {
+            Expr::Column(c) => match fields.iter().position(|f| f == c) {
+                Some(j) if j >= n_groups => merge_role(&agg.aggr_expr[j - n_groups])
+                    .map_err(|p| format!("`{name}`: {p}"))?,
+                Some(_) => Role::Key,
+                None => return Err(format!("`{name}` is neither grouped nor aggregated")),
+            },
+            other => {
+                let grouped = &fields[..n_groups];
+                if other.column_refs().iter().all(|c| grouped.contains(c)) {
+                    Role::Key
+                } else {
+                    return Err(format!(
+                        "`{name}` = {other} computes with aggregates, which cannot be merged"
+                    ));
+                }
+            }
+        };
+        let role = if name == "day" && role == Role::Key {
+            Role::Day
+        } else {
+            role
+        };
+        roles.push((name, role));
+    }
+    Ok(roles)
+}
+
+fn merge_role(e: &Expr) -> std::result::Result<Role, String> {
+    match unalias(e) {
+        Expr::AggregateFunction(f) if f.params.distinct => Err(format!(
+            "{}(DISTINCT …) cannot be merged across days and files",
+            f.func.name()
+        )),
+        Expr::AggregateFunction(f) => match f.func.name() {
+            "count" | "sum" => Ok(Role::Merge("sum")),
+            "min" => Ok(Role::Merge("min")),
+            "max" => Ok(Role::Merge("max")),
+            other => Err(format!("{other}(…) cannot be merged across days and files")),
+        },
+        other => Err(format!("{other} is not an aggregate function")),
+    }
+}
+
+/// One file's partial, as the index keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    /// The source file's URL.
+    pub source: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its e-tag, when the store gives one.
+    pub e_tag: Option<String>,
+    /// Its last modification (RFC 3339).
+    pub last_modified: String,
+    /// Rows in the source file.
+    pub rows: u64,
+    /// The partial's key: its file is `_state/sessions/<key>.parquet`.
+    pub key: String,
+    /// Rows in the partial.
+    pub partial_rows: u64,
+}
+
+impl Entry {
+    fn partial(&self) -> String {
+        partial_name(&self.key)
+    }
+}
+
+fn partial_name(key: &str) -> String {
+    format!("{PARTIALS_DIR}/{key}.parquet")
+}
+
+/// The partials a run used: what the next run may reuse.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Index {
+    /// [`STATE_FORMAT`] when written.
+    pub format: u32,
+    /// Digest of everything that shapes a partial (see the module documentation).
+    pub shape: String,
+    /// One entry per source file, in listing order.
+    pub files: Vec<Entry>,
+    /// A Parquet file (relative to the output root) of the session keys that may have more
+    /// than one per-day row among these partials: every key that does is in it (a key that
+    /// does not may be too). The merge groups only these; the others pass through.
+    #[serde(default)]
+    pub multi: Option<String>,
+    /// Its rows.
+    #[serde(default)]
+    pub multi_rows: u64,
+}
+
+/// What the manifest says about the state (`state`).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// `incremental` (partials kept; some reused when `reused_files` > 0), `full` (`--full`:
+    /// every file read again) or `off` (no output root to keep state in).
+    pub mode: &'static str,
+    /// Why nothing was reused, when nothing was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The index this run wrote (relative to the output root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// The run whose index was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_run_date: Option<String>,
+    /// Source files whose partial was reused, and their rows.
+    pub reused_files: usize,
+    /// Rows of the reused files (not read).
+    pub reused_rows: u64,
+    /// Source files read (new, changed, or without a usable partial), and their rows.
+    pub read_files: usize,
+    /// Rows of the files read.
+    pub read_rows: u64,
+    /// Files in the previous index that are gone from the input.
+    pub dropped_files: usize,
+    /// Per-day rows merged (all partials).
+    pub partial_rows: u64,
+    /// Session keys that may have several rows (grouped by the next night's merge).
+    pub multi_keys: u64,
+    /// The files read (the first 50).
+    pub read: Vec<String>,
+}
+
+/// What the previous run left: its index and its date.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    /// Its date.
+    pub run_date: String,
+    /// Its index.
+    pub index: Index,
+}
+
+/// The rollup of this run: the merge query to run, and the state it leaves.
+pub struct Rollup {
+    /// One row per session (and per reason): what the features read as `sessions`.
+    pub sql: String,
+    /// For the manifest.
+    pub report: Report,
+    /// The index to write with the outputs (None without state).
+    pub index: Option<Index>,
+    /// A table of the files read whose rows include rejects (for `_rejected/`), if any.
+    pub rejects_table: Option<&'static str>,
+    /// The keys for the index's `multi`, to write with it.
+    pub multi: Option<RecordBatch>,
+}
+
+/// Where the state lives and what may be reused.
+pub struct StateStore<'a> {
+    /// The output root.
+    pub root: &'a StoreRef,
+    /// The latest published run's index (None: nothing to reuse).
+    pub previous: Option<Previous>,
+    /// `--full`: reuse nothing.
+    pub full: bool,
+    /// Anything else that shapes a partial (the erasure list's digest).
+    pub salt: String,
+}
+
+/// The rollup for a run cut at `cutoff`: `sql` is the rendered queries/sessions.sql (rules
+/// without the cut-off), `files` the events input's readable files. With a store, partials
+/// of unchanged files are reused and new ones written; without one (e.g. `evaluate`), the
+/// merge runs straight over the query.
+pub async fn rollup(
+    ctx: &SessionContext,
+    sql: &str,
+    cutoff: Cutoff,
+    files: &[SourceFile],
+    store: Option<StateStore<'_>>,
+) -> Result<Rollup> {
+    let shape = Shape::of(ctx, sql).await?;
+    let Some(store) = store.filter(|_| !files.is_empty()) else {
+        return Ok(Rollup {
+            sql: shape.merge_sql(&format!("({sql})"), cutoff),
+            report: Report {
+                mode: "off",
+                ..Report::default()
+            },
+            index: None,
+            rejects_table: None,
+            multi: None,
+        });
+    };
+    let digest = sha256_hex(
+        format!(
+            "format {STATE_FORMAT}\nsegmenter {}\nsalt {}\n{sql}",
+            env!("CARGO_PKG_VERSION"),
+            store.salt
+        )
+        .as_bytes(),
+    );
+    let mut report = Report {
+        mode: if store.full { "full" } else { "incremental" },
+        ..Report::default()
+    };
+    let reusable: HashMap<&str, &Entry> = match (&store.previous, store.full) {
+        (_, true) => {
+            report.why = Some("--full: every file read again".into());
+            HashMap::new()
+        }
+        (None, false) => {
+            report.why = Some("no previous state".into());
+            HashMap::new()
+        }
+        (Some(p), false) if p.index.format != STATE_FORMAT || p.index.shape != digest => {
+            report.why = Some(format!(
+                "the state of {} was made by another rollup query, rules, erasure list or \
+                 release: every file read again",
+                p.run_date
+            ));
+            HashMap::new()
+        }
+        (Some(p), false) => {
+            report.from_run_date = Some(p.run_date.clone());
+            p.index.files.iter().map(|e| (e.key.as_str(), e)).collect()
+        }
+    };
+    let existing = if reusable.is_empty() {
+        HashSet::new()
+    } else {
+        existing_partials(store.root).await?
+    };
+
+    let mut entries: Vec<Option<Entry>> = Vec::with_capacity(files.len());
+    let mut to_read = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let entry = Entry {
+            source: file.url.clone(),
+            size: file.meta.size,
+            e_tag: file.meta.e_tag.clone(),
+            last_modified: file.meta.last_modified.to_rfc3339(),
+            rows: file.rows,
+            key: String::new(),
+            partial_rows: 0,
+        };
+        let key = sha256_hex(
+            format!(
+                "{digest}\n{}\n{}\n{}\n{}",
+                entry.source,
+                entry.size,
+                entry.e_tag.as_deref().unwrap_or("-"),
+                entry.last_modified
+            )
+            .as_bytes(),
+        );
+        match reusable.get(key.as_str()) {
+            Some(kept) if existing.contains(&key) => {
+                report.reused_files += 1;
+                report.reused_rows += kept.rows;
+                entries.push(Some((*kept).clone()));
+            }
+            _ => {
+                to_read.push((i, Entry { key, ..entry }));
+                entries.push(None);
+            }
+        }
+    }
+    if let Some(p) = &store.previous {
+        let now: HashSet<&str> = files.iter().map(|f| f.url.as_str()).collect();
+        report.dropped_files = p
+            .index
+            .files
+            .iter()
+            .filter(|e| !now.contains(e.source.as_str()))
+            .count();
+    }
+
+    let bounds_cutoff = cutoff.0.and_utc().timestamp_micros();
+    // The new sessions' keys are kept while they are few (a night's files): then only they
+    // and the previous run's multi keys are grouped.
+    let reused_partial_rows: u64 = entries.iter().flatten().map(|e| e.partial_rows).sum();
+    let limit = (reused_partial_rows / 20).max(100_000) as usize;
+    let previous_multi = match (&store.previous, reusable.is_empty()) {
+        (Some(p), false) => p
+            .index
+            .multi
+            .as_ref()
+            .map(|m| (m.clone(), p.index.multi_rows)),
+        _ => None,
+    };
+    let mut new_keys: Option<Vec<RecordBatch>> = match &previous_multi {
+        Some((_, rows)) if (*rows as usize) < limit => Some(Vec::new()),
+        _ => None,
+    };
+    let mut new_key_rows = 0usize;
+    let mut stream = futures::stream::iter(to_read.into_iter().map(|(i, entry)| {
+        let shape = &shape;
+        let root = store.root;
+        async move {
+            let (rows, rejects, keys) =
+                compute_partial(ctx, sql, shape, &entry, root, bounds_cutoff).await?;
+            Ok::<_, Error>((
+                i,
+                Entry {
+                    partial_rows: rows,
+                    ..entry
+                },
+                rejects,
+                keys,
+            ))
+        }
+    }))
+    .buffer_unordered(CONCURRENCY);
+    let mut read_with_rejects = Vec::new();
+    while let Some(done) = stream.next().await {
+        let (i, entry, rejects, keys) = done?;
+        report.read_files += 1;
+        report.read_rows += entry.rows;
+        if rejects > 0 {
+            read_with_rejects.push(entry.source.clone());
+        }
+        entries[i] = Some(entry);
+        new_key_rows += keys.num_rows();
+        let keep = new_keys.is_some()
+            && new_key_rows + previous_multi.as_ref().map_or(0, |m| m.1 as usize) < limit;
+        match (&mut new_keys, keep) {
+            (Some(list), true) => list.push(keys),
+            _ => new_keys = None,
+        }
+    }
+    drop(stream);
+    let entries: Vec<Entry> = entries.into_iter().flatten().collect();
+    report.read = entries
+        .iter()
+        .filter(|e| !reusable.contains_key(e.key.as_str()) || !existing.contains(&e.key))
+        .map(|e| e.source.clone())
+        .collect();
+    report.read.sort();
+    report.read.truncate(LISTED_READS);
+    report.partial_rows = entries.iter().map(|e| e.partial_rows).sum();
+
+    let urls: Vec<String> = entries
+        .iter()
+        .map(|e| store.root.url_of(&e.partial()))
+        .collect();
+    register_partials(ctx, "session_partials", &urls, &shape.schema)?;
+    let key_schema = Arc::new(
+        shape
+            .schema
+            .project(
+                &shape
+                    .session_keys()
+                    .iter()
+                    .map(|k| shape.schema.index_of(k))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| Error::engine("the session keys", e.into()))?,
+            )
+            .map_err(|e| Error::engine("the session keys", e.into()))?,
+    );
+    let (merge, multi) = match (new_keys, previous_multi) {
+        (Some(new_keys), Some((old, _))) => {
+            // A night: group only the new sessions and those known to have several rows.
+            let table =
+                datafusion::datasource::MemTable::try_new(Arc::clone(&key_schema), vec![new_keys])
+                    .map_err(|e| Error::engine("registering the new keys", e))?;
+            ctx.deregister_table("state_new_keys")
+                .map_err(|e| Error::engine("registering the new keys", e))?;
+            ctx.register_table("state_new_keys", Arc::new(table))
+                .map_err(|e| Error::engine("registering the new keys", e))?;
+            register_partials(
+                ctx,
+                "state_old_multi",
+                &[store.root.url_of(&old)],
+                &key_schema,
+            )?;
+            let cols: Vec<String> = shape.session_keys().iter().map(|k| quoted(k)).collect();
+            let cols = cols.join(", ");
+            engine::create_view(
+                ctx,
+                "state_multi",
+                &format!(
+                    "SELECT {cols} FROM state_new_keys UNION ALL SELECT {cols} FROM state_old_multi"
+                ),
+                "the state's multi keys",
+            )
+            .await?;
+            let multi =
+                engine::collect(ctx, "SELECT * FROM state_multi", "the state's multi keys").await?;
+            let multi = concat_batches(&key_schema, &multi)
+                .map_err(|e| Error::engine("the state's multi keys", e.into()))?;
+            (
+                shape.merge_split_sql("session_partials", "state_multi", cutoff),
+                multi,
+            )
+        }
+        _ => {
+            // Everything is grouped; the keys with several rows are found for the next night.
+            let keys: Vec<String> = shape.session_keys().iter().map(|k| quoted(k)).collect();
+            let keys = keys.join(", ");
+            let sql = format!(
+                "SELECT {keys} FROM session_partials WHERE \"reason\" IS NULL \
+                 GROUP BY {keys} HAVING count(*) > 1"
+            );
+            let multi = engine::collect(ctx, &sql, "finding sessions with several rows").await?;
+            let multi = concat_batches(&key_schema, &multi)
+                .map_err(|e| Error::engine("the state's multi keys", e.into()))?;
+            (shape.merge_table_sql("session_partials", cutoff), multi)
+        }
+    };
+    report.multi_keys = multi.num_rows() as u64;
+    let rejects_table = if read_with_rejects.is_empty() {
+        None
+    } else {
+        read_with_rejects.sort();
+        inputs::register_event_files(ctx, "events_read", &read_with_rejects).await?;
+        Some("events_read")
+    };
+    Ok(Rollup {
+        sql: merge,
+        report,
+        index: Some(Index {
+            format: STATE_FORMAT,
+            shape: digest,
+            files: entries,
+            multi: None,
+            multi_rows: multi.num_rows() as u64,
+        }),
+        rejects_table,
+        multi: Some(multi),
+    })
+}
+
+/// The keys of the partials present under `_state/sessions/` (a partial named by an index
+/// may have been removed by hand: then its file is read again).
+async fn existing_partials(root: &StoreRef) -> Result<HashSet<String>> {
+    let names: Vec<_> = root
+        .store
+        .list(Some(&root.key(PARTIALS_DIR)))
+        .try_collect()
+        .await
+        .map_err(|e| Error::storage(format!("listing {}", root.url_of(PARTIALS_DIR)), e))?;
+    Ok(names
+        .iter()
+        .filter_map(|m| m.location.filename())
+        .filter_map(|f| f.strip_suffix(".parquet"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Rolls up one source file and writes its partial. Returns the partial's rows, the file's
+/// rejected events (errors, not `anonymous`) before the cut-off (given in µs) and the session
+/// keys of its rows.
+async fn compute_partial(
+    ctx: &SessionContext,
+    sql: &str,
+    shape: &Shape,
+    entry: &Entry,
+    root: &StoreRef,
+    cutoff_micros: i64,
+) -> Result<(u64, u64, RecordBatch)> {
+    let sub = engine::sibling(ctx);
+    inputs::register_event_files(&sub, "events_raw", std::slice::from_ref(&entry.source)).await?;
+    let what = format!("queries/sessions.sql on {}", entry.source);
+    let batches = engine::collect(&sub, sql, &what).await?;
+    let schema = batches
+        .first()
+        .map(RecordBatch::schema)
+        .unwrap_or_else(|| Arc::clone(&shape.schema));
+    let batch = concat_batches(&schema, &batches)
+        .map_err(|e| Error::engine(format!("collecting {what}"), e.into()))?;
+    let rejects = rejects_before(&batch, cutoff_micros)?;
+    crate::outputs::write_parquet(root, &entry.partial(), &batch).await?;
+    Ok((batch.num_rows() as u64, rejects, shape.keys_of(&batch)?))
+}
+
+/// Events of reason rows that are errors, on days before the cut-off (or without a day).
+fn rejects_before(batch: &RecordBatch, cutoff_micros: i64) -> Result<u64> {
+    let col = |name: &str, ty: &DataType| -> Result<Arc<dyn Array>> {
+        let c = batch.column_by_name(name).ok_or_else(|| {
+            Error::config(None, format!("queries/sessions.sql must return `{name}`"))
+        })?;
+        cast(c, ty).map_err(|e| Error::engine(format!("reading `{name}`"), e.into()))
+    };
+    let reason = col("reason", &DataType::Utf8)?;
+    let day = col("day", &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    let events = col("events", &DataType::Int64)?;
+    let (reason, day, events) = (
+        reason.as_string::<i32>(),
+        day.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>(),
+        events.as_primitive::<Int64Type>(),
+    );
+    Ok((0..batch.num_rows())
+        .filter(|&i| reason.is_valid(i) && rules::is_error(reason.value(i)))
+        .filter(|&i| day.is_null(i) || day.value(i) < cutoff_micros)
+        .map(|i| events.value(i).max(0) as u64)
+        .sum())
+}
+
+/// Registers the partial files at `urls` as table `name`.
+fn register_partials(
+    ctx: &SessionContext,
+    name: &str,
+    urls: &[String],
+    schema: &SchemaRef,
+) -> Result<()> {
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    let what = || format!("registering the state ({name})");
+    let urls = urls
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::engine(what(), e))?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(Arc::clone(schema));
+    let table = ListingTable::try_new(config).map_err(|e| Error::engine(what(), e))?;
+    ctx.deregister_table(name)
+        .map_err(|e| Error::engine(what(), e))?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(|e| Error::engine(what(), e))?;
+    Ok(())
+}
+
+/// After this run published with index `now`: deletes the partials of `previous` that `now`
+/// no longer uses (replaced or deleted source files, an edited query, a changed erasure list:
+/// then the erased customers' rows leave the state too). Failures are logged; the next run
+/// does not depend on them. Returns how many were removed.
+pub async fn remove_superseded(root: &StoreRef, previous: &Index, now: &Index) -> usize {
+    let keep: HashSet<&str> = now.files.iter().map(|e| e.key.as_str()).collect();
+    let mut removed = 0;
+    for e in previous
+        .files
+        .iter()
+        .filter(|e| !keep.contains(e.key.as_str()))
+    {
+        match root.store.delete(&root.key(&e.partial())).await {
+            Ok(()) => removed += 1,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(err) => tracing::warn!(
+                partial = root.url_of(&e.partial()),
+                error = %err,
+                "could not remove a superseded partial of the state"
+            ),
+        }
+    }
+    removed
+}
+
+/// Reads the index a published run names (`state.index` in its manifest); `None` (logged)
+/// when it is gone or unreadable: then every file is read again.
+pub async fn read_index(root: &StoreRef, run_date: &str, name: &str) -> Result<Option<Previous>> {
+    let Some(bytes) = crate::publish::read_object(root, name).await? else {
+        tracing::warn!(
+            index = root.url_of(name),
+            "state index missing; reading every file"
+        );
+        return Ok(None);
+    };
+    match serde_json::from_slice::<Index>(&bytes) {
+        Ok(index) => Ok(Some(Previous {
+            run_date: run_date.to_string(),
+            index,
+        })),
+        Err(e) => {
+            tracing::warn!(index = root.url_of(name), error = %e, "state index unreadable; reading every file");
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn shape(sql: &str) -> Result<Shape> {
+        let ctx = SessionContext::new();
+        ctx.sql(
+            "CREATE TABLE events_raw (customer_id VARCHAR, session_id VARCHAR, \
+             event_ts TIMESTAMP, event_type VARCHAR)",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+        Shape::of(&ctx, sql).await
+    }
+
+    const GOOD: &str = "SELECT CASE WHEN customer_id IS NULL THEN session_id END AS reason, \
+        customer_id, session_id, date_trunc('day', event_ts) AS day, count(*) AS events, \
+        min(event_ts) AS started, max(event_ts) AS ended, \
+        count(*) FILTER (WHERE event_type = 'purchase') AS purchases \
+        FROM events_raw GROUP BY customer_id, session_id, date_trunc('day', event_ts)";
+
+    #[tokio::test]
+    async fn the_shipped_rollup_is_mergeable() {
+        let s = shape(GOOD).await.unwrap();
+        let roles: Vec<_> = s
+            .columns
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.clone()))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("reason", Role::Key),
+                ("customer_id", Role::Key),
+                ("session_id", Role::Key),
+                ("day", Role::Day),
+                ("events", Role::Merge("sum")),
+                ("started", Role::Merge("min")),
+                ("ended", Role::Merge("max")),
+                ("purchases", Role::Merge("sum")),
+            ]
+        );
+        let bounds = rules::Bounds {
+            cutoff: String::new(),
+            floor: "TIMESTAMP '1980-01-01 00:00:00'".into(),
+        };
+        let shipped = crate::config::DEFAULT_SESSIONS_SQL.replace(
+            "{{event_reason}}",
+            &rules::reason_sql_before_any_cutoff(rules::Input::Events, &bounds),
+        );
+        assert!(
+            !rules::reason_sql_before_any_cutoff(rules::Input::Events, &bounds)
+                .contains(rules::AFTER_CUTOFF)
+        );
+        shape(&shipped).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unmergeable_rollups_are_refused_with_the_column() {
+        for (bad, named) in [
+            (
+                GOOD.replace("count(*) AS events", "count(DISTINCT event_ts) AS events"),
+                "DISTINCT",
+            ),
+            (
+                GOOD.replace("max(event_ts) AS ended", "avg(1) AS ended"),
+                "avg",
+            ),
+            (
+                GOOD.replace(
+                    "min(event_ts) AS started",
+                    "max(event_ts) - min(event_ts) AS started",
+                ),
+                "`started`",
+            ),
+            (
+                GOOD.replace("date_trunc('day', event_ts) AS day, ", "")
+                    .replace(", date_trunc('day', event_ts)", ""),
+                "`day`",
+            ),
+        ] {
+            let err = shape(&bad).await.unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            assert!(err.to_string().contains(named), "{named}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn merging_days_equals_rolling_up_whole_sessions() {
+        // Two files, a session across midnight in both, one event after the cut-off.
+        let ctx = SessionContext::new();
+        ctx.sql(
+            "CREATE TABLE events_raw AS VALUES \
+             ('c1', 's1', TIMESTAMP '2026-10-30 23:50:00', 'purchase'), \
+             ('c1', 's1', TIMESTAMP '2026-10-31 00:10:00', 'page_view'), \
+             ('c2', 's2', TIMESTAMP '2026-10-31 10:00:00', 'page_view'), \
+             ('c2', 's3', TIMESTAMP '2026-11-01 00:00:00', 'page_view'), \
+             (NULL, 's4', TIMESTAMP '2026-10-20 00:00:00', 'page_view')",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+        let sql = GOOD.replace(
+            "FROM events_raw",
+            "FROM (SELECT column1 AS customer_id, column2 AS session_id, column3 AS event_ts, \
+             column4 AS event_type FROM events_raw)",
+        );
+        let s = Shape::of(&ctx, &sql).await.unwrap();
+        let cutoff = Cutoff::for_run_date(chrono::NaiveDate::from_ymd_opt(2026, 10, 31).unwrap());
+        engine::collect(&ctx, &format!("CREATE TABLE parts AS {sql}"), "partials")
+            .await
+            .unwrap();
+        engine::collect(
+            &ctx,
+            "CREATE TABLE mk AS SELECT column1 AS customer_id, column2 AS session_id \
+             FROM (VALUES ('c1', 's1'), ('c9', 's9'))",
+            "multi keys",
+        )
+        .await
+        .unwrap();
+        // The one-pass merge, the table merge and the split merge (only c1's session has
+        // two rows; c9 has none) give the same rows.
+        for merged in [
+            s.merge_sql(&format!("({sql})"), cutoff),
+            s.merge_table_sql("parts", cutoff),
+            s.merge_split_sql("parts", "mk", cutoff),
+        ] {
+            let rows = engine::collect(
+                &ctx,
+                &format!(
+                    "SELECT reason, customer_id, session_id, events, purchases FROM ({merged}) \
+                     ORDER BY reason NULLS FIRST, customer_id NULLS FIRST, session_id"
+                ),
+                "merge",
+            )
+            .await
+            .unwrap();
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+                .unwrap()
+                .to_string();
+            for line in [
+                "|              | c1          | s1         | 2      | 1         |",
+                "|              | c2          | s2         | 1      | 0         |",
+                "| after_cutoff |             |            | 1      | 0         |",
+                "| s4           |             | s4         | 1      | 0         |",
+            ] {
+                assert!(text.contains(line), "{line}\n{text}");
+            }
+            assert_eq!(
+                rows.iter().map(|b| b.num_rows()).sum::<usize>(),
+                4,
+                "{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Incremental nights: the clickstream's state and the stored models change how much a night
+//! reads and fits, never what it publishes. Each night is compared byte for byte with a
+//! `--full` run of the same date on a copy of the output root.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::{describe, pipeline, run_pipeline, segmenter};
+
+const D: &str = "2026-10-30";
+const D1: &str = "2026-10-31";
+
+fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("segmenter-it-incr-{tag}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A 600-customer shop with daily clickstream partitions as it stood at the end of `D`
+/// (the world ends at `D1`, so `--add-day D1` adds the next night).
+fn shop_until_d(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    let out = segmenter(&[
+        "generate",
+        "--out",
+        data.to_str().unwrap(),
+        "--customers",
+        "600",
+        "--seed",
+        "7",
+        "--end-date",
+        D1,
+        "--until",
+        D,
+        "--daily",
+    ]);
+    assert!(out.status.success(), "generate: {}", describe(&out));
+    data
+}
+
+fn add_day(data: &Path, day: &str) {
+    let out = segmenter(&[
+        "generate",
+        "--out",
+        data.to_str().unwrap(),
+        "--customers",
+        "600",
+        "--seed",
+        "7",
+        "--end-date",
+        D1,
+        "--add-day",
+        day,
+        "--daily",
+    ]);
+    assert!(
+        out.status.success(),
+        "generate --add-day: {}",
+        describe(&out)
+    );
+}
+
+fn manifest(root: &Path, date: &str) -> serde_json::Value {
+    let text = std::fs::read(root.join(format!("_runs/{date}/manifest.json"))).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// The published files of `date` that must be identical, by name without the run id.
+fn published(root: &Path, date: &str) -> Vec<(String, Vec<u8>)> {
+    let m = manifest(root, date);
+    let run_id = m["run_id"].as_str().unwrap().to_string();
+    let mut files = Vec::new();
+    for table in [
+        "customer_segments",
+        "segment_summary",
+        "segment_transitions",
+        "exports",
+    ] {
+        for url in m["outputs"][table].as_array().unwrap() {
+            let path = url.as_str().unwrap().trim_start_matches("file://");
+            let name = path.rsplit('/').next().unwrap().replace(&run_id, "RUN");
+            files.push((format!("{table}/{name}"), std::fs::read(path).unwrap()));
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    files
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(out.status.success(), "{}", describe(out));
+}
+
+/// Runs `D1` incrementally on `a` and with `--full` on `b`; asserts equal outputs and returns
+/// the incremental run's manifest.
+fn night_equals_full(pa: &Path, pb: &Path, a: &Path, b: &Path, what: &str) -> serde_json::Value {
+    ok(&run_pipeline(pa, D1, &[]));
+    ok(&run_pipeline(pb, D1, &["--full"]));
+    let (x, y) = (published(a, D1), published(b, D1));
+    assert_eq!(x.len(), y.len(), "{what}");
+    for ((nx, bx), (ny, by)) in x.iter().zip(&y) {
+        assert_eq!(nx, ny, "{what}");
+        assert!(
+            bx == by,
+            "{what}: {nx} differs between the incremental and the full run"
+        );
+    }
+    let m = manifest(a, D1);
+    assert_eq!(
+        m["models"]["refit"]["refitted"], false,
+        "{what}: the night must score with the stored models: {}",
+        m["models"]["refit"]
+    );
+    assert_eq!(manifest(b, D1)["state"]["mode"], "full", "{what}");
+    m
+}
+
+fn state(m: &serde_json::Value) -> (u64, u64, Vec<String>) {
+    let s = &m["state"];
+    let read: Vec<String> = s["read"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    (
+        s["reused_files"].as_u64().unwrap(),
+        s["read_files"].as_u64().unwrap(),
+        read,
+    )
+}
+
+fn events_file(data: &Path, day: &str) -> PathBuf {
+    let dir = data.join(format!("events/dt={day}"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.remove(0)
+}
+
+#[test]
+fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an_edited_rollup() {
+    let dir = tempdir("equal");
+    let data = shop_until_d(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let pa = pipeline(&dir.join("pa"), &data, &a, "");
+    std::fs::create_dir_all(dir.join("pb")).unwrap();
+    let pb = pipeline(&dir.join("pb"), &data, &b, "");
+
+    ok(&run_pipeline(&pa, D, &[]));
+    let first = manifest(&a, D);
+    let files = first["state"]["read_files"].as_u64().unwrap();
+    assert!(files > 100, "daily partitions: {}", first["state"]);
+    assert_eq!(first["models"]["refit"]["refitted"], true);
+    copy_tree(&a, &b);
+
+    // The next night: one more day of orders and clickstream.
+    add_day(&data, D1);
+    let m = night_equals_full(&pa, &pb, &a, &b, "the next night");
+    let (reused, read, names) = state(&m);
+    assert_eq!(reused, files, "{}", m["state"]);
+    assert_eq!(read, 1, "only the new day is read: {}", m["state"]);
+    assert!(names[0].contains(&format!("dt={D1}")), "{names:?}");
+
+    // A late file for an old day.
+    let late = data.join("events/dt=2026-09-15/part-late.parquet");
+    std::fs::create_dir_all(late.parent().unwrap()).unwrap();
+    std::fs::copy(events_file(&data, "2026-10-01"), &late).unwrap();
+    let m = night_equals_full(&pa, &pb, &a, &b, "a late file");
+    let (_, read, names) = state(&m);
+    assert_eq!(read, 2, "{}", m["state"]);
+    assert!(
+        names.iter().any(|n| n.ends_with("part-late.parquet")),
+        "{names:?}"
+    );
+
+    // A replaced file (another day's rows under an old name).
+    let replaced = events_file(&data, "2026-10-02");
+    std::fs::copy(events_file(&data, "2026-10-03"), &replaced).unwrap();
+    let m = night_equals_full(&pa, &pb, &a, &b, "a replaced file");
+    let (_, read, names) = state(&m);
+    assert_eq!(read, 3, "{}", m["state"]);
+    let replaced_name = replaced.to_str().unwrap().to_string();
+    assert!(
+        names.iter().any(|n| n.ends_with(&replaced_name)),
+        "{names:?}"
+    );
+
+    // A deleted file.
+    std::fs::remove_file(events_file(&data, "2026-10-04")).unwrap();
+    let m = night_equals_full(&pa, &pb, &a, &b, "a deleted file");
+    assert_eq!(m["state"]["dropped_files"], 1, "{}", m["state"]);
+    assert_eq!(m["state"]["read_files"], 3, "{}", m["state"]);
+
+    // An edited rollup query: every partial is computed again.
+    let sessions =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/sessions.sql"))
+            .unwrap()
+            .replace(
+                "count(*) AS events,",
+                "count(*) AS events, count(*) FILTER (WHERE event_type = 'search') AS searches,",
+            );
+    let sql = dir.join("sessions.sql");
+    std::fs::write(&sql, sessions).unwrap();
+    let extra = format!("[queries]\nsessions = \"{}\"\n", sql.display());
+    let pa = pipeline(&dir.join("pa"), &data, &a, &extra);
+    let pb = pipeline(&dir.join("pb"), &data, &b, &extra);
+    let m = night_equals_full(&pa, &pb, &a, &b, "an edited rollup");
+    let (reused, read, _) = state(&m);
+    assert_eq!(reused, 0, "{}", m["state"]);
+    // The files of D, the new day and the late file, less the deleted one.
+    assert_eq!(read, files + 1, "{}", m["state"]);
+    assert!(
+        m["state"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("another rollup query"),
+        "{}",
+        m["state"]
+    );
+}
+
+#[test]
+fn a_run_killed_while_writing_state_leaves_the_previous_state_usable() {
+    let dir = tempdir("killed");
+    let data = shop_until_d(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let pa = pipeline(&dir.join("pa"), &data, &a, "");
+    std::fs::create_dir_all(dir.join("pb")).unwrap();
+    let pb = pipeline(&dir.join("pb"), &data, &b, "");
+    ok(&run_pipeline(&pa, D, &[]));
+    copy_tree(&a, &b);
+    add_day(&data, D1);
+    // Killed with the new day's partial written and no index yet.
+    crate::publish::run_and_kill_at(&pa, D1, "state");
+    assert!(!a.join(format!("_runs/{D1}/manifest.json")).exists());
+    // The rerun takes the dead run's lock over at once and reuses D's state.
+    ok(&run_pipeline(&pa, D1, &[]));
+    ok(&run_pipeline(&pb, D1, &[]));
+    assert_eq!(published(&a, D1), published(&b, D1));
+    let m = manifest(&a, D1);
+    assert_eq!(m["state"]["read_files"], 1, "{}", m["state"]);
+    assert_eq!(m["state"]["from_run_date"], D, "{}", m["state"]);
+}
+
+#[test]
+fn a_rollup_that_cannot_be_merged_is_refused() {
+    let dir = tempdir("unmergeable");
+    let sessions =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/sessions.sql"))
+            .unwrap()
+            .replace("count(*) AS events,", "count(DISTINCT event_ts) AS events,");
+    let sql = dir.join("sessions.sql");
+    std::fs::write(&sql, sessions).unwrap();
+    let p = pipeline(
+        &dir,
+        crate::common::shop(),
+        &dir.join("out"),
+        &format!("[queries]\nsessions = \"{}\"\n", sql.display()),
+    );
+    let out = run_pipeline(&p, "2026-10-31", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DISTINCT") && err.contains("`events`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn models_are_refitted_on_schedule_on_request_and_when_the_features_change() {
+    let dir = tempdir("refit");
+    let data = shop_until_d(&dir);
+    add_day(&data, D1);
+    let root = dir.join("out");
+    let p = pipeline(&dir, &data, &root, "[model]\nrefit_every_days = 3\n");
+    let refit = |date: &str, extra: &[&str]| -> serde_json::Value {
+        ok(&run_pipeline(&p, date, extra));
+        manifest(&root, date)["models"]["refit"].clone()
+    };
+    let first = refit("2026-10-28", &[]);
+    assert_eq!(first["refitted"], true, "{first}");
+    let model = first["model"].as_str().unwrap().to_string();
+    assert!(root.join(&model).exists(), "{model}");
+    // The nights between refits load the stored models.
+    for date in ["2026-10-29", "2026-10-30"] {
+        let r = refit(date, &[]);
+        assert_eq!(r["refitted"], false, "{date}: {r}");
+        assert_eq!(r["date"], "2026-10-28", "{date}: {r}");
+        assert_eq!(r["model"], model.as_str(), "{date}: {r}");
+        let m = manifest(&root, date);
+        assert!(
+            m["models"]["backtest"]["churn_trees"]["auc"]
+                .as_f64()
+                .is_some(),
+            "the manifest carries the refit's backtest: {}",
+            m["models"]["backtest"]
+        );
+        assert!(m["models"]["drift"]["max_psi"].as_f64().is_some());
+    }
+    // Three days on: scheduled.
+    let r = refit("2026-10-31", &[]);
+    assert_eq!(r["refitted"], true, "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("scheduled"), "{r}");
+    // On request.
+    let r = refit("2026-11-01", &["--refit"]);
+    assert_eq!(r["reason"], "--refit", "{r}");
+    // A changed feature list.
+    let features =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/features.sql"))
+            .unwrap()
+            .replace(
+                "  h.recency_days,",
+                "  h.recency_days,\n  coalesce(h.frequency, 0) * 2 AS frequency_doubled,",
+            );
+    let sql = dir.join("features.sql");
+    std::fs::write(&sql, features).unwrap();
+    let p = pipeline(
+        &dir,
+        &data,
+        &root,
+        &format!(
+            "[model]\nrefit_every_days = 3\n[queries]\nfeatures = \"{}\"\n",
+            sql.display()
+        ),
+    );
+    ok(&run_pipeline(&p, "2026-11-02", &[]));
+    let r = manifest(&root, "2026-11-02")["models"]["refit"].clone();
+    assert_eq!(r["refitted"], true, "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("frequency_doubled"),
+        "{r}"
+    );
+}
