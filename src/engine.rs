@@ -52,8 +52,14 @@ pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
         .build_arc()
         .map_err(|e| Error::engine("starting the query engine", e))?;
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    ctx.register_udf(ScalarUDF::new_from_impl(SampleUnit::new()));
+    register_functions(&ctx);
     Ok(ctx)
+}
+
+/// Registers segmenter's SQL functions (`sample_unit`, `key_hash`) in `ctx`.
+pub fn register_functions(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::new_from_impl(SampleUnit::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(KeyHash::new()));
 }
 
 /// A session with `ctx`'s settings, memory pool, object stores and functions but its own
@@ -131,6 +137,71 @@ impl ScalarUDFImpl for SampleUnit {
             other => return exec_err!("sample_unit takes a string, got {other}"),
         };
         Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `key_hash(a, b, …)`: a stable 64-bit FNV-1a hash of the values (text; NULL has its own
+/// marker), the same in SQL and in Rust ([`key_hashes`]). The incremental state names the
+/// sessions that may have several rows by it (src/state.rs): two keys sharing a hash are
+/// both grouped, which is only slower, so collisions cannot change a result.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct KeyHash {
+    signature: Signature,
+}
+
+impl KeyHash {
+    fn new() -> Self {
+        KeyHash {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+/// The [`KeyHash`] of every row of `columns` (cast to text).
+pub fn key_hashes(columns: &[datafusion::arrow::array::ArrayRef]) -> Result<Vec<u64>> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    let mut hashes = vec![0xcbf2_9ce4_8422_2325_u64; rows];
+    for column in columns {
+        let text = datafusion::arrow::compute::cast(column, &DataType::Utf8)
+            .map_err(|e| Error::engine("hashing keys", e.into()))?;
+        let text = text.as_string::<i32>();
+        for (i, h) in hashes.iter_mut().enumerate() {
+            let bytes: &[u8] = if text.is_null(i) {
+                &[0xfe]
+            } else {
+                text.value(i).as_bytes()
+            };
+            for b in bytes.iter().chain(std::iter::once(&0xff)) {
+                *h ^= u64::from(*b);
+                *h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    Ok(hashes)
+}
+
+impl ScalarUDFImpl for KeyHash {
+    fn name(&self) -> &str {
+        "key_hash"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::UInt64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let hashes = key_hashes(&arrays).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        Ok(ColumnarValue::Array(Arc::new(
+            datafusion::arrow::array::UInt64Array::from(hashes),
+        )))
     }
 }
 
@@ -464,6 +535,39 @@ mod tests {
             .expect("the tee must not wait for a reader that never comes")
             .unwrap();
         assert_eq!(rows(&side), 120);
+    }
+
+    #[tokio::test]
+    async fn key_hash_is_the_same_in_sql_and_in_rust() {
+        let ctx = SessionContext::new();
+        register_functions(&ctx);
+        let rows = collect(
+            &ctx,
+            "SELECT key_hash('C1', 'S1') AS a, key_hash('C1S', '1') AS b, \
+             key_hash('C1', CAST(NULL AS VARCHAR)) AS c",
+            "hash",
+        )
+        .await
+        .unwrap();
+        let got: Vec<u64> = (0..3)
+            .map(|i| {
+                rows[0]
+                    .column(i)
+                    .as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+                    .value(0)
+            })
+            .collect();
+        let col = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as _;
+        let rust = key_hashes(&[
+            col(vec![Some("C1"), Some("C1S"), Some("C1")]),
+            col(vec![Some("S1"), Some("1"), None]),
+        ])
+        .unwrap();
+        assert_eq!(got, rust);
+        assert_ne!(
+            got[0], got[1],
+            "the separator keeps ('C1','S1') and ('C1S','1') apart"
+        );
     }
 
     #[test]

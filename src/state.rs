@@ -159,8 +159,10 @@ impl Shape {
     }
 
     /// [`Shape::merge_sql`] over a table: the rows before the cut-off grouped by their plain
-    /// keys (as fast as grouping can be), and the later ones summed into one `after_cutoff` row.
-    pub fn merge_table_sql(&self, table: &str, cutoff: Cutoff) -> String {
+    /// keys, and the later ones summed into one `after_cutoff` row (the reference the split
+    /// merge is tested against).
+    #[cfg(test)]
+    fn merge_table_sql(&self, table: &str, cutoff: Cutoff) -> String {
         let (mut keys, mut late_keys, mut aggs) = (Vec::new(), Vec::new(), Vec::new());
         for (name, role) in &self.columns {
             let q = quoted(name);
@@ -209,8 +211,10 @@ impl Shape {
             .collect()
     }
 
-    /// [`Shape::merge_table_sql`] when only the sessions whose keys are in table `multi` can
-    /// have several rows: those are grouped, every other session row passes through as it is.
+    /// The merge of the per-day rows in `table` when only the sessions whose [`key_hash`]
+    /// (src/engine.rs) is in table `multi` (column `hash`) can have several rows: those (and the reason rows) are grouped, every
+    /// other session row before the cut-off passes through as it is, and the rows at or after
+    /// the cut-off are summed into one `after_cutoff` row.
     pub fn merge_split_sql(&self, table: &str, multi: &str, cutoff: Cutoff) -> String {
         let (mut keys, mut late_keys, mut aggs, mut raw) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -232,14 +236,12 @@ impl Shape {
                 }
             }
         }
-        let on: Vec<String> = self
+        let hashed: Vec<String> = self
             .session_keys()
             .iter()
-            .map(|k| {
-                let q = quoted(k);
-                format!("(p.{q} IS NOT DISTINCT FROM m.{q})")
-            })
+            .map(|k| format!("p.{}", quoted(k)))
             .collect();
+        let on = format!("key_hash({}) = m.\"hash\"", hashed.join(", "));
         let p_keys: Vec<String> = keys.iter().map(|k| format!("p.{k}")).collect();
         let order: Vec<String> = self
             .columns
@@ -264,31 +266,33 @@ impl Shape {
             order = order.join(", "),
             p_keys = p_keys.join(", "),
             raw = raw.join(", "),
-            on = on.join(" AND "),
             keys = keys.join(", "),
             late_keys = late_keys.join(", "),
             aggs = aggs.join(", "),
         )
     }
 
-    /// The session keys of `batch` (partial rows) on its session rows.
-    fn keys_of(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    /// The key hashes of the session rows of `batch` (partial rows).
+    fn hashes_of(&self, batch: &RecordBatch) -> Result<Vec<u64>> {
         let reason = batch
             .column_by_name("reason")
             .ok_or_else(|| Error::config(None, "queries/sessions.sql must return `reason`"))?;
-        let mask = datafusion::arrow::compute::is_null(reason)
-            .map_err(|e| Error::engine("selecting session rows", e.into()))?;
-        let keys = self.session_keys();
-        let indices: Vec<usize> = keys
+        let columns = self
+            .session_keys()
             .iter()
-            .map(|k| batch.schema().index_of(k))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::engine("selecting session keys", e.into()))?;
-        let projected = batch
-            .project(&indices)
-            .map_err(|e| Error::engine("selecting session keys", e.into()))?;
-        datafusion::arrow::compute::filter_record_batch(&projected, &mask)
-            .map_err(|e| Error::engine("selecting session rows", e.into()))
+            .map(|k| {
+                batch.column_by_name(k).cloned().ok_or_else(|| {
+                    Error::config(None, format!("queries/sessions.sql must return `{k}`"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hashes = engine::key_hashes(&columns)?;
+        Ok(hashes
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| reason.is_null(*i))
+            .map(|(_, h)| h)
+            .collect())
     }
 }
 
@@ -590,8 +594,9 @@ pub async fn rollup(
     }
 
     let bounds_cutoff = cutoff.0.and_utc().timestamp_micros();
-    // The new sessions' keys are kept while they are few (a night's files): then only they
-    // and the previous run's multi keys are grouped.
+    // Which sessions the merge must group: those whose key hash may occur more than once.
+    // A night (few new rows): the new sessions' hashes and the previous state's; otherwise
+    // every hash, sorted, and the repeated ones.
     let reused_partial_rows: u64 = entries.iter().flatten().map(|e| e.partial_rows).sum();
     let limit = (reused_partial_rows / 20).max(100_000) as usize;
     let previous_multi = match (&store.previous, reusable.is_empty()) {
@@ -602,16 +607,12 @@ pub async fn rollup(
             .map(|m| (m.clone(), p.index.multi_rows)),
         _ => None,
     };
-    let mut new_keys: Option<Vec<RecordBatch>> = match &previous_multi {
-        Some((_, rows)) if (*rows as usize) < limit => Some(Vec::new()),
-        _ => None,
-    };
-    let mut new_key_rows = 0usize;
+    let mut new_hashes: Vec<u64> = Vec::new();
     let mut stream = futures::stream::iter(to_read.into_iter().map(|(i, entry)| {
         let shape = &shape;
         let root = store.root;
         async move {
-            let (rows, rejects, keys) =
+            let (rows, rejects, hashes) =
                 compute_partial(ctx, sql, shape, &entry, root, bounds_cutoff).await?;
             Ok::<_, Error>((
                 i,
@@ -620,29 +621,24 @@ pub async fn rollup(
                     ..entry
                 },
                 rejects,
-                keys,
+                hashes,
             ))
         }
     }))
     .buffer_unordered(CONCURRENCY);
     let mut read_with_rejects = Vec::new();
     while let Some(done) = stream.next().await {
-        let (i, entry, rejects, keys) = done?;
+        let (i, entry, rejects, hashes) = done?;
         report.read_files += 1;
         report.read_rows += entry.rows;
         if rejects > 0 {
             read_with_rejects.push(entry.source.clone());
         }
         entries[i] = Some(entry);
-        new_key_rows += keys.num_rows();
-        let keep = new_keys.is_some()
-            && new_key_rows + previous_multi.as_ref().map_or(0, |m| m.1 as usize) < limit;
-        match (&mut new_keys, keep) {
-            (Some(list), true) => list.push(keys),
-            _ => new_keys = None,
-        }
+        new_hashes.extend(hashes);
     }
     drop(stream);
+    let any_reused = entries.iter().flatten().count() > report.read_files;
     let entries: Vec<Entry> = entries.into_iter().flatten().collect();
     report.read = entries
         .iter()
@@ -658,69 +654,83 @@ pub async fn rollup(
         .map(|e| store.root.url_of(&e.partial()))
         .collect();
     register_partials(ctx, "session_partials", &urls, &shape.schema)?;
-    let key_schema = Arc::new(
-        shape
-            .schema
-            .project(
-                &shape
-                    .session_keys()
-                    .iter()
-                    .map(|k| shape.schema.index_of(k))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| Error::engine("the session keys", e.into()))?,
-            )
-            .map_err(|e| Error::engine("the session keys", e.into()))?,
-    );
-    let (merge, multi) = match (new_keys, previous_multi) {
-        (Some(new_keys), Some((old, _))) => {
-            // A night: group only the new sessions and those known to have several rows.
-            let table =
-                datafusion::datasource::MemTable::try_new(Arc::clone(&key_schema), vec![new_keys])
-                    .map_err(|e| Error::engine("registering the new keys", e))?;
-            ctx.deregister_table("state_new_keys")
-                .map_err(|e| Error::engine("registering the new keys", e))?;
-            ctx.register_table("state_new_keys", Arc::new(table))
-                .map_err(|e| Error::engine("registering the new keys", e))?;
+    let multi_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("hash", DataType::UInt64, false),
+    ]));
+    let mut hashes = match previous_multi {
+        Some((old, rows)) if new_hashes.len() + rows as usize <= limit => {
+            // A night: the new sessions may continue known ones; the known multi stay.
             register_partials(
                 ctx,
                 "state_old_multi",
                 &[store.root.url_of(&old)],
-                &key_schema,
+                &multi_schema,
             )?;
-            let cols: Vec<String> = shape.session_keys().iter().map(|k| quoted(k)).collect();
-            let cols = cols.join(", ");
-            engine::create_view(
+            let old = engine::collect(
                 ctx,
-                "state_multi",
-                &format!(
-                    "SELECT {cols} FROM state_new_keys UNION ALL SELECT {cols} FROM state_old_multi"
-                ),
+                "SELECT hash FROM state_old_multi",
                 "the state's multi keys",
             )
             .await?;
-            let multi =
-                engine::collect(ctx, "SELECT * FROM state_multi", "the state's multi keys").await?;
-            let multi = concat_batches(&key_schema, &multi)
-                .map_err(|e| Error::engine("the state's multi keys", e.into()))?;
-            (
-                shape.merge_split_sql("session_partials", "state_multi", cutoff),
-                multi,
-            )
+            for b in &old {
+                let col = cast(b.column(0), &DataType::UInt64)
+                    .map_err(|e| Error::engine("the state's multi keys", e.into()))?;
+                new_hashes.extend(
+                    col.as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+                        .values(),
+                );
+            }
+            new_hashes
         }
         _ => {
-            // Everything is grouped; the keys with several rows are found for the next night.
-            let keys: Vec<String> = shape.session_keys().iter().map(|k| quoted(k)).collect();
-            let keys = keys.join(", ");
-            let sql = format!(
-                "SELECT {keys} FROM session_partials WHERE \"reason\" IS NULL \
-                 GROUP BY {keys} HAVING count(*) > 1"
-            );
-            let multi = engine::collect(ctx, &sql, "finding sessions with several rows").await?;
-            let multi = concat_batches(&key_schema, &multi)
-                .map_err(|e| Error::engine("the state's multi keys", e.into()))?;
-            (shape.merge_table_sql("session_partials", cutoff), multi)
+            let mut all = if any_reused {
+                let keys: Vec<String> = shape.session_keys().iter().map(|k| quoted(k)).collect();
+                let sql = format!(
+                    "SELECT key_hash({}) AS hash FROM session_partials WHERE \"reason\" IS NULL",
+                    keys.join(", ")
+                );
+                let batches = engine::collect(ctx, &sql, "hashing the session keys").await?;
+                let mut all = Vec::with_capacity(report.partial_rows as usize);
+                for b in &batches {
+                    let col = cast(b.column(0), &DataType::UInt64)
+                        .map_err(|e| Error::engine("hashing the session keys", e.into()))?;
+                    all.extend(
+                        col.as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
+                            .values(),
+                    );
+                }
+                all
+            } else {
+                new_hashes
+            };
+            all.sort_unstable();
+            let repeated: Vec<u64> = all
+                .windows(2)
+                .filter(|w| w[0] == w[1])
+                .map(|w| w[0])
+                .collect();
+            repeated
         }
     };
+    hashes.sort_unstable();
+    hashes.dedup();
+    let multi = RecordBatch::try_new(
+        Arc::clone(&multi_schema),
+        vec![Arc::new(datafusion::arrow::array::UInt64Array::from(
+            hashes,
+        ))],
+    )
+    .map_err(|e| Error::engine("the state's multi keys", e.into()))?;
+    let table = datafusion::datasource::MemTable::try_new(
+        Arc::clone(&multi_schema),
+        vec![vec![multi.clone()]],
+    )
+    .map_err(|e| Error::engine("registering the multi keys", e))?;
+    ctx.deregister_table("state_multi")
+        .map_err(|e| Error::engine("registering the multi keys", e))?;
+    ctx.register_table("state_multi", Arc::new(table))
+        .map_err(|e| Error::engine("registering the multi keys", e))?;
+    let merge = shape.merge_split_sql("session_partials", "state_multi", cutoff);
     report.multi_keys = multi.num_rows() as u64;
     let rejects_table = if read_with_rejects.is_empty() {
         None
@@ -762,8 +772,8 @@ async fn existing_partials(root: &StoreRef) -> Result<HashSet<String>> {
 }
 
 /// Rolls up one source file and writes its partial. Returns the partial's rows, the file's
-/// rejected events (errors, not `anonymous`) before the cut-off (given in µs) and the session
-/// keys of its rows.
+/// rejected events (errors, not `anonymous`) before the cut-off (given in µs) and the key
+/// hashes of its sessions.
 async fn compute_partial(
     ctx: &SessionContext,
     sql: &str,
@@ -771,7 +781,7 @@ async fn compute_partial(
     entry: &Entry,
     root: &StoreRef,
     cutoff_micros: i64,
-) -> Result<(u64, u64, RecordBatch)> {
+) -> Result<(u64, u64, Vec<u64>)> {
     let sub = engine::sibling(ctx);
     inputs::register_event_files(&sub, "events_raw", std::slice::from_ref(&entry.source)).await?;
     let what = format!("queries/sessions.sql on {}", entry.source);
@@ -784,7 +794,7 @@ async fn compute_partial(
         .map_err(|e| Error::engine(format!("collecting {what}"), e.into()))?;
     let rejects = rejects_before(&batch, cutoff_micros)?;
     crate::outputs::write_parquet(root, &entry.partial(), &batch).await?;
-    Ok((batch.num_rows() as u64, rejects, shape.keys_of(&batch)?))
+    Ok((batch.num_rows() as u64, rejects, shape.hashes_of(&batch)?))
 }
 
 /// Events of reason rows that are errors, on days before the cut-off (or without a day).
@@ -1004,9 +1014,10 @@ mod tests {
         engine::collect(&ctx, &format!("CREATE TABLE parts AS {sql}"), "partials")
             .await
             .unwrap();
+        engine::register_functions(&ctx);
         engine::collect(
             &ctx,
-            "CREATE TABLE mk AS SELECT column1 AS customer_id, column2 AS session_id \
+            "CREATE TABLE mk AS SELECT key_hash(column1, column2) AS hash \
              FROM (VALUES ('c1', 's1'), ('c9', 's9'))",
             "multi keys",
         )

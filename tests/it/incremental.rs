@@ -160,8 +160,10 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
     let dir = tempdir("equal");
     let data = shop_until_d(&dir);
     let (a, b) = (dir.join("a"), dir.join("b"));
+    for sub in ["pa", "pb"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
     let pa = pipeline(&dir.join("pa"), &data, &a, "");
-    std::fs::create_dir_all(dir.join("pb")).unwrap();
     let pb = pipeline(&dir.join("pb"), &data, &b, "");
 
     ok(&run_pipeline(&pa, D, &[]));
@@ -242,8 +244,10 @@ fn a_run_killed_while_writing_state_leaves_the_previous_state_usable() {
     let dir = tempdir("killed");
     let data = shop_until_d(&dir);
     let (a, b) = (dir.join("a"), dir.join("b"));
+    for sub in ["pa", "pb"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
     let pa = pipeline(&dir.join("pa"), &data, &a, "");
-    std::fs::create_dir_all(dir.join("pb")).unwrap();
     let pb = pipeline(&dir.join("pb"), &data, &b, "");
     ok(&run_pipeline(&pa, D, &[]));
     copy_tree(&a, &b);
