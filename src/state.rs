@@ -600,11 +600,20 @@ pub async fn rollup(
     let reused_partial_rows: u64 = entries.iter().flatten().map(|e| e.partial_rows).sum();
     let limit = (reused_partial_rows / 20).max(100_000) as usize;
     let previous_multi = match (&store.previous, reusable.is_empty()) {
-        (Some(p), false) => p
-            .index
-            .multi
-            .as_ref()
-            .map(|m| (m.clone(), p.index.multi_rows)),
+        (Some(p), false) => match &p.index.multi {
+            // Gone (e.g. `_state/` deleted by hand): every key hash is looked at again.
+            Some(m) => match store.root.store.head(&store.root.key(m)).await {
+                Ok(_) => Some((m.clone(), p.index.multi_rows)),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => {
+                    return Err(Error::storage(
+                        format!("reading {}", store.root.url_of(m)),
+                        e,
+                    ))
+                }
+            },
+            None => None,
+        },
         _ => None,
     };
     let mut new_hashes: Vec<u64> = Vec::new();

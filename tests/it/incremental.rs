@@ -262,6 +262,12 @@ fn a_run_killed_while_writing_state_leaves_the_previous_state_usable() {
     let m = manifest(&a, D1);
     assert_eq!(m["state"]["read_files"], 1, "{}", m["state"]);
     assert_eq!(m["state"]["from_run_date"], D, "{}", m["state"]);
+    // Deleting the state only costs time.
+    std::fs::remove_dir_all(a.join("_state")).unwrap();
+    ok(&run_pipeline(&pa, D1, &[]));
+    assert_eq!(published(&a, D1), published(&b, D1));
+    let m = manifest(&a, D1);
+    assert_eq!(m["state"]["reused_files"], 0, "{}", m["state"]);
 }
 
 #[test]
