@@ -12,7 +12,9 @@
 //!  unchanged files ─────────────────(their partial, from the index)──┘        │
 //!                                                                             ▼
 //!        merge: GROUP BY every key column but `day`; count/sum → sum, min → min, max → max;
-//!        rows of days at or after the cut-off become one `after_cutoff` row
+//!        rows of days at or after the cut-off become one `after_cutoff` row. Only sessions
+//!        whose key hash may occur in several rows are grouped (the index keeps that set);
+//!        every other session's single row passes through an anti join
 //!                                                                             ▼
 //!                                          one row per session (what sessions.sql used to be)
 //! ```
@@ -407,9 +409,11 @@ pub struct Index {
     pub shape: String,
     /// One entry per source file, in listing order.
     pub files: Vec<Entry>,
-    /// A Parquet file (relative to the output root) of the session keys that may have more
-    /// than one per-day row among these partials: every key that does is in it (a key that
-    /// does not may be too). The merge groups only these; the others pass through.
+    /// A Parquet file (relative to the output root; one UInt64 column `hash`) of the session
+    /// key hashes (`key_hash`) that may occur in more than one per-day row among these
+    /// partials: every one that does is in it (one that does not may be too: a night adds
+    /// its new sessions' hashes; a full read keeps only the repeated ones). The merge groups
+    /// only these sessions; the others pass through.
     #[serde(default)]
     pub multi: Option<String>,
     /// Its rows.
@@ -444,7 +448,7 @@ pub struct Report {
     pub dropped_files: usize,
     /// Per-day rows merged (all partials).
     pub partial_rows: u64,
-    /// Session keys that may have several rows (grouped by the next night's merge).
+    /// Session key hashes that may have several rows (grouped by the next night's merge).
     pub multi_keys: u64,
     /// The files read (the first 50).
     pub read: Vec<String>,
