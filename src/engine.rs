@@ -62,6 +62,45 @@ pub fn register_functions(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(KeyHash::new()));
 }
 
+/// Registers `table` as `name` in `ctx`, replacing a table or view of that name.
+pub fn replace_table(
+    ctx: &SessionContext,
+    name: &str,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<()> {
+    let what = || format!("registering {name}");
+    ctx.deregister_table(name)
+        .map_err(|e| Error::engine(what(), e))?;
+    ctx.register_table(name, table)
+        .map_err(|e| Error::engine(what(), e))?;
+    Ok(())
+}
+
+/// The Parquet files (or directories) at `urls` as one table of `schema` (each file's columns
+/// cast to it); `what` names it in errors.
+pub fn parquet_table(
+    urls: &[String],
+    schema: SchemaRef,
+    what: &str,
+) -> Result<Arc<datafusion::datasource::listing::ListingTable>> {
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    let err = |e| Error::engine(format!("registering {what}"), e);
+    let urls = urls
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(err)?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config).map_err(err)?))
+}
+
 /// A session with `ctx`'s settings, memory pool, object stores and functions but its own
 /// tables: for queries that bind a table name (`events_raw`) to something else, side by side
 /// with `ctx`.
@@ -251,10 +290,7 @@ pub async fn tee(
         .collect();
     let provider = StreamingTable::try_new(Arc::clone(&schema), streams)
         .map_err(|e| Error::engine(format!("registering {table}"), e))?;
-    ctx.deregister_table(table)
-        .map_err(|e| Error::engine(format!("registering {table}"), e))?;
-    ctx.register_table(table, Arc::new(provider))
-        .map_err(|e| Error::engine(format!("registering {table}"), e))?;
+    replace_table(ctx, table, Arc::new(provider))?;
     Ok(Tee {
         table: table.to_string(),
         pumps,

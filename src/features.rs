@@ -242,10 +242,7 @@ pub async fn customer_features(
     let batch = snapshots.batch()?;
     let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
         .map_err(|e| Error::engine("registering snapshots", e))?;
-    ctx.deregister_table("snapshots")
-        .map_err(|e| Error::engine("registering snapshots", e))?;
-    ctx.register_table("snapshots", std::sync::Arc::new(table))
-        .map_err(|e| Error::engine("registering snapshots", e))?;
+    engine::replace_table(ctx, "snapshots", std::sync::Arc::new(table))?;
 
     let p = query_params(pipeline, sample_share, bounds);
     let each: Vec<HashMap<&'static str, String>> = snapshots

@@ -18,10 +18,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::compute::can_cast_types;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::datasource::MemTable;
 // ParquetObjectReader is deprecated in parquet 59 in favour of a hand-written AsyncFileReader;
 // it still does exactly what we need (footer only), so we keep it until DataFusion moves on.
@@ -324,34 +320,19 @@ async fn register_files(
     urls: &[String],
     cols: &[Col],
 ) -> Result<()> {
-    let what = || format!("registering {name}");
-    let urls = urls
-        .iter()
-        .map(ListingTableUrl::parse)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::engine(what(), e))?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(schema_of(cols));
-    let table = ListingTable::try_new(config).map_err(|e| Error::engine(what(), e))?;
-    ctx.deregister_table(name)
-        .map_err(|e| Error::engine(what(), e))?;
+    let table = engine::parquet_table(urls, schema_of(cols), name)?;
     if erased_filter(ctx) {
         // The erased customers leave here, before anything reads the input (src/privacy.rs).
         let files = format!("{name}_files");
-        ctx.deregister_table(files.as_str())
-            .map_err(|e| Error::engine(what(), e))?;
-        ctx.register_table(files.as_str(), Arc::new(table))
-            .map_err(|e| Error::engine(format!("registering {files}"), e))?;
+        engine::replace_table(ctx, &files, table)?;
+        ctx.deregister_table(name)
+            .map_err(|e| Error::engine(format!("registering {name}"), e))?;
         let view = format!(
             "SELECT * FROM {files} WHERE customer_id IS NULL OR NOT is_erased(customer_id)"
         );
-        crate::engine::create_view(ctx, name, &view, "leaving out the erased customers").await?;
+        engine::create_view(ctx, name, &view, "leaving out the erased customers").await?;
     } else {
-        ctx.register_table(name, Arc::new(table))
-            .map_err(|e| Error::engine(what(), e))?;
+        engine::replace_table(ctx, name, table)?;
     }
     Ok(())
 }

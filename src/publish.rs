@@ -761,15 +761,7 @@ async fn take_over(
     run_id: &str,
 ) -> Result<bool> {
     let url = root.url_of(name);
-    let update = PutOptions {
-        mode: PutMode::Update(current),
-        ..Default::default()
-    };
-    match root
-        .store
-        .put_opts(&root.key(name), PutPayload::from(lease.body()), update)
-        .await
-    {
+    match put_if_unchanged(root, name, current, lease).await {
         Ok(_) => return Ok(true),
         Err(object_store::Error::Precondition { .. }) => return Ok(false),
         Err(object_store::Error::NotImplemented { .. })
@@ -831,15 +823,7 @@ async fn renew(
         },
         None => return lost("nobody: the lock was deleted".into()),
     };
-    let update = PutOptions {
-        mode: PutMode::Update(current),
-        ..Default::default()
-    };
-    match root
-        .store
-        .put_opts(&root.key(name), PutPayload::from(lease.body()), update)
-        .await
-    {
+    match put_if_unchanged(root, name, current, lease).await {
         Ok(_) => {}
         Err(object_store::Error::Precondition { .. }) => {
             return lost("a run that changed it while this one renewed".into())
@@ -855,6 +839,23 @@ async fn renew(
         Err(e) => return Err(Error::storage(format!("renewing {url}"), e)),
     }
     Ok(true)
+}
+
+/// Writes `lease` to the lock `name` only if it is still at version `current` (stores without
+/// conditional updates answer NotImplemented or NotSupported; callers decide what then).
+async fn put_if_unchanged(
+    root: &StoreRef,
+    name: &str,
+    current: UpdateVersion,
+    lease: &Lease,
+) -> object_store::Result<object_store::PutResult> {
+    let update = PutOptions {
+        mode: PutMode::Update(current),
+        ..Default::default()
+    };
+    root.store
+        .put_opts(&root.key(name), PutPayload::from(lease.body()), update)
+        .await
 }
 
 #[cfg(test)]

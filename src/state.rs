@@ -165,65 +165,29 @@ impl Shape {
     /// merge is tested against).
     #[cfg(test)]
     fn merge_table_sql(&self, table: &str, cutoff: Cutoff) -> String {
-        let (mut keys, mut late_keys, mut aggs) = (Vec::new(), Vec::new(), Vec::new());
-        for (name, role) in &self.columns {
-            let q = quoted(name);
-            match role {
-                Role::Day => {}
-                Role::Key if name == "reason" => {
-                    keys.push(q.clone());
-                    late_keys.push(format!("'{}' AS {q}", rules::AFTER_CUTOFF));
-                }
-                Role::Key => {
-                    keys.push(q.clone());
-                    late_keys.push(format!("NULL AS {q}"));
-                }
-                Role::Merge(f) => aggs.push(format!("{f}({q}) AS {q}")),
-            }
-        }
+        let l = self.merge_lists();
         let cut = cutoff.sql();
-        let aggs = aggs.join(", ");
-        // Column order: the keys and aggregates in the query's order, as one SELECT list.
-        let order: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|(_, r)| *r != Role::Day)
-            .map(|(n, _)| quoted(n))
-            .collect();
         format!(
             "SELECT {order} FROM ( \
                SELECT {keys}, {aggs} FROM {table} \
                WHERE \"day\" < {cut} OR \"day\" IS NULL GROUP BY {keys} \
                UNION ALL \
                SELECT {late_keys}, {aggs} FROM {table} WHERE \"day\" >= {cut} HAVING count(*) > 0)",
-            order = order.join(", "),
-            keys = keys.join(", "),
-            late_keys = late_keys.join(", "),
+            order = l.order,
+            keys = l.keys,
+            aggs = l.aggs,
+            late_keys = l.late_keys,
         )
     }
-}
 
-impl Shape {
-    /// The key columns that identify a session (every key but `reason` and `day`).
-    fn session_keys(&self) -> Vec<&str> {
-        self.columns
-            .iter()
-            .filter(|(n, r)| *r == Role::Key && n != "reason")
-            .map(|(n, _)| n.as_str())
-            .collect()
-    }
-
-    /// The merge of the per-day rows in `table` when only the sessions whose [`key_hash`]
-    /// (src/engine.rs) is in table `multi` (column `hash`) can have several rows: those (and the reason rows) are grouped, every
-    /// other session row before the cut-off passes through as it is, and the rows at or after
-    /// the cut-off are summed into one `after_cutoff` row.
-    pub fn merge_split_sql(&self, table: &str, multi: &str, cutoff: Cutoff) -> String {
-        let (mut keys, mut late_keys, mut aggs, mut raw) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    /// The SELECT lists both table merges are made of.
+    fn merge_lists(&self) -> MergeLists {
+        let (mut keys, mut late_keys, mut aggs, mut raw, mut order) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (name, role) in &self.columns {
             let q = quoted(name);
             match role {
-                Role::Day => {}
+                Role::Day => continue,
                 Role::Key if name == "reason" => {
                     keys.push(q.clone());
                     late_keys.push(format!("'{}' AS {q}", rules::AFTER_CUTOFF));
@@ -237,20 +201,58 @@ impl Shape {
                     raw.push(format!("p.{q}"));
                 }
             }
+            order.push(q);
         }
+        MergeLists {
+            p_keys: keys
+                .iter()
+                .map(|k| format!("p.{k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            keys: keys.join(", "),
+            late_keys: late_keys.join(", "),
+            aggs: aggs.join(", "),
+            raw: raw.join(", "),
+            order: order.join(", "),
+        }
+    }
+}
+
+/// The SELECT lists of a merge, each joined by commas: the key columns (`keys`, and `p.`-
+/// qualified in `p_keys`), the keys of the `after_cutoff` row (`late_keys`), the merged
+/// aggregates (`aggs`) and the unmerged ones (`raw`, `p.`-qualified), and every output column
+/// in the query's order (`order`).
+struct MergeLists {
+    keys: String,
+    p_keys: String,
+    late_keys: String,
+    aggs: String,
+    raw: String,
+    order: String,
+}
+
+impl Shape {
+    /// The key columns that identify a session (every key but `reason` and `day`).
+    fn session_keys(&self) -> Vec<&str> {
+        self.columns
+            .iter()
+            .filter(|(n, r)| *r == Role::Key && n != "reason")
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// The merge of the per-day rows in `table` when only the sessions whose `key_hash`
+    /// (src/engine.rs) is in table `multi` (column `hash`) can have several rows: those and
+    /// the reason rows are grouped, every other session row before the cut-off passes through
+    /// as it is, and the rows at or after the cut-off are summed into one `after_cutoff` row.
+    pub fn merge_split_sql(&self, table: &str, multi: &str, cutoff: Cutoff) -> String {
+        let l = self.merge_lists();
         let hashed: Vec<String> = self
             .session_keys()
             .iter()
             .map(|k| format!("p.{}", quoted(k)))
             .collect();
         let on = format!("key_hash({}) = m.\"hash\"", hashed.join(", "));
-        let p_keys: Vec<String> = keys.iter().map(|k| format!("p.{k}")).collect();
-        let order: Vec<String> = self
-            .columns
-            .iter()
-            .filter(|(_, r)| *r != Role::Day)
-            .map(|(n, _)| quoted(n))
-            .collect();
         let cut = cutoff.sql();
         format!(
             "SELECT {order} FROM ( \
@@ -265,12 +267,12 @@ impl Shape {
                GROUP BY {keys} \
                UNION ALL \
                SELECT {late_keys}, {aggs} FROM {table} WHERE \"day\" >= {cut} HAVING count(*) > 0)",
-            order = order.join(", "),
-            p_keys = p_keys.join(", "),
-            raw = raw.join(", "),
-            keys = keys.join(", "),
-            late_keys = late_keys.join(", "),
-            aggs = aggs.join(", "),
+            order = l.order,
+            p_keys = l.p_keys,
+            raw = l.raw,
+            keys = l.keys,
+            aggs = l.aggs,
+            late_keys = l.late_keys,
         )
     }
 
@@ -666,18 +668,25 @@ pub async fn rollup(
         .iter()
         .map(|e| store.root.url_of(&e.partial()))
         .collect();
-    register_partials(ctx, "session_partials", &urls, &shape.schema)?;
+    engine::replace_table(
+        ctx,
+        "session_partials",
+        engine::parquet_table(&urls, Arc::clone(&shape.schema), "the state")?,
+    )?;
     let multi_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
         datafusion::arrow::datatypes::Field::new("hash", DataType::UInt64, false),
     ]));
     let mut hashes = match previous_multi {
         Some((old, rows)) if new_hashes.len() + rows as usize <= limit => {
             // A night: the new sessions may continue known ones; the known multi stay.
-            register_partials(
+            engine::replace_table(
                 ctx,
                 "state_old_multi",
-                &[store.root.url_of(&old)],
-                &multi_schema,
+                engine::parquet_table(
+                    &[store.root.url_of(&old)],
+                    Arc::clone(&multi_schema),
+                    "the state's multi keys",
+                )?,
             )?;
             let old = engine::collect(
                 ctx,
@@ -739,10 +748,7 @@ pub async fn rollup(
         vec![vec![multi.clone()]],
     )
     .map_err(|e| Error::engine("registering the multi keys", e))?;
-    ctx.deregister_table("state_multi")
-        .map_err(|e| Error::engine("registering the multi keys", e))?;
-    ctx.register_table("state_multi", Arc::new(table))
-        .map_err(|e| Error::engine("registering the multi keys", e))?;
+    engine::replace_table(ctx, "state_multi", Arc::new(table))?;
     let merge = shape.merge_split_sql("session_partials", "state_multi", cutoff);
     report.multi_keys = multi.num_rows() as u64;
     let rejects_table = if read_with_rejects.is_empty() {
@@ -833,36 +839,6 @@ fn rejects_before(batch: &RecordBatch, cutoff_micros: i64) -> Result<u64> {
         .filter(|&i| day.is_null(i) || day.value(i) < cutoff_micros)
         .map(|i| events.value(i).max(0) as u64)
         .sum())
-}
-
-/// Registers the partial files at `urls` as table `name`.
-fn register_partials(
-    ctx: &SessionContext,
-    name: &str,
-    urls: &[String],
-    schema: &SchemaRef,
-) -> Result<()> {
-    use datafusion::datasource::file_format::parquet::ParquetFormat;
-    use datafusion::datasource::listing::{
-        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-    };
-    let what = || format!("registering the state ({name})");
-    let urls = urls
-        .iter()
-        .map(ListingTableUrl::parse)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::engine(what(), e))?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(Arc::clone(schema));
-    let table = ListingTable::try_new(config).map_err(|e| Error::engine(what(), e))?;
-    ctx.deregister_table(name)
-        .map_err(|e| Error::engine(what(), e))?;
-    ctx.register_table(name, Arc::new(table))
-        .map_err(|e| Error::engine(what(), e))?;
-    Ok(())
 }
 
 /// After this run published with index `now`: deletes the partials of `previous` that `now`

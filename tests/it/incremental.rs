@@ -62,6 +62,20 @@ fn add_day(data: &Path, day: &str) {
     );
 }
 
+/// Two output roots under `dir` (`a`: incremental, `b`: `--full`) and a pipeline file for
+/// each reading `data`, with `extra` settings.
+fn two_roots(dir: &Path, data: &Path, extra: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let mut files = Vec::new();
+    for (sub, root) in [("pa", &a), ("pb", &b)] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        files.push(pipeline(&dir.join(sub), data, root, extra));
+    }
+    let pb = files.pop().unwrap();
+    let pa = files.pop().unwrap();
+    (a, b, pa, pb)
+}
+
 fn manifest(root: &Path, date: &str) -> serde_json::Value {
     let text = std::fs::read(root.join(format!("_runs/{date}/manifest.json"))).unwrap();
     serde_json::from_slice(&text).unwrap()
@@ -159,12 +173,7 @@ fn events_file(data: &Path, day: &str) -> PathBuf {
 fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an_edited_rollup() {
     let dir = tempdir("equal");
     let data = shop_until_d(&dir);
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    for sub in ["pa", "pb"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    let pa = pipeline(&dir.join("pa"), &data, &a, "");
-    let pb = pipeline(&dir.join("pb"), &data, &b, "");
+    let (a, b, pa, pb) = two_roots(&dir, &data, "");
 
     ok(&run_pipeline(&pa, D, &[]));
     let first = manifest(&a, D);
@@ -222,8 +231,7 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
     let sql = dir.join("sessions.sql");
     std::fs::write(&sql, sessions).unwrap();
     let extra = format!("[queries]\nsessions = \"{}\"\n", sql.display());
-    let pa = pipeline(&dir.join("pa"), &data, &a, &extra);
-    let pb = pipeline(&dir.join("pb"), &data, &b, &extra);
+    let (_, _, pa, pb) = two_roots(&dir, &data, &extra);
     let m = night_equals_full(&pa, &pb, &a, &b, "an edited rollup");
     let (reused, read, _) = state(&m);
     assert_eq!(reused, 0, "{}", m["state"]);
@@ -243,12 +251,7 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
 fn a_run_killed_while_writing_state_leaves_the_previous_state_usable() {
     let dir = tempdir("killed");
     let data = shop_until_d(&dir);
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    for sub in ["pa", "pb"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    let pa = pipeline(&dir.join("pa"), &data, &a, "");
-    let pb = pipeline(&dir.join("pb"), &data, &b, "");
+    let (a, b, pa, pb) = two_roots(&dir, &data, "");
     ok(&run_pipeline(&pa, D, &[]));
     copy_tree(&a, &b);
     add_day(&data, D1);
