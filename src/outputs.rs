@@ -54,18 +54,37 @@ pub fn portable(batch: &RecordBatch) -> Result<RecordBatch> {
 
 /// Writes `batch` as one Parquet file at `name` under `root`; returns its URL.
 pub async fn write_parquet(root: &StoreRef, name: &str, batch: &RecordBatch) -> Result<String> {
+    write_parquet_groups(root, name, std::slice::from_ref(batch)).await
+}
+
+/// [`write_parquet`] of several batches of one schema, each starting a row group of its own
+/// (so a reader prunes the groups a filter excludes by their statistics); empty batches are
+/// left out, and a file of none has the first batch's schema and no rows.
+pub async fn write_parquet_groups(
+    root: &StoreRef,
+    name: &str,
+    batches: &[RecordBatch],
+) -> Result<String> {
     let key = root.key(name);
     let url = root.url_of(name);
+    let Some(first) = batches.first() else {
+        return Err(Error::Model(format!("nothing to write at {url}")));
+    };
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(1 << 20))
         .build();
     let writer = BufWriter::new(Arc::clone(&root.store), key);
-    let mut w = AsyncArrowWriter::try_new(writer, batch.schema(), Some(props))
+    let mut w = AsyncArrowWriter::try_new(writer, first.schema(), Some(props))
         .map_err(|e| Error::parquet(format!("opening {url}"), e))?;
-    w.write(batch)
-        .await
-        .map_err(|e| Error::parquet(format!("writing {url}"), e))?;
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        w.write(batch)
+            .await
+            .map_err(|e| Error::parquet(format!("writing {url}"), e))?;
+        w.flush()
+            .await
+            .map_err(|e| Error::parquet(format!("writing {url}"), e))?;
+    }
     w.close()
         .await
         .map_err(|e| Error::parquet(format!("closing {url}"), e))?;

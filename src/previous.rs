@@ -153,11 +153,11 @@ pub struct State {
     /// Segment id.
     pub segment_id: i32,
     /// Segment name.
-    pub segment: String,
+    pub segment: Arc<str>,
     /// Lifecycle stage.
-    pub lifecycle_stage: String,
+    pub lifecycle_stage: Arc<str>,
     /// Churn band.
-    pub churn_risk: String,
+    pub churn_risk: Arc<str>,
 }
 
 const STATE_COLUMNS: [&str; 5] = [
@@ -195,6 +195,14 @@ pub fn states(batch: &RecordBatch) -> Result<Vec<(String, State)>> {
         life.as_string::<i32>(),
         churn.as_string::<i32>(),
     );
+    // The labels repeat across a million customers: one allocation per distinct value.
+    let mut labels: HashMap<String, Arc<str>> = HashMap::new();
+    let mut label = |s: &str| -> Arc<str> {
+        match labels.get(s) {
+            Some(l) => Arc::clone(l),
+            None => Arc::clone(labels.entry(s.to_string()).or_insert_with(|| Arc::from(s))),
+        }
+    };
     Ok((0..batch.num_rows())
         .filter(|&i| !ids.is_null(i))
         .map(|i| {
@@ -202,9 +210,9 @@ pub fn states(batch: &RecordBatch) -> Result<Vec<(String, State)>> {
                 ids.value(i).to_string(),
                 State {
                     segment_id: seg_id.value(i),
-                    segment: seg.value(i).to_string(),
-                    lifecycle_stage: life.value(i).to_string(),
-                    churn_risk: churn.value(i).to_string(),
+                    segment: label(seg.value(i)),
+                    lifecycle_stage: label(life.value(i)),
+                    churn_risk: label(churn.value(i)),
                 },
             )
         })
@@ -321,9 +329,9 @@ pub fn transitions(
             .entry((before.map(|b| b.segment_id), now.segment_id))
             .or_insert_with(|| Cell {
                 from_segment_id: before.map(|b| b.segment_id),
-                from_segment: before.map(|b| b.segment.clone()),
+                from_segment: before.map(|b| b.segment.to_string()),
                 to_segment_id: now.segment_id,
-                to_segment: now.segment.clone(),
+                to_segment: now.segment.to_string(),
                 customers: 0,
             });
         cell.customers += 1;
@@ -449,7 +457,7 @@ mod tests {
     fn st(id: i32, life: &str, churn: &str) -> State {
         State {
             segment_id: id,
-            segment: format!("S{id}"),
+            segment: format!("S{id}").into(),
             lifecycle_stage: life.into(),
             churn_risk: churn.into(),
         }

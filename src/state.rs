@@ -28,9 +28,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
@@ -46,7 +46,10 @@ use crate::rules;
 use crate::storage::StoreRef;
 
 /// Version of the partials' and the index's format: part of every key.
-pub const STATE_FORMAT: u32 = 1;
+pub const STATE_FORMAT: u32 = 2;
+/// The partials' extra column: the session key's `key_hash` (NULL on reason rows), stored so
+/// that no night hashes the keys of the reused partials again.
+const KEY_HASH: &str = "_segmenter_key_hash";
 /// Where the partials live, relative to the output root.
 const PARTIALS_DIR: &str = "_state/sessions";
 /// Files rolled up at the same time, per core.
@@ -100,6 +103,12 @@ impl Shape {
                 ),
             )
         })?;
+        if columns.iter().any(|(n, _)| n == KEY_HASH) {
+            return Err(Error::config(
+                None,
+                format!("{what} must not return a column named `{KEY_HASH}` (segmenter's own)"),
+            ));
+        }
         for (name, role) in [
             ("reason", Role::Key),
             ("customer_id", Role::Key),
@@ -241,18 +250,14 @@ impl Shape {
             .collect()
     }
 
-    /// The merge of the per-day rows in `table` when only the sessions whose `key_hash`
-    /// (src/engine.rs) is in table `multi` (column `hash`) can have several rows: those and
+    /// The merge of the per-day rows in `table` (partials: with [`KEY_HASH`]) when only the
+    /// sessions whose key hash (`key_hash`, src/engine.rs) is in table `multi` (column `hash`)
+    /// can have several rows: those and
     /// the reason rows are grouped, every other session row before the cut-off passes through
     /// as it is, and the rows at or after the cut-off are summed into one `after_cutoff` row.
     pub fn merge_split_sql(&self, table: &str, multi: &str, cutoff: Cutoff) -> String {
         let l = self.merge_lists();
-        let hashed: Vec<String> = self
-            .session_keys()
-            .iter()
-            .map(|k| format!("p.{}", quoted(k)))
-            .collect();
-        let on = format!("key_hash({}) = m.\"hash\"", hashed.join(", "));
+        let on = format!("p.{} = m.\"hash\"", quoted(KEY_HASH));
         let cut = cutoff.sql();
         format!(
             "SELECT {order} FROM ( \
@@ -276,27 +281,48 @@ impl Shape {
         )
     }
 
-    /// The key hashes of the session rows of `batch` (partial rows).
-    fn hashes_of(&self, batch: &RecordBatch) -> Result<Vec<u64>> {
+    /// The partial's schema: the rollup's columns and [`KEY_HASH`].
+    fn partial_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(KEY_HASH, DataType::UInt64, true));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// A file's rollup rows as its partial: the reason rows and the session rows apart (each
+    /// its own row group, so the merge's scans of one kind skip the other's by their
+    /// statistics), with [`KEY_HASH`] added; and the session rows' key hashes.
+    fn partial_of(&self, batch: &RecordBatch) -> Result<(Vec<RecordBatch>, Vec<u64>)> {
+        let err = |e: datafusion::arrow::error::ArrowError| {
+            Error::engine("splitting the rollup's rows", e.into())
+        };
         let reason = batch
             .column_by_name("reason")
             .ok_or_else(|| Error::config(None, "queries/sessions.sql must return `reason`"))?;
+        let is_session = datafusion::arrow::compute::is_null(reason).map_err(err)?;
+        let is_reason = datafusion::arrow::compute::not(&is_session).map_err(err)?;
+        let sessions = filter_record_batch(batch, &is_session).map_err(err)?;
+        let reasons = filter_record_batch(batch, &is_reason).map_err(err)?;
         let columns = self
             .session_keys()
             .iter()
             .map(|k| {
-                batch.column_by_name(k).cloned().ok_or_else(|| {
+                sessions.column_by_name(k).cloned().ok_or_else(|| {
                     Error::config(None, format!("queries/sessions.sql must return `{k}`"))
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let hashes = engine::key_hashes(&columns)?;
-        Ok(hashes
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| reason.is_null(*i))
-            .map(|(_, h)| h)
-            .collect())
+        let schema = self.partial_schema();
+        let with = |b: &RecordBatch, hash: ArrayRef| {
+            let mut columns = b.columns().to_vec();
+            columns.push(hash);
+            RecordBatch::try_new(Arc::clone(&schema), columns).map_err(err)
+        };
+        let parts = vec![
+            with(&reasons, new_null_array(&DataType::UInt64, reasons.num_rows()))?,
+            with(&sessions, Arc::new(UInt64Array::from(hashes.clone())))?,
+        ];
+        Ok((parts, hashes))
     }
 }
 
@@ -671,7 +697,7 @@ pub async fn rollup(
     engine::replace_table(
         ctx,
         "session_partials",
-        engine::parquet_table(&urls, Arc::clone(&shape.schema), "the state")?,
+        engine::parquet_table(&urls, shape.partial_schema(), "the state")?,
     )?;
     let multi_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
         datafusion::arrow::datatypes::Field::new("hash", DataType::UInt64, false),
@@ -706,16 +732,15 @@ pub async fn rollup(
         }
         _ => {
             let mut all = if any_reused {
-                let keys: Vec<String> = shape.session_keys().iter().map(|k| quoted(k)).collect();
                 let sql = format!(
-                    "SELECT key_hash({}) AS hash FROM session_partials WHERE \"reason\" IS NULL",
-                    keys.join(", ")
+                    "SELECT {key} AS hash FROM session_partials WHERE {key} IS NOT NULL",
+                    key = quoted(KEY_HASH)
                 );
-                let batches = engine::collect(ctx, &sql, "hashing the session keys").await?;
+                let batches = engine::collect(ctx, &sql, "reading the session key hashes").await?;
                 let mut all = Vec::with_capacity(report.partial_rows as usize);
                 for b in &batches {
                     let col = cast(b.column(0), &DataType::UInt64)
-                        .map_err(|e| Error::engine("hashing the session keys", e.into()))?;
+                        .map_err(|e| Error::engine("reading the session key hashes", e.into()))?;
                     all.extend(
                         col.as_primitive::<datafusion::arrow::datatypes::UInt64Type>()
                             .values(),
@@ -814,8 +839,9 @@ async fn compute_partial(
     let batch = concat_batches(&schema, &batches)
         .map_err(|e| Error::engine(format!("collecting {what}"), e.into()))?;
     let rejects = rejects_before(&batch, cutoff_micros)?;
-    crate::outputs::write_parquet(root, &entry.partial(), &batch).await?;
-    Ok((batch.num_rows() as u64, rejects, shape.hashes_of(&batch)?))
+    let (parts, hashes) = shape.partial_of(&batch)?;
+    crate::outputs::write_parquet_groups(root, &entry.partial(), &parts).await?;
+    Ok((batch.num_rows() as u64, rejects, hashes))
 }
 
 /// Events of reason rows that are errors, on days before the cut-off (or without a day).
@@ -1002,10 +1028,17 @@ mod tests {
         );
         let s = Shape::of(&ctx, &sql).await.unwrap();
         let cutoff = Cutoff::for_run_date(chrono::NaiveDate::from_ymd_opt(2026, 10, 31).unwrap());
-        engine::collect(&ctx, &format!("CREATE TABLE parts AS {sql}"), "partials")
-            .await
-            .unwrap();
         engine::register_functions(&ctx);
+        engine::collect(
+            &ctx,
+            &format!(
+                "CREATE TABLE parts AS SELECT *, CASE WHEN reason IS NULL \
+                 THEN key_hash(customer_id, session_id) END AS {KEY_HASH} FROM ({sql})"
+            ),
+            "partials",
+        )
+        .await
+        .unwrap();
         engine::collect(
             &ctx,
             "CREATE TABLE mk AS SELECT key_hash(column1, column2) AS hash \
