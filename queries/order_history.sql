@@ -68,18 +68,22 @@ purchase_days AS (
 ),
 -- Everyone with an order up to a year after the cut-off (so customers who are known at the
 -- snapshot through the clickstream keep their outcomes), plus everyone signed up before it.
--- features.sql decides who is known at the snapshot.
+-- features.sql decides who is known at the snapshot. A customers row without a sign-up date
+-- counts as signed up at the run's own cut-off (snapshot 0) only: at an earlier snapshot it is
+-- known only through an order or a visit before that cut-off, or a customer who arrives later
+-- would train the models as a zero-history row that did not churn.
 known AS (
   SELECT snapshot, customer_id FROM history
   UNION
   SELECT s.snapshot, c.customer_id
   FROM customers c
-  JOIN snapshots s ON (c.signup_ts < s.cutoff OR c.signup_ts IS NULL) AND (s.snapshot = 0 OR {{in_sample}})
+  JOIN snapshots s ON (c.signup_ts < s.cutoff OR (c.signup_ts IS NULL AND s.snapshot = 0))
+                  AND (s.snapshot = 0 OR {{in_sample}})
 )
 SELECT
   k.snapshot,
   k.customer_id,
-  c.customer_id IS NOT NULL AND (c.signup_ts IS NULL OR c.signup_ts < s.cutoff) AS signed_up,
+  c.customer_id IS NOT NULL AND (c.signup_ts < s.cutoff OR (c.signup_ts IS NULL AND s.snapshot = 0)) AS signed_up,
   coalesce(h.orders_placed, 0) AS orders_placed,
   coalesce(h.frequency, 0) AS frequency,
   coalesce(h.frequency_365d, 0) AS frequency_365d,

@@ -526,6 +526,85 @@ mod tests {
         assert!(err.to_string().contains("not available"), "{err}");
     }
 
+    /// A customers row without a sign-up date is a known customer at the run's own cut-off
+    /// (snapshot 0) but, at an earlier snapshot, only with an order or a visit before it: a
+    /// customer who arrives later must not train the models as a zero-history row.
+    #[tokio::test]
+    async fn customers_without_a_signup_date_are_not_known_before_they_show_up() {
+        use crate::config::{
+            DEFAULT_ENGAGEMENT_SQL, DEFAULT_FEATURES_SQL, DEFAULT_ORDER_HISTORY_SQL,
+        };
+        let ctx = SessionContext::new();
+        crate::engine::register_functions(&ctx);
+        for sql in [
+            // c_old signed up long ago; c_null has no sign-up date and nothing else; c_late has
+            // no sign-up date and a first order after the earlier snapshot; c_visit has no
+            // sign-up date and a visit before it.
+            "CREATE TABLE customers AS SELECT column1 AS customer_id, CAST(column2 AS TIMESTAMP) AS signup_ts \
+             FROM (VALUES ('c_old', '2025-01-01 00:00:00'), ('c_null', NULL), ('c_late', NULL), ('c_visit', NULL))",
+            "CREATE TABLE orders AS SELECT column1 AS order_id, column2 AS customer_id, \
+             CAST(column3 AS TIMESTAMP) AS order_ts, column4 AS amount, 'completed' AS status, \
+             0.0 AS discount_amount FROM (VALUES ('o1', 'c_late', '2026-10-01 12:00:00', 10.0))",
+            "CREATE TABLE sessions AS SELECT column1 AS customer_id, 's1' AS session_id, \
+             CAST(column2 AS TIMESTAMP) AS started, CAST(column2 AS TIMESTAMP) AS ended, \
+             1 AS product_views, 0 AS add_to_carts, 0 AS checkouts, 0 AS purchases \
+             FROM (VALUES ('c_visit', '2026-06-01 10:00:00'))",
+        ] {
+            crate::engine::collect(&ctx, sql, "test table").await.unwrap();
+        }
+        let cutoff = Cutoff::for_run_date(NaiveDate::from_ymd_opt(2026, 10, 31).unwrap());
+        let snapshots = Snapshots::new(cutoff, &[90]);
+        let batch = snapshots.batch().unwrap();
+        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+            .unwrap();
+        ctx.register_table("snapshots", std::sync::Arc::new(table))
+            .unwrap();
+        let mut p = HashMap::from([("monthly_discount_rate", "0.01".to_string())]);
+        p.insert("in_sample", "true".to_string());
+        let each: Vec<HashMap<&'static str, String>> = snapshots
+            .0
+            .iter()
+            .map(|(id, c)| {
+                HashMap::from([
+                    ("snapshot", id.to_string()),
+                    ("cutoff", c.sql()),
+                    ("cutoff_epoch", format!("{:?}", c.epoch() as f64)),
+                ])
+            })
+            .collect();
+        for (name, sql) in [
+            ("order_history", render(DEFAULT_ORDER_HISTORY_SQL, &p, "h").unwrap()),
+            ("engagement", render_with(DEFAULT_ENGAGEMENT_SQL, &p, &each, "e").unwrap()),
+        ] {
+            crate::engine::create_view(&ctx, name, &sql, name).await.unwrap();
+        }
+        let features = render(DEFAULT_FEATURES_SQL, &p, "f").unwrap();
+        let rows = crate::engine::collect(
+            &ctx,
+            &format!("SELECT snapshot, customer_id FROM ({features}) ORDER BY snapshot, customer_id"),
+            "features",
+        )
+        .await
+        .unwrap();
+        let mut known: Vec<(i32, String)> = Vec::new();
+        for b in &rows {
+            let snap = b.column(0).as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+            let id = b.column(1).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                known.push((snap.value(i), id.value(i).to_string()));
+            }
+        }
+        let at = |s: i32| -> Vec<&str> {
+            known
+                .iter()
+                .filter(|(k, _)| *k == s)
+                .map(|(_, id)| id.as_str())
+                .collect()
+        };
+        assert_eq!(at(0), ["c_late", "c_null", "c_old", "c_visit"], "{known:?}");
+        assert_eq!(at(1), ["c_old", "c_visit"], "{known:?}");
+    }
+
     #[test]
     fn render_substitutes_and_rejects_unknown() {
         let p = HashMap::from([("a", "1".to_string())]);
