@@ -43,14 +43,57 @@
 //!   residual rate or stops); may lie after the end, even after the future window. Null only for
 //!   `signup_only`.
 //! * `purchase_rate_per_year` — the Poisson order rate while alive (0 for `one_time_buyer`,
-//!   whose single order is planted, and for `signup_only`).
+//!   whose single order is planted, and for `signup_only`; for `campaign_signup` the rate of
+//!   the orders after the first, whose timing follows the engagement, see below).
+//!
+//! # The sign-up campaign (`campaign_signups`, `campaign_days`)
+//! A real shop has many customers without a completed order yet, and often a sign-up campaign
+//! shortly before the end of the data whose cohort looks like no earlier one. With
+//! [`GenerateOptions::campaign_signups`] `= N` (`--campaign-signups N`, default 0 = none),
+//! `N` extra customers of type `campaign_signup` sign up uniformly over the
+//! [`GenerateOptions::campaign_days`] days (`--campaign-days`, default 60, 1 to 365) ending
+//! with `end_date`, so that models can be tested on never-buyers and on a new cohort unlike the
+//! training window. They behave unlike the regular customers (the code is in `campaign.rs`):
+//!
+//! * Each has a latent intent (lognormal, mean 1; 35 % came for the welcome offer only and
+//!   have a twentieth of it) and an interest that decays after the sign-up,
+//!   `0.1 + 0.9 · exp(-age / decay)` with `decay` uniform in 15–60 days.
+//! * Browse sessions (0.3 a day at intent 1 and full interest) and the first order (a hazard
+//!   of 0.023 a day) are calendar-modulated Poisson processes with rate proportional to intent
+//!   × interest; the share of add to carts in a session grows with the intent (3 % to 16 %).
+//!   So what is observable at the end — sessions, product views and add to carts since the
+//!   sign-up, the recency of the last visit and the age of the account — estimates what drives
+//!   the first order after the end. About a fifth of them orders before the end; of those
+//!   without a completed order by then, about 1 in 6 completes one in the 90 days after the
+//!   end (with the default end date, whose next 90 days are the high season), the more engaged
+//!   half (by sessions since sign-up) about three times as often as the other half (on 4,000
+//!   campaign customers: 0.17 overall, 0.26 vs 0.08, 0.45 for the most engaged tenth).
+//! * After the first order: more orders at a Gamma-distributed rate (mean 4 a year), 60 % of
+//!   first orders with a welcome discount of 10–20 %, research sessions before orders as for
+//!   everyone; a dropout (mean 500 days after the sign-up) ends orders and sessions. Their
+//!   orders after the end are written to `truth/future_orders/` like everyone's, and
+//!   `alive_at_end`/`dropout_ts` mean the same as for the other types.
+//!
+//! They are numbered after the regular customers (`C<customers + 1>` ...), simulated in chunks
+//! of their own after the regular chunks (files `part-<regular chunks + k>.parquet`; their
+//! anonymous traffic, the campaign's visitors who did not sign up, lies in the campaign's
+//! days) from a random stream of their own (seeded from `seed` mixed with a constant): the
+//! regular customers' files are byte-identical to a generation without the campaign (and
+//! their truth rows come first, unchanged), unless `customers + N` has more digits than
+//! `customers` and at least 8 (customer ids are zero-padded to at least 7 digits, to the
+//! digits of the last number). `N = 0` writes exactly what a generation without the option
+//! writes. The campaign works with `until`, `add_day` and `daily` (its customers are
+//! simulated as a whole and cut when written, like everyone: with `until` before the
+//! campaign, none of them exists yet) and with `dirty`; pass the same `campaign_signups` and
+//! `campaign_days` to every generation of one shop.
 //!
 //! # Determinism and parallelism
 //! Customers are generated in fixed-size chunks of 10,000; each chunk has its own
 //! `Xoshiro256PlusPlus` generator seeded from `(seed, chunk index)` and writes its own files, so
 //! the bytes written depend only on the options (`seed`, `customers`, `end_date`, `until`,
-//! `add_day`, `daily`, `dirty`), never on `threads`. Chunks are generated in parallel (at most
-//! `threads` at a time, each worker holding one chunk).
+//! `add_day`, `daily`, `dirty`, `campaign_signups`, `campaign_days`), never on `threads`. The
+//! campaign's chunks have generators of their own (see "The sign-up campaign"). Chunks are
+//! generated in parallel (at most `threads` at a time, each worker holding one chunk).
 //!
 //! # Layout under `out`
 //! ```text
@@ -92,12 +135,12 @@
 //!   of the other layout (pass the same `daily` as the shop was generated with). The files are
 //!   written under hidden temporary names and renamed when complete.
 //!
-//! With the same `seed`, `customers` and `end_date`, the rows of `until = D` followed by
-//! `add_day = D+1` are the rows of `until = D+1` (as multisets of rows per input; the files
-//! differ). Both simulate the whole world: every draw of the simulation depends on `end_date`
-//! (times are drawn relative to the end of the data and the calendar is indexed from it), so
-//! a shop cannot be simulated "up to D" by moving the end; instead the rows after `D` are
-//! left out when writing. `add_day` therefore costs the simulation of the whole shop (like a
+//! With the same `seed`, `customers`, `end_date` (and campaign options), the rows of
+//! `until = D` followed by `add_day = D+1` are the rows of `until = D+1` (as multisets of rows
+//! per input; the files differ). Both simulate the whole world: every draw of the simulation
+//! depends on `end_date` (times are drawn relative to the end of the data and the calendar is
+//! indexed from it), so a shop cannot be simulated "up to D" by moving the end; instead the
+//! rows after `D` are left out when writing. `add_day` therefore costs the simulation of the whole shop (like a
 //! full generation, minus writing all but one day's rows). The first funnel session of a
 //! customer can begin minutes before their signup (about 1 customer in 1,000; accounts are
 //! created at checkout), so, rarely, across midnight, a customer's first events belong to the
@@ -146,6 +189,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
+mod campaign;
 mod dirty;
 mod world;
 mod write;
@@ -172,6 +216,9 @@ use write::truth_schema;
 /// * `window_shopper` — many sessions, almost never buys.
 /// * `one_time_buyer` — one order shortly after signup, then gone.
 /// * `signup_only` — signed up and never did anything else (only a customers row).
+/// * `campaign_signup` — signed up in the sign-up campaign of the last
+///   [`GenerateOptions::campaign_days`] days (only with [`GenerateOptions::campaign_signups`];
+///   see "The sign-up campaign" in the module documentation).
 pub const PLANTED_TYPES: &[&str] = &[
     "champion",
     "loyal_regular",
@@ -183,7 +230,11 @@ pub const PLANTED_TYPES: &[&str] = &[
     "window_shopper",
     "one_time_buyer",
     "signup_only",
+    "campaign_signup",
 ];
+
+/// Default of [`GenerateOptions::campaign_days`].
+pub const DEFAULT_CAMPAIGN_DAYS: u32 = 60;
 
 /// Options of [`generate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,7 +245,8 @@ pub struct GenerateOptions {
     /// Number of customers (at least 1).
     pub customers: usize,
     /// Seed of the simulation; the output bytes depend only on `seed`, `customers`,
-    /// `end_date`, `until`, `add_day` and `daily`.
+    /// `end_date`, `until`, `add_day`, `daily`, `dirty`, `campaign_signups` and
+    /// `campaign_days`.
     pub seed: u64,
     /// Last day of the data: every order and event lies in
     /// `[end_date + 1 - 730 days, end_date + 1)` (00:00 UTC boundaries). The world is always
@@ -218,6 +270,15 @@ pub struct GenerateOptions {
     pub add_day: Option<NaiveDate>,
     /// Write events in daily partitions, `events/dt=YYYY-MM-DD/`, instead of monthly ones.
     pub daily: bool,
+    /// Extra customers of a sign-up campaign (type `campaign_signup`) who sign up uniformly
+    /// over the last `campaign_days` days up to `end_date` (see "The sign-up campaign" in the
+    /// module documentation). 0 (the default) means no campaign: the output is then the same
+    /// as without this option. Pass the same value to `until` and `add_day` generations of
+    /// one shop.
+    pub campaign_signups: usize,
+    /// Length of the campaign in days, 1 to 365 (default 60); only used with
+    /// `campaign_signups > 0`.
+    pub campaign_days: u32,
 }
 
 impl GenerateOptions {
@@ -235,6 +296,8 @@ impl GenerateOptions {
             until: None,
             add_day: None,
             daily: false,
+            campaign_signups: 0,
+            campaign_days: DEFAULT_CAMPAIGN_DAYS,
         }
     }
 }
@@ -466,6 +529,20 @@ fn check_options(opts: &GenerateOptions) -> Result<(), GenerateError> {
             opts.customers
         ));
     }
+    if opts.campaign_signups > u32::MAX as usize / 2 - opts.customers {
+        return invalid(format!(
+            "customers plus campaign_signups must be at most {}, got {} + {}",
+            u32::MAX / 2,
+            opts.customers,
+            opts.campaign_signups
+        ));
+    }
+    if opts.campaign_signups > 0 && !(1..=365).contains(&opts.campaign_days) {
+        return invalid(format!(
+            "campaign_days must be between 1 and 365, got {}",
+            opts.campaign_days
+        ));
+    }
     for (name, date) in [("until", opts.until), ("add_day", opts.add_day)] {
         if let Some(d) = date.filter(|d| *d > opts.end_date) {
             return invalid(format!(
@@ -505,7 +582,7 @@ fn generate_chunked(
     let world = World::new(opts, chunk_size)?;
     dirty::check(opts)?;
 
-    let n_chunks = opts.customers.div_ceil(chunk_size);
+    let n_chunks = world.chunks();
     let workers = threads.clamp(1, n_chunks);
     tracing::info!(
         customers = opts.customers,
@@ -514,6 +591,8 @@ fn generate_chunked(
         until = opts.until.map(|d| d.to_string()),
         add_day = opts.add_day.map(|d| d.to_string()),
         daily = opts.daily,
+        campaign_signups = opts.campaign_signups,
+        campaign_days = opts.campaign_days,
         chunks = n_chunks,
         workers,
         out = %opts.out.display(),

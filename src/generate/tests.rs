@@ -1437,3 +1437,260 @@ fn night_options_are_checked_before_anything_is_written() {
         assert!(files_under(dir.path()).is_empty(), "{what}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The sign-up campaign
+// ---------------------------------------------------------------------------------------------
+
+fn campaign_options(dir: &Path, customers: usize, signups: usize) -> GenerateOptions {
+    let mut o = options(dir, customers, 2);
+    o.campaign_signups = signups;
+    o
+}
+
+/// The customer number of a customer id (`C0000042` → 42).
+fn number(id: &str) -> usize {
+    id[1..].parse().unwrap()
+}
+
+/// Sessions of a customer that began at or after their signup.
+fn sessions_after_signup(f: &Facts) -> usize {
+    f.sessions.values().filter(|&&s| s >= f.signup).count()
+}
+
+#[test]
+fn campaign_signups_are_added_without_changing_the_other_customers() {
+    let plain = tempfile::tempdir().unwrap();
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (regular, signups) = (300, 250);
+    generate_chunked(&options(plain.path(), regular, 2), NIGHT_CHUNK).unwrap();
+    let mut opts = campaign_options(a.path(), regular, signups);
+    opts.threads = 1;
+    let summary = generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    generate_chunked(&campaign_options(b.path(), regular, signups), NIGHT_CHUNK).unwrap();
+
+    // Same options, same bytes (whatever the threads).
+    assert_same_files(a.path(), b.path(), "1 and 2 threads");
+
+    // (1) N more customers rows, numbered after the regular ones, signed up in the last 60
+    // days.
+    let end = end_us();
+    let campaign_start = end - i64::from(DEFAULT_CAMPAIGN_DAYS) * DAY_US;
+    assert_eq!(summary.customers, regular + signups);
+    let mut ids = Vec::new();
+    for (_, _, batches) in read_all(a.path(), "customers") {
+        for b in &batches {
+            for (id, s) in strings(b, "customer_id")
+                .into_iter()
+                .zip(times(b, "signup_ts"))
+            {
+                let (id, s) = (id.unwrap(), s.unwrap());
+                if number(&id) > regular {
+                    assert!((campaign_start..end).contains(&s), "{id}: signup {s}");
+                }
+                ids.push(id);
+            }
+        }
+    }
+    let expected: Vec<String> = (1..=regular + signups)
+        .map(|i| format!("C{i:07}"))
+        .collect();
+    assert_eq!(ids, expected);
+
+    // (2) The truth marks them, and only them, campaign_signup.
+    let (facts, _) = gather(a.path());
+    assert_eq!(facts.len(), regular + signups);
+    for (id, f) in &facts {
+        assert_eq!(
+            f.ptype == "campaign_signup",
+            number(id) > regular,
+            "{id}: {}",
+            f.ptype
+        );
+    }
+
+    // The regular customers' files are byte-identical to a generation without the campaign
+    // (its own random stream), as are their truth rows; the campaign's chunks (3 to 5) come in
+    // files of their own, with the campaign's anonymous visitors in its two months.
+    let (old, new) = (snapshot(plain.path()), snapshot(a.path()));
+    for (f, bytes) in &old {
+        if f != Path::new("truth/customers.parquet") {
+            assert!(new.get(f) == Some(bytes), "{} changed", f.display());
+        }
+    }
+    let added: Vec<&PathBuf> = new.keys().filter(|f| !old.contains_key(*f)).collect();
+    for f in &added {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(
+            [
+                "part-00003.parquet",
+                "part-00004.parquet",
+                "part-00005.parquet"
+            ]
+            .contains(&name),
+            "{}",
+            f.display()
+        );
+        if f.starts_with("events") {
+            assert!(
+                f.starts_with("events/dt=2026-09") || f.starts_with("events/dt=2026-10"),
+                "{}",
+                f.display()
+            );
+        }
+    }
+    assert!(added.contains(&&PathBuf::from("truth/future_orders/part-00005.parquet")));
+    let truth = |out: &Path| {
+        let (schema, batches) = read(&out.join("truth/customers.parquet"));
+        datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap()
+    };
+    let (plain_truth, truth) = (truth(plain.path()), truth(a.path()));
+    assert_eq!(truth.num_rows(), regular + signups);
+    assert_eq!(truth.slice(0, regular), plain_truth);
+
+    // Some browse, a minority orders before the end, and their future orders are in the
+    // truth; their events lie after the campaign's start.
+    let campaign: Vec<&Facts> = facts
+        .values()
+        .filter(|f| f.ptype == "campaign_signup")
+        .collect();
+    let share = |pred: &dyn Fn(&Facts) -> bool| {
+        campaign.iter().filter(|f| pred(f)).count() as f64 / campaign.len() as f64
+    };
+    let browsed = share(&|f| sessions_after_signup(f) > 0);
+    let ordered = share(&|f| f.orders > 0);
+    let future = share(&|f| f.future_orders > 0);
+    println!("campaign: browsed {browsed:.3}, ordered before the end {ordered:.3}, future orders {future:.3}");
+    assert!((0.3..0.9).contains(&browsed), "{browsed}");
+    assert!((0.05..0.45).contains(&ordered), "{ordered}");
+    assert!(future > 0.05, "{future}");
+    for f in &campaign {
+        assert!(f.sessions.values().all(|&s| s >= campaign_start - DAY_US));
+    }
+}
+
+#[test]
+fn campaign_never_buyers_convert_by_engagement() {
+    let dir = tempfile::tempdir().unwrap();
+    let signups = 4000;
+    generate_chunked(&campaign_options(dir.path(), 50, signups), 1000).unwrap();
+    let (facts, _) = gather(dir.path());
+    let campaign: Vec<&Facts> = facts
+        .values()
+        .filter(|f| f.ptype == "campaign_signup")
+        .collect();
+    assert_eq!(campaign.len(), signups);
+
+    // (3) About 1 in 6 of the campaign's never-buyers completes an order in the 90 days after
+    // the end, the engaged half (by sessions after signup) more often than the other half.
+    let mut never: Vec<(usize, bool)> = campaign
+        .iter()
+        .filter(|f| f.completed_past == 0)
+        .map(|f| (sessions_after_signup(f), f.completed_next_90d > 0))
+        .collect();
+    let rate = |g: &[(usize, bool)]| g.iter().filter(|c| c.1).count() as f64 / g.len() as f64;
+    let converted = rate(&never);
+    // Stable sort: ties keep the customer order.
+    never.sort_by_key(|c| c.0);
+    let (less, more) = never.split_at(never.len() / 2);
+    let (rate_less, rate_more) = (rate(less), rate(more));
+    let top = rate(&never[never.len() * 9 / 10..]);
+    let no_sessions = never.iter().filter(|c| c.0 == 0).count() as f64 / never.len() as f64;
+    println!(
+        "campaign: {} of {signups} without a completed order before the end; {converted:.3} of \
+         them complete one in the next 90 days: less engaged half {rate_less:.3}, more engaged \
+         half {rate_more:.3}, top tenth {top:.3}; {no_sessions:.3} without sessions",
+        never.len()
+    );
+    assert!(never.len() * 2 > signups);
+    assert!((0.08..=0.3).contains(&converted), "{converted}");
+    assert!(rate_more > 1.5 * rate_less, "{rate_more} vs {rate_less}");
+    assert!(top > rate_more);
+}
+
+#[test]
+fn campaign_grows_night_by_night() {
+    let campaign = |dir: &Path| {
+        let mut o = night_options(dir, false);
+        o.campaign_signups = 200;
+        o
+    };
+    let full = tempfile::tempdir().unwrap();
+    generate_chunked(&campaign(full.path()), NIGHT_CHUNK).unwrap();
+    // The last day before 2026-10-25 with a campaign signup, orders and events.
+    let mut campaign_days = HashSet::new();
+    for (_, _, batches) in read_all(full.path(), "customers") {
+        for b in &batches {
+            for (id, s) in strings(b, "customer_id")
+                .into_iter()
+                .zip(times(b, "signup_ts"))
+            {
+                if number(&id.unwrap()) > 300 {
+                    let d = chrono::DateTime::from_timestamp_micros(s.unwrap()).unwrap();
+                    campaign_days.insert(d.date_naive());
+                }
+            }
+        }
+    }
+    let orders = rows_per_day(full.path(), "orders", "order_ts");
+    let events = rows_per_day(full.path(), "events", "event_ts");
+    let day = *campaign_days
+        .iter()
+        .filter(|d| **d < date(2026, 10, 25) && orders.contains_key(d) && events.contains_key(d))
+        .max()
+        .unwrap();
+
+    // until D, then add_day D+1, gives the rows of until D+1.
+    let grown = tempfile::tempdir().unwrap();
+    let direct = tempfile::tempdir().unwrap();
+    let mut opts = campaign(grown.path());
+    opts.until = Some(day.pred_opt().unwrap());
+    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    let mut opts = campaign(grown.path());
+    opts.add_day = Some(day);
+    let summary = generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    assert!(summary.customers > 0);
+    let mut opts = campaign(direct.path());
+    opts.until = Some(day);
+    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    for (sub, ts_col) in INPUTS {
+        assert_eq!(
+            all_rows(grown.path(), sub, ts_col),
+            all_rows(direct.path(), sub, ts_col),
+            "{sub}"
+        );
+    }
+    let (_, added) = read(&grown.path().join(format!("customers/part-{day}.parquet")));
+    assert!(added
+        .iter()
+        .flat_map(|b| strings(b, "customer_id"))
+        .any(|id| number(&id.unwrap()) > 300));
+
+    // Before the campaign, none of its customers exist yet; the truth is the full shop's.
+    let early = tempfile::tempdir().unwrap();
+    let mut opts = campaign(early.path());
+    opts.until = Some(date(2026, 8, 1));
+    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    for row in all_rows(early.path(), "customers", "signup_ts") {
+        assert!(number(&row[..8]) <= 300, "{row}");
+    }
+    assert_same_files(
+        &full.path().join("truth"),
+        &early.path().join("truth"),
+        "truth",
+    );
+
+    // The campaign's length is checked before anything is written.
+    let bad = tempfile::tempdir().unwrap();
+    for days in [0, 366] {
+        let mut opts = campaign(bad.path());
+        opts.campaign_days = days;
+        let err = generate(&opts).unwrap_err();
+        assert!(
+            matches!(&err, GenerateError::InvalidOptions(m) if m.contains("campaign_days")),
+            "{err}"
+        );
+        assert!(files_under(bad.path()).is_empty());
+    }
+}

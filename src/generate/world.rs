@@ -21,31 +21,31 @@ use super::{GenerateError, GenerateOptions};
 // ---------------------------------------------------------------------------------------------
 
 pub(super) const DAY_US: i64 = 86_400_000_000;
-const SECOND_US: f64 = 1_000_000.0;
+pub(super) const SECOND_US: f64 = 1_000_000.0;
 /// Length of the input window in days.
 pub(super) const WINDOW_DAYS: i64 = 730;
 /// Length of the truth window (future orders) in days.
 pub(super) const FUTURE_DAYS: i64 = 365;
 /// Signups reach this many days before the window start.
 pub(super) const PRE_WINDOW_SIGNUP_DAYS: i64 = 180;
-const DAYS_PER_YEAR: f64 = 365.25;
+pub(super) const DAYS_PER_YEAR: f64 = 365.25;
 /// Share of anonymous events among all events.
 const ANON_SHARE: f64 = 0.10;
 const MAX_ROW_GROUP_ROWS: usize = 1 << 20;
 
-const PAGE_VIEW: u8 = 0;
-const PRODUCT_VIEW: u8 = 1;
-const SEARCH: u8 = 2;
-const ADD_TO_CART: u8 = 3;
-const REMOVE_FROM_CART: u8 = 4;
-const CHECKOUT_START: u8 = 5;
+pub(super) const PAGE_VIEW: u8 = 0;
+pub(super) const PRODUCT_VIEW: u8 = 1;
+pub(super) const SEARCH: u8 = 2;
+pub(super) const ADD_TO_CART: u8 = 3;
+pub(super) const REMOVE_FROM_CART: u8 = 4;
+pub(super) const CHECKOUT_START: u8 = 5;
 const PURCHASE: u8 = 6;
 /// Indexed by the event codes above; the contract's vocabulary, in the same order.
 pub(super) use crate::inputs::EVENT_TYPES;
 
-const COMPLETED: u8 = 0;
-const RETURNED: u8 = 1;
-const CANCELLED: u8 = 2;
+pub(super) const COMPLETED: u8 = 0;
+pub(super) const RETURNED: u8 = 1;
+pub(super) const CANCELLED: u8 = 2;
 /// Indexed by the status codes above; the contract's vocabulary, in the same order.
 pub(super) use crate::inputs::ORDER_STATUSES as STATUSES;
 pub(super) const CHANNELS: [&str; 2] = ["web", "app"];
@@ -71,6 +71,9 @@ const T_AT_RISK: u8 = 5;
 const T_HIBERNATING: u8 = 6;
 const T_ONE_TIME: u8 = 8;
 const T_SIGNUP_ONLY: u8 = 9;
+/// Index of `campaign_signup`, the customers of the sign-up campaign (see `campaign.rs`); not
+/// in `TYPES`: regular customers never get it.
+pub(super) const T_CAMPAIGN: u8 = 10;
 
 /// Customers of the "alive" types are alive this many days before the end of the data (or at
 /// their signup, if later) by construction (so that their type describes them), and from then
@@ -96,8 +99,8 @@ const RESEARCH_BROWSE_FACTOR: f64 = 1.5;
 const RESEARCH_DAYS: (f64, f64) = (14.0, 42.0);
 /// Probability that an order is preceded by research sessions in the days before it, and
 /// how far before.
-const PRE_ORDER_RESEARCH_P: f64 = 0.6;
-const PRE_ORDER_RESEARCH_DAYS: (f64, f64) = (0.5, 10.0);
+pub(super) const PRE_ORDER_RESEARCH_P: f64 = 0.6;
+pub(super) const PRE_ORDER_RESEARCH_DAYS: (f64, f64) = (0.5, 10.0);
 
 /// Behaviour of one planted type. Times are days relative to the end of the data
 /// (`end_date + 1` 00:00 UTC); negative is the past.
@@ -298,7 +301,7 @@ const TYPES: [TypeParams; 10] = [
 // ---------------------------------------------------------------------------------------------
 
 /// Relative activity by day (month × weekday) and hour, both normalised to mean 1.
-struct Calendar {
+pub(super) struct Calendar {
     /// Day (relative to the end of the data) of `day_weights[0]`.
     first_day: i64,
     day_weights: Vec<f64>,
@@ -348,7 +351,12 @@ impl Calendar {
 
     /// The next point after `t` of a Poisson process with mean rate `rate_per_day`, modulated
     /// by the calendar (thinning). Infinite if the rate is zero.
-    fn next_point(&self, rng: &mut Xoshiro256PlusPlus, t: f64, rate_per_day: f64) -> f64 {
+    pub(super) fn next_point(
+        &self,
+        rng: &mut Xoshiro256PlusPlus,
+        t: f64,
+        rate_per_day: f64,
+    ) -> f64 {
         if rate_per_day <= 0.0 {
             return f64::INFINITY;
         }
@@ -373,9 +381,14 @@ pub(super) struct World {
     seed: u64,
     customers: usize,
     chunk_size: usize,
-    calendar: Calendar,
+    /// Chunks of the regular customers; the campaign's chunks follow them.
+    regular_chunks: usize,
+    /// [`GenerateOptions::campaign_signups`] and [`GenerateOptions::campaign_days`].
+    campaign_signups: usize,
+    pub(super) campaign_days: f64,
+    pub(super) calendar: Calendar,
     /// `end_date + 1` 00:00 UTC in microseconds since the epoch.
-    end_us: i64,
+    pub(super) end_us: i64,
     /// Window start in microseconds.
     start_us: i64,
     /// Rows at or after this instant are not written (`until + 1` 00:00 UTC; `end_us` without
@@ -447,13 +460,20 @@ impl World {
             seed: opts.seed,
             customers: opts.customers,
             chunk_size,
+            regular_chunks: opts.customers.div_ceil(chunk_size),
+            campaign_signups: opts.campaign_signups,
+            campaign_days: f64::from(opts.campaign_days),
             calendar: Calendar::new(end_exclusive),
             end_us,
             start_us,
             cut_us,
             partitions,
             partition_of_day,
-            id_width: opts.customers.to_string().len().max(7),
+            // The campaign's customers are numbered after the regular ones.
+            id_width: (opts.customers + opts.campaign_signups)
+                .to_string()
+                .len()
+                .max(7),
             props,
             orders_schema: orders_schema(),
             events_schema: events_schema(),
@@ -462,19 +482,46 @@ impl World {
     }
 
     /// Days relative to the end of the data → microseconds since the epoch.
-    fn to_us(&self, t: f64) -> i64 {
+    pub(super) fn to_us(&self, t: f64) -> i64 {
         self.end_us + (t * DAY_US as f64).round() as i64
+    }
+
+    /// Number of chunks: the regular customers' and then the campaign's.
+    pub(super) fn chunks(&self) -> usize {
+        self.regular_chunks + self.campaign_signups.div_ceil(self.chunk_size)
     }
 
     /// Simulates one chunk of customers (the whole world up to the end of the future window).
     fn simulate(&self, chunk: usize) -> ChunkData {
+        if chunk >= self.regular_chunks {
+            return self.simulate_campaign(chunk - self.regular_chunks);
+        }
         let first = chunk * self.chunk_size;
         let count = self.chunk_size.min(self.customers - first);
-        let mut gen = ChunkGen::new(self, chunk, first, count);
+        let seed = chunk_seed(self.seed, chunk as u64);
+        let mut gen = ChunkGen::new(self, chunk, first, count, seed);
         for local in 0..count {
             gen.customer(local as u32);
         }
-        gen.anonymous_traffic();
+        gen.anonymous_traffic(WINDOW_DAYS as f64);
+        gen.finish()
+    }
+
+    /// Simulates chunk `c` of the campaign's customers (chunk `regular_chunks + c` of the
+    /// shop) from its own generator, so that the regular chunks are the same with and without
+    /// a campaign. Its anonymous traffic lies in the campaign's days (visitors of the
+    /// campaign who did not sign up).
+    fn simulate_campaign(&self, c: usize) -> ChunkData {
+        let first = self.customers + c * self.chunk_size;
+        let count = self
+            .chunk_size
+            .min(self.campaign_signups - c * self.chunk_size);
+        let seed = chunk_seed(self.seed ^ CAMPAIGN_SEED, c as u64);
+        let mut gen = ChunkGen::new(self, self.regular_chunks + c, first, count, seed);
+        for local in 0..count {
+            gen.campaign_customer(local as u32);
+        }
+        gen.anonymous_traffic(self.campaign_days);
         gen.finish()
     }
 
@@ -550,6 +597,9 @@ fn midnight_us(date: NaiveDate) -> i64 {
         .timestamp_micros()
 }
 
+/// Mixed into the generate seed for the campaign's chunks (a stream of their own).
+const CAMPAIGN_SEED: u64 = 0xCA4D_A165_516E_0B05;
+
 /// Mixes the seed and the chunk index into the seed of the chunk's generator (SplitMix64).
 fn chunk_seed(seed: u64, chunk: u64) -> u64 {
     fn splitmix(mut z: u64) -> u64 {
@@ -623,22 +673,25 @@ struct SessionTmp {
     to: u32,
 }
 
-struct ChunkGen<'w> {
-    world: &'w World,
-    rng: Xoshiro256PlusPlus,
-    data: ChunkData,
+pub(super) struct ChunkGen<'w> {
+    pub(super) world: &'w World,
+    pub(super) rng: Xoshiro256PlusPlus,
+    pub(super) data: ChunkData,
     type_cdf: [f64; 10],
-    country_cdf: [f64; 10],
-    browse_steps: Poisson<f64>,
+    pub(super) country_cdf: [f64; 10],
+    pub(super) browse_steps: Poisson<f64>,
     extra_items: Poisson<f64>,
     extra_views: Poisson<f64>,
     identified_events: u64,
     // Scratch buffers reused across customers.
-    order_times: Vec<(i64, u8, f64, f64, u8)>,
+    /// Orders of the current customer: (time, status, amount, discount, channel).
+    pub(super) order_times: Vec<(i64, u8, f64, f64, u8)>,
     /// Lulls of the current customer: (start, research start, end) in days, in time order.
     lulls: Vec<(f64, f64, f64)>,
-    session_times: Vec<f64>,
-    tmp_events: Vec<(i64, u8)>,
+    /// Browse session start times of the current customer (days).
+    pub(super) session_times: Vec<f64>,
+    /// Events of the current customer's sessions: (time, event code).
+    pub(super) tmp_events: Vec<(i64, u8)>,
     sessions: Vec<SessionTmp>,
     cust_events: Vec<Ev>,
 }
@@ -655,7 +708,7 @@ fn cdf<const N: usize>(weights: [f64; N]) -> [f64; N] {
     out
 }
 
-fn pick(rng: &mut Xoshiro256PlusPlus, cdf: &[f64]) -> usize {
+pub(super) fn pick(rng: &mut Xoshiro256PlusPlus, cdf: &[f64]) -> usize {
     let u: f64 = rng.gen();
     cdf.iter().position(|&c| u < c).unwrap_or(cdf.len() - 1)
 }
@@ -668,19 +721,19 @@ fn lull_at(lulls: &[(f64, f64, f64)], t: f64) -> Option<bool> {
         .map(|&(_, research, _)| t >= research)
 }
 
-fn round2(x: f64) -> f64 {
+pub(super) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
 impl<'w> ChunkGen<'w> {
-    fn new(world: &'w World, chunk: usize, first: usize, count: usize) -> Self {
+    fn new(world: &'w World, chunk: usize, first: usize, count: usize, seed: u64) -> Self {
         let mut weights = [0.0; 10];
         for (w, t) in weights.iter_mut().zip(TYPES.iter()) {
             *w = t.weight;
         }
         ChunkGen {
             world,
-            rng: Xoshiro256PlusPlus::seed_from_u64(chunk_seed(world.seed, chunk as u64)),
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             data: ChunkData {
                 chunk,
                 first,
@@ -705,16 +758,16 @@ impl<'w> ChunkGen<'w> {
         }
     }
 
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(super) fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.rng.gen::<f64>()
     }
 
-    fn exp(&mut self) -> f64 {
+    pub(super) fn exp(&mut self) -> f64 {
         self.rng.sample(Exp1)
     }
 
     /// Gamma-distributed value with the given mean and shape.
-    fn gamma(&mut self, mean: f64, shape: f64) -> f64 {
+    pub(super) fn gamma(&mut self, mean: f64, shape: f64) -> f64 {
         if mean <= 0.0 {
             return 0.0;
         }
@@ -895,22 +948,7 @@ impl<'w> ChunkGen<'w> {
             dropout = anchor + self.exp() * p.lifetime_days / hazard;
         }
 
-        for (seq, &(ts, status, amount, discount, channel)) in self.order_times.iter().enumerate() {
-            let rec = OrderRec {
-                cust: local,
-                seq: seq as u32 + 1,
-                ts,
-                amount,
-                discount,
-                status,
-                channel,
-            };
-            if ts >= world.start_us && ts < world.end_us {
-                self.data.orders.push(rec);
-            } else if ts >= world.end_us && ts < world.end_us + FUTURE_DAYS * DAY_US {
-                self.data.future_orders.push(rec);
-            }
-        }
+        self.push_orders(local);
 
         self.data.truth.push(TruthRow {
             ptype,
@@ -943,6 +981,37 @@ impl<'w> ChunkGen<'w> {
         self.lulls.clear();
         self.browse_times(dropout.max(from), 0.0, residual, f64::INFINITY, 1.0);
 
+        self.push_sessions(local, from, None);
+    }
+
+    /// The orders of `order_times` into the chunk's orders (inside the window) and future
+    /// orders (the future window), numbered in time order.
+    pub(super) fn push_orders(&mut self, local: u32) {
+        let world = self.world;
+        for (seq, &(ts, status, amount, discount, channel)) in self.order_times.iter().enumerate() {
+            let rec = OrderRec {
+                cust: local,
+                seq: seq as u32 + 1,
+                ts,
+                amount,
+                discount,
+                status,
+                channel,
+            };
+            if ts >= world.start_us && ts < world.end_us {
+                self.data.orders.push(rec);
+            } else if ts >= world.end_us && ts < world.end_us + FUTURE_DAYS * DAY_US {
+                self.data.future_orders.push(rec);
+            }
+        }
+    }
+
+    /// The sessions of customer `local` into the chunk's events: the browse sessions of
+    /// `session_times`, research sessions before its orders (none before `from`) and the
+    /// funnel sessions of its orders in the window. Browse sessions are
+    /// [`ChunkGen::browse_session`]s, or with `cart_p` [`ChunkGen::campaign_session`]s.
+    pub(super) fn push_sessions(&mut self, local: u32, from: f64, cart_p: Option<f64>) {
+        let world = self.world;
         // Research before orders, also before the first orders of the future window.
         for i in 0..self.order_times.len() {
             let order_t = (self.order_times[i].0 - world.end_us) as f64 / DAY_US as f64;
@@ -965,7 +1034,10 @@ impl<'w> ChunkGen<'w> {
         for i in 0..self.session_times.len() {
             let start = world.to_us(self.session_times[i]);
             let from = self.tmp_events.len() as u32;
-            self.browse_session(start);
+            match cart_p {
+                None => self.browse_session(start),
+                Some(p) => self.campaign_session(start, p),
+            }
             let to = self.tmp_events.len() as u32;
             self.sessions.push(SessionTmp { start, from, to });
         }
@@ -1046,7 +1118,7 @@ impl<'w> ChunkGen<'w> {
     }
 
     /// Gap between two events of a session, in microseconds.
-    fn gap(&mut self) -> i64 {
+    pub(super) fn gap(&mut self) -> i64 {
         ((3.0 + 40.0 * self.exp()) * SECOND_US) as i64
     }
 
@@ -1121,14 +1193,14 @@ impl<'w> ChunkGen<'w> {
     }
 
     /// Anonymous sessions, about `ANON_SHARE` of all events of the chunk, uniform over the
-    /// window (calendar-modulated). Appended to each partition after the identified events.
-    fn anonymous_traffic(&mut self) {
+    /// last `window` days (calendar-modulated). Appended to each partition after the
+    /// identified events.
+    fn anonymous_traffic(&mut self, window: f64) {
         let world = self.world;
         let target =
             (self.identified_events as f64 * ANON_SHARE / (1.0 - ANON_SHARE)).round() as u64;
         let mut anon: Vec<Ev> = Vec::with_capacity(target as usize + 64);
         let mut session = 0u32;
-        let window = WINDOW_DAYS as f64;
         while (anon.len() as u64) < target {
             let t = loop {
                 let t = -window + window * self.rng.gen::<f64>();
