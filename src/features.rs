@@ -457,6 +457,18 @@ impl CustomerTable {
             })
     }
 
+    /// Only the customers at `rows` (indices into this table), in that order.
+    pub fn take(&self, rows: &[usize]) -> Result<CustomerTable> {
+        let indices =
+            datafusion::arrow::array::UInt32Array::from_iter_values(rows.iter().map(|&r| r as u32));
+        let batch = datafusion::arrow::compute::take_record_batch(&self.batch, &indices)
+            .map_err(|e| Error::engine(format!("sampling {}", self.query), e.into()))?;
+        Ok(CustomerTable {
+            batch,
+            query: self.query,
+        })
+    }
+
     /// Customer ids as owned strings.
     pub fn ids(&self) -> Result<Vec<String>> {
         let col = cast(self.column_by_name("customer_id")?, &DataType::Utf8)

@@ -110,46 +110,92 @@ impl TryFrom<IsotonicRecord> for Isotonic {
     }
 }
 
+/// A block of pool-adjacent-violators: weight, label sum, lowest, highest and summed score.
+#[derive(Clone, Copy)]
+struct Block {
+    weight: f64,
+    labels: f64,
+    lo: f64,
+    hi: f64,
+    scores: f64,
+}
+
+/// Pool-adjacent-violators over usable pairs: blocks of sorted scores with non-decreasing
+/// label means (tied scores always in one block); with `strict`, equal means pool too, so the
+/// means strictly increase.
+fn pav(scores: &[f64], labels: &[f64], strict: bool) -> Result<Vec<Block>, CalibrationError> {
+    let mut pairs = usable(scores, labels, f64::is_finite)?;
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut i = 0;
+    while i < pairs.len() {
+        let x = pairs[i].0;
+        let mut block = Block {
+            weight: 0.0,
+            labels: 0.0,
+            lo: x,
+            hi: x,
+            scores: 0.0,
+        };
+        // `==` so that -0.0 and 0.0 pool.
+        while i < pairs.len() && pairs[i].0 == x {
+            block.weight += 1.0;
+            block.labels += pairs[i].1;
+            block.scores += x;
+            i += 1;
+        }
+        blocks.push(block);
+        // Pool while the previous block's mean exceeds the last one's.
+        while blocks.len() >= 2 {
+            let last = blocks[blocks.len() - 1];
+            let prev = blocks[blocks.len() - 2];
+            let (p, l) = (prev.labels / prev.weight, last.labels / last.weight);
+            if p > l || (strict && p == l) {
+                blocks.pop();
+                let n = blocks.len();
+                blocks[n - 1] = Block {
+                    weight: prev.weight + last.weight,
+                    labels: prev.labels + last.labels,
+                    lo: prev.lo,
+                    hi: last.hi,
+                    scores: prev.scores + last.scores,
+                };
+            } else {
+                break;
+            }
+        }
+    }
+    Ok(blocks)
+}
+
 impl Isotonic {
     /// Fits the map. Scores must be finite (`NaN` pairs are skipped).
     pub fn fit(scores: &[f64], labels: &[f64]) -> Result<Self, CalibrationError> {
-        let mut pairs = usable(scores, labels, f64::is_finite)?;
-        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        // Blocks: (weight, label sum, lowest score, highest score).
-        let mut blocks: Vec<(f64, f64, f64, f64)> = Vec::new();
-        let mut i = 0;
-        while i < pairs.len() {
-            let x = pairs[i].0;
-            let mut block = (0.0, 0.0, x, x);
-            // `==` so that -0.0 and 0.0 pool.
-            while i < pairs.len() && pairs[i].0 == x {
-                block.0 += 1.0;
-                block.1 += pairs[i].1;
-                i += 1;
-            }
-            blocks.push(block);
-            // Pool while the previous block's mean exceeds the last one's.
-            while blocks.len() >= 2 {
-                let last = blocks[blocks.len() - 1];
-                let prev = blocks[blocks.len() - 2];
-                if prev.1 / prev.0 > last.1 / last.0 {
-                    blocks.pop();
-                    let n = blocks.len();
-                    blocks[n - 1] = (prev.0 + last.0, prev.1 + last.1, prev.2, last.3);
-                } else {
-                    break;
-                }
-            }
-        }
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        for (w, s, lo, hi) in blocks {
-            let v = (s / w).clamp(0.0, 1.0);
-            xs.push(lo);
+        for b in pav(scores, labels, false)? {
+            let v = (b.labels / b.weight).clamp(0.0, 1.0);
+            xs.push(b.lo);
             ys.push(v);
-            if hi > lo {
-                xs.push(hi);
+            if b.hi > b.lo {
+                xs.push(b.hi);
                 ys.push(v);
             }
+        }
+        Ok(Isotonic { xs, ys })
+    }
+
+    /// Centred isotonic regression (Oron & Flournoy 2017) with shrunk block values: one knot
+    /// per block at its mean score, valued `(Σy + ½)/(n + 1)` (so never 0 or 1, and a block
+    /// of few customers claims less), made non-decreasing by a running maximum. Between knots
+    /// the map is linear, so distinct scores inside the fitted range keep distinct values
+    /// (plain isotonic regression gives a whole block one value).
+    pub fn fit_centred(scores: &[f64], labels: &[f64]) -> Result<Self, CalibrationError> {
+        let (mut xs, mut ys) = (Vec::new(), Vec::<f64>::new());
+        for b in pav(scores, labels, true)? {
+            let v = (b.labels + 0.5) / (b.weight + 1.0);
+            let v = ys.last().map_or(v, |&last| v.max(last));
+            xs.push(b.scores / b.weight);
+            ys.push(v);
         }
         Ok(Isotonic { xs, ys })
     }
@@ -188,6 +234,57 @@ impl Isotonic {
     }
 }
 
+/// The churn score's calibration: centred, shrunk isotonic regression
+/// ([`Isotonic::fit_centred`]) mixed with Platt scaling, `p = (1 − w)·iso(s) + w·platt(s)`
+/// with `w` = [`Smoothed::PLATT_WEIGHT`], both fitted on the same held-out customers.
+///
+/// Isotonic regression alone is flat on whole blocks and reaches exactly 0 and 1 at the
+/// edges: thousands of customers tie on one score, and a probability of 1 claims a certainty
+/// no history gives. The shrunk knots keep it inside (0, 1); the Platt part is strictly
+/// increasing in the score (when its slope is positive, as it is for any score that ranks), so
+/// customers the trees rank apart keep different probabilities, also beyond the isotonic
+/// map's range, where it is constant. The result is clamped to
+/// `[`[`Smoothed::FLOOR`]`, 1 − FLOOR]` against rounding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Smoothed {
+    iso: Isotonic,
+    platt: Platt,
+    #[serde(with = "json_f64")]
+    platt_weight: f64,
+}
+
+impl Smoothed {
+    /// Weight of the Platt part.
+    pub const PLATT_WEIGHT: f64 = 0.2;
+    /// No probability is closer to 0 or 1 than this.
+    pub const FLOOR: f64 = 1e-9;
+
+    /// Fits both parts on `scores` (probabilities in `[0, 1]`) and `labels`.
+    pub fn fit(scores: &[f64], labels: &[f64]) -> Result<Self, CalibrationError> {
+        Ok(Smoothed {
+            iso: Isotonic::fit_centred(scores, labels)?,
+            platt: Platt::fit(scores, labels)?,
+            platt_weight: Self::PLATT_WEIGHT,
+        })
+    }
+
+    /// The calibrated probability of a score; `NaN` for `NaN`.
+    pub fn apply(&self, score: f64) -> f64 {
+        let w = self.platt_weight;
+        let p = (1.0 - w) * self.iso.apply(score) + w * self.platt.apply(score);
+        if p.is_nan() {
+            p
+        } else {
+            p.clamp(Self::FLOOR, 1.0 - Self::FLOOR)
+        }
+    }
+
+    /// [`Smoothed::apply`] to every score.
+    pub fn apply_all(&self, scores: &[f64]) -> Vec<f64> {
+        scores.iter().map(|&s| self.apply(s)).collect()
+    }
+}
+
 /// Scores are clamped into `[LOGIT_EPS, 1 − LOGIT_EPS]` before taking their logit.
 const LOGIT_EPS: f64 = 1e-12;
 
@@ -212,11 +309,13 @@ fn softplus(x: f64) -> f64 {
 /// `(N₊ + 1)/(N₊ + 2)` and negatives as `1/(N₋ + 2)` (a soft label `y` as the mix
 /// `y·t₊ + (1 − y)·t₋`, with `N₊ = Σy`, `N₋ = Σ(1 − y)`), which keeps `a` and `b` finite
 /// even on separable data. `a = 1, b = 0` is the identity.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Platt {
     /// Slope on the score's logit.
+    #[serde(with = "json_f64")]
     pub a: f64,
     /// Intercept.
+    #[serde(with = "json_f64")]
     pub b: f64,
 }
 
@@ -313,6 +412,48 @@ mod tests {
     use crate::models::metrics::brier;
     use rand::{Rng, SeedableRng};
     use rand_xoshiro::Xoshiro256PlusPlus;
+
+    /// Scores that separate perfectly at the top and bottom: plain isotonic regression gives
+    /// the edges exactly 0 and 1 and whole blocks one value; the smoothed map does neither,
+    /// stays calibrated on average and reads back exactly.
+    #[test]
+    fn smoothed_calibration_is_never_certain_and_keeps_the_ranking() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+        let n = 20_000;
+        let scores: Vec<f64> = (0..n).map(|_| rng.gen::<f64>()).collect();
+        // True probability: 0 below 0.2, 1 above 0.8, linear between.
+        let labels: Vec<f64> = scores
+            .iter()
+            .map(|&s| {
+                let p = ((s - 0.2) / 0.6).clamp(0.0, 1.0);
+                f64::from(u8::from(rng.gen::<f64>() < p))
+            })
+            .collect();
+        let plain = Isotonic::fit(&scores, &labels).unwrap();
+        let plain_p = plain.apply_all(&scores);
+        assert!(plain_p.iter().any(|&p| p == 0.0) && plain_p.iter().any(|&p| p == 1.0));
+        let cal = Smoothed::fit(&scores, &labels).unwrap();
+        let p = cal.apply_all(&scores);
+        assert!(p.iter().all(|&v| v > 0.0 && v < 1.0), "a probability of 0 or 1");
+        // Strictly increasing in the score: the ranking is the score's.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+        for w in order.windows(2) {
+            if scores[w[1]] > scores[w[0]] {
+                assert!(p[w[1]] > p[w[0]], "{} -> {} but {} -> {}", scores[w[0]], p[w[0]], scores[w[1]], p[w[1]]);
+            }
+        }
+        // Still calibrated: the mean probability is the observed rate, per fifth of scores.
+        for k in 0..5 {
+            let part: Vec<usize> = order[k * n / 5..(k + 1) * n / 5].to_vec();
+            let mean_p = part.iter().map(|&i| p[i]).sum::<f64>() / part.len() as f64;
+            let rate = part.iter().map(|&i| labels[i]).sum::<f64>() / part.len() as f64;
+            assert!((mean_p - rate).abs() < 0.03, "fifth {k}: {mean_p} vs {rate}");
+        }
+        let back: Smoothed = serde_json::from_str(&serde_json::to_string(&cal).unwrap()).unwrap();
+        assert_eq!(back, cal);
+        assert!(p.iter().zip(back.apply_all(&scores)).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
 
     #[test]
     fn isotonic_pools_violators_and_ties() {

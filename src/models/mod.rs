@@ -2,14 +2,17 @@
 //! revenue over the next 365 days, discounted to present value), with a built-in backtest.
 //!
 //! ```text
-//!  snapshot 2 (D−180) ──fit──► churn trees ─┐                 snapshot 1 (D−90) ──fit──► churn trees
-//!  snapshot 4 (D−455) ──fit──► value trees ─┼─► score D−90,   snapshot 3 (D−365) ──fit──► value trees
-//!                                           │   compare with            │
-//!                                           │   (D−90, D]: backtest     └──► score snapshot 0 (D)
+//!  backtest                                          production
+//!  D−210 … D−450 (every 30 days) ──train──► trees ┐  D−120 … D−360 (every 30 days) ──train──► trees
+//!  D−180 (held-out quarter) ──calibrate────────┤     D−90 (held-out quarter) ──calibrate──┤
+//!  D−455 ──fit──► value trees ─────────────────┼─►   D−365 ──fit──► value trees ──────────┤
+//!                     score D−90, compare with (D−90, D]                  score snapshot 0 (D)
 //! ```
 //! At every snapshot BG/NBD and Gamma-Gamma are fitted on that snapshot's own history; their
 //! outputs are features of the trees and the baseline the backtest reports beside them.
-//! Churn trees are calibrated by isotonic regression on a held-out quarter of customers.
+//! Churn trees learn from several windows pooled (so sign-ups, seasons and campaigns of the
+//! last months all appear in training) and are calibrated on the newest labelled window, on
+//! customers that did not train them (`calibration::Smoothed`: never exactly 0 or 1).
 //! Too little history for a model: BG/NBD (+ Gamma-Gamma), else a run-rate formula, and the
 //! manifest says which (`method`).
 
@@ -28,6 +31,7 @@ pub mod parallel;
 pub mod special;
 pub mod supervised;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -35,17 +39,26 @@ use serde::{Deserialize, Serialize};
 use crate::config::Pipeline;
 use crate::error::Result;
 use crate::features::{CustomerTable, Cutoff, SnapshotFeatures, Snapshots};
-use backtest::{Backtest, ChurnMetrics, ValueMetrics};
+use backtest::{Backtest, ChurnMetrics, Group, GroupMetrics, ValueMetrics};
 use classical::{Classical, Outputs};
 use design::Design;
-use supervised::{ChurnModel, Fitted, ValueModel};
+use supervised::{ChurnModel, Fitted, Labelled, ValueModel};
 
-/// Days before the run's cut-off of the snapshots the models need (snapshot ids 1, 2, 3, 4).
-pub const SNAPSHOT_DAYS: [i64; 4] = [90, 180, 365, 455];
-/// Trains the churn model (its next 90 days end at the run's cut-off); backtest scoring point.
-pub const CHURN_TRAIN: i32 = 1;
-/// Trains the churn model of the backtest (its next 90 days end at D−90).
-pub const CHURN_BACKTEST_TRAIN: i32 = 2;
+/// Days before the run's cut-off of the snapshots the models need (snapshot ids 1, 2, …).
+pub const SNAPSHOT_DAYS: [i64; 15] = [
+    90, 180, 365, 455, 120, 150, 210, 240, 270, 300, 330, 360, 390, 420, 450,
+];
+/// Calibrates the churn model (its next 90 days end at the run's cut-off); the backtest's
+/// scoring point.
+pub const CHURN_CAL: i32 = 1;
+/// Trains the churn model, pooled: every 30 days from D−120 to D−360 (their next 90 days
+/// end by D−30), so a year of seasons, sign-up waves and campaigns is in the training data.
+pub const CHURN_TRAIN: [i32; 9] = [5, 6, 2, 7, 8, 9, 10, 11, 12];
+/// Calibrates the churn model of the backtest (its next 90 days end at D−90).
+pub const CHURN_BACKTEST_CAL: i32 = 2;
+/// Trains the churn model of the backtest: the production recipe one window (90 days)
+/// earlier, every 30 days from D−210 to D−450.
+pub const CHURN_BACKTEST_TRAIN: [i32; 9] = [7, 8, 9, 10, 11, 12, 13, 14, 15];
 /// Trains the value model (its next 365 days end at the run's cut-off).
 pub const VALUE_TRAIN: i32 = 3;
 /// Trains the value model of the backtest (its next 365 days end at D−90).
@@ -71,7 +84,7 @@ pub struct Scores {
 }
 
 /// Version of the stored models' format ([`Stored`]); another version is refitted.
-pub const STORED_FORMAT: u32 = 1;
+pub const STORED_FORMAT: u32 = 2;
 
 /// The churn learner a refit chose, with what scoring needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,7 +169,7 @@ pub fn score_stored(
 ) -> Result<Night> {
     let now = features.current()?;
     let rate = pipeline.model.monthly_discount_rate;
-    let p = Prepared::with_classical(now, stored.classical.clone(), rate)?;
+    let p = Prepared::with_classical(Cow::Borrowed(now), stored.classical.clone(), rate)?;
     if p.design.names != stored.features {
         let added: Vec<&str> = p
             .design
@@ -213,12 +226,12 @@ fn score_prepared(stored: &Stored, p: &Prepared, rate: f64) -> Result<(Vec<f64>,
     let churn = match &stored.churn {
         ChurnScorer::Trees { model } => model.predict(&p.design),
         ChurnScorer::Bgnbd { non_buyer_rate } => bgnbd_churn(p, *non_buyer_rate)?,
-        ChurnScorer::Fallback => fallback_churn(p.table)?,
+        ChurnScorer::Fallback => fallback_churn(&p.table)?,
     };
     let value = match &stored.value {
         ValueScorer::Trees { model } => model.predict(&p.design),
         ValueScorer::BgnbdGammaGamma => zero_nan(&p.outputs.clv),
-        ValueScorer::Fallback => fallback_value(p.table, &churn, rate)?,
+        ValueScorer::Fallback => fallback_value(&p.table, &churn, rate)?,
     };
     Ok((churn, value))
 }
@@ -265,7 +278,7 @@ pub struct FitReport {
 
 /// One snapshot ready for modelling: its table, classical fit and design matrix.
 struct Prepared<'a> {
-    table: &'a CustomerTable,
+    table: Cow<'a, CustomerTable>,
     ids: Vec<String>,
     classical: Classical,
     outputs: Outputs,
@@ -273,32 +286,33 @@ struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
-    fn new(table: &'a CustomerTable, monthly_rate: f64) -> Result<Prepared<'a>> {
-        let classical = Classical::fit(table)?;
+    fn new(table: Cow<'a, CustomerTable>, monthly_rate: f64) -> Result<Prepared<'a>> {
+        let classical = Classical::fit(&table)?;
         Self::with_classical(table, classical, monthly_rate)
     }
 
     /// With classical models fitted elsewhere (stored by a refit).
     fn with_classical(
-        table: &'a CustomerTable,
+        table: Cow<'a, CustomerTable>,
         classical: Classical,
         monthly_rate: f64,
     ) -> Result<Prepared<'a>> {
         let clock = std::time::Instant::now();
         let fitted = clock.elapsed().as_secs_f64();
-        let outputs = classical.outputs(table, monthly_rate)?;
+        let outputs = classical.outputs(&table, monthly_rate)?;
         let with_outputs = clock.elapsed().as_secs_f64();
-        let design = Design::new(table, &outputs.columns())?;
+        let design = Design::new(&table, &outputs.columns())?;
         tracing::debug!(
             customers = table.len(),
+            classical = %serde_json::to_string(&classical).unwrap_or_default(),
             classical_fit_s = fitted,
             outputs_s = with_outputs - fitted,
             total_s = clock.elapsed().as_secs_f64(),
             "snapshot prepared"
         );
         Ok(Prepared {
-            table,
             ids: table.ids()?,
+            table,
             classical,
             outputs,
             design,
@@ -324,6 +338,19 @@ impl<'a> Prepared<'a> {
     }
 
     /// Enough history to learn from, and both outcomes present.
+    /// Whether the snapshot's customers have `frequency` 0 (no completed order before its
+    /// cut-off), and whether they were first seen at most 90 days before it.
+    fn groups(&self) -> Result<(Vec<bool>, Vec<bool>)> {
+        let never = self.table.f64("frequency")?.iter().map(|&f| !(f > 0.0)).collect();
+        let new = self
+            .table
+            .f64("tenure_days")?
+            .iter()
+            .map(|&t| t.is_nan() || t <= 90.0)
+            .collect();
+        Ok((never, new))
+    }
+
     fn trainable(&self) -> Result<bool> {
         let churned = self.churned()?;
         let rate = churned.iter().sum::<f64>() / churned.len().max(1) as f64;
@@ -333,14 +360,28 @@ impl<'a> Prepared<'a> {
 
 /// Prepares every snapshot (classical fits, outputs, design), one thread each: the
 /// snapshots are independent, so the result does not depend on scheduling.
+/// Every snapshot the models use, prepared. The snapshots that only train churn trees keep
+/// only the rows the trees learn from ([`supervised::churn_training_rows`]): the classical
+/// models' outputs cost about 10 µs a customer.
 fn prepare_all(features: &SnapshotFeatures, rate: f64) -> Result<BTreeMap<i32, Prepared<'_>>> {
-    let tables: Vec<(i32, &CustomerTable)> = (0..=SNAPSHOT_DAYS.len() as i32)
-        .filter_map(|id| features.get(id).map(|t| (id, t)))
-        .collect();
+    let only_training = |id: i32| {
+        (CHURN_TRAIN.contains(&id) || CHURN_BACKTEST_TRAIN.contains(&id))
+            && ![CHURN_CAL, CHURN_BACKTEST_CAL, VALUE_TRAIN, VALUE_BACKTEST_TRAIN, 0].contains(&id)
+    };
+    let mut tables: Vec<(i32, Cow<CustomerTable>)> = Vec::new();
+    for id in 0..=SNAPSHOT_DAYS.len() as i32 {
+        let Some(t) = features.get(id) else { continue };
+        if only_training(id) {
+            let rows = supervised::churn_training_rows(&t.ids()?, CHURN_TRAIN.len());
+            tables.push((id, Cow::Owned(t.take(&rows)?)));
+        } else {
+            tables.push((id, Cow::Borrowed(t)));
+        }
+    }
     std::thread::scope(|scope| {
         let handles: Vec<_> = tables
-            .iter()
-            .map(|&(id, t)| (id, scope.spawn(move || Prepared::new(t, rate))))
+            .into_iter()
+            .map(|(id, t)| (id, scope.spawn(move || Prepared::new(t, rate))))
             .collect();
         let mut out = BTreeMap::new();
         for (id, handle) in handles {
@@ -354,6 +395,48 @@ fn prepare_all(features: &SnapshotFeatures, rate: f64) -> Result<BTreeMap<i32, P
 }
 
 /// Runs `a` and `b` on two threads and returns both results (a panic in either resumes here).
+/// The churn trees of one recipe: trained on the `train` snapshots that can be learnt from,
+/// calibrated on `cal`. `None` when there is nothing to learn from.
+fn fit_churn(
+    prepared: &BTreeMap<i32, Prepared>,
+    train: &[i32],
+    cal: i32,
+    seed: u64,
+) -> Result<Option<ChurnModel>> {
+    let Some(cal) = prepared.get(&cal) else {
+        return Ok(None);
+    };
+    if !cal.trainable()? {
+        return Ok(None);
+    }
+    let parts: Vec<(&Prepared, Vec<f64>)> = train
+        .iter()
+        .filter_map(|id| prepared.get(id))
+        .map(|p| Ok((p, p.churned()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let buyers: usize = parts.iter().map(|(p, _)| p.buyers()).sum::<Result<usize>>()?;
+    let labels: Vec<f64> = parts.iter().flat_map(|(_, y)| y.iter().copied()).collect();
+    let rate = labels.iter().sum::<f64>() / labels.len().max(1) as f64;
+    if buyers < MIN_TRAINING_BUYERS || !(rate > 0.0 && rate < 1.0) {
+        return Ok(None);
+    }
+    let cal_y = cal.churned()?;
+    let labelled: Vec<Labelled> = parts
+        .iter()
+        .map(|(p, y)| Labelled {
+            design: &p.design,
+            ids: &p.ids,
+            labels: y,
+        })
+        .collect();
+    let calibrate = Labelled {
+        design: &cal.design,
+        ids: &cal.ids,
+        labels: &cal_y,
+    };
+    Ok(Some(ChurnModel::fit(&labelled, &calibrate, seed)?))
+}
+
 fn both<A: Send, B: Send>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
     std::thread::scope(|scope| {
         let b = scope.spawn(b);
@@ -372,7 +455,7 @@ fn iso(c: Cutoff) -> String {
 /// BG/NBD churn for everyone: buyers from the model; never-buyers at the rate never-buyers
 /// showed in training, or by the run-rate formula when there was nothing to learn from.
 fn bgnbd_churn(p: &Prepared, non_buyer_rate: Option<f64>) -> Result<Vec<f64>> {
-    let fallback = fallback_churn(p.table)?;
+    let fallback = fallback_churn(&p.table)?;
     Ok(p.outputs
         .p_no_purchase_90d
         .iter()
@@ -469,25 +552,28 @@ pub fn fit(
         backtest.value_bgnbd_gg.as_ref().map(|m| m.spearman),
         false,
     );
-    let churn_train = prepared.get(&CHURN_TRAIN);
+    let churn_cal = prepared.get(&CHURN_CAL);
     let value_train = prepared.get(&VALUE_TRAIN);
     let (churn, value_trees) = both(
         || -> Result<(ChurnScorer, FitReport)> {
-            match (churn_learner, churn_train) {
-                (Learner::Trees, Some(t)) if t.trainable()? => {
-                    let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
-                    let report = trees_report(
-                        "gradient_boosted_trees+isotonic",
-                        cutoff_of(CHURN_TRAIN),
-                        t,
-                        &m.fitted,
+            let trees = match churn_learner {
+                Learner::Trees => fit_churn(&prepared, &CHURN_TRAIN, CHURN_CAL, seed)?,
+                Learner::Classical => None,
+            };
+            match trees {
+                Some(m) => {
+                    let mut report = fit_report(
+                        "gradient_boosted_trees+calibration",
+                        cutoff_of(CHURN_CAL),
+                        m.fitted.training_rows,
                     );
+                    report.trees = Some(m.fitted.clone());
                     Ok((ChurnScorer::Trees { model: m }, report))
                 }
-                _ if now.classical.has_bgnbd() => {
+                None if now.classical.has_bgnbd() => {
                     // Never-buyers: the share of never-buyers 90 days ago who still had not
                     // bought.
-                    let non_buyer_rate = match churn_train {
+                    let non_buyer_rate = match churn_cal {
                         Some(t) if t.trainable()? => non_buyer_churn(t)?,
                         _ => None,
                     };
@@ -496,7 +582,7 @@ pub fn fit(
                         fit_report("bgnbd", cutoff_of(0), now.ids.len()),
                     ))
                 }
-                _ => Ok((
+                None => Ok((
                     ChurnScorer::Fallback,
                     fit_report("fallback_run_rate", cutoff_of(0), 0),
                 )),
@@ -543,7 +629,7 @@ pub fn fit(
     };
     // Drift is watched on the SQL features only: the classical outputs move with their own
     // refits (each snapshot fits its own BG/NBD), not with the customers.
-    let training = prepared.get(&CHURN_TRAIN).unwrap_or(now).table;
+    let training = &prepared.get(&CHURN_CAL).unwrap_or(now).table;
     let reference = drift::Reference::new(&Design::new(training, &[])?);
     let stored = Stored {
         format: STORED_FORMAT,
@@ -642,6 +728,35 @@ pub fn report_table(r: &ModelReport) -> String {
             }
         }
     }
+    if !b.groups.is_empty() {
+        push_line(
+            &mut out,
+            format!(
+                "\n{:<14} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8}",
+                "churn by group", "customers", "rate", "AUC", "Brier", "ECE", "mean p", "BG/NBD"
+            ),
+        );
+        for g in &b.groups {
+            let name = serde_json::to_value(g.group)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let mean_p = g.trees.as_ref().map_or(f64::NAN, |m| m.mean_score);
+            let (auc, brier, ece) = g
+                .trees
+                .as_ref()
+                .map_or((f64::NAN, f64::NAN, f64::NAN), |m| (m.auc, m.brier, m.ece));
+            push_line(
+                &mut out,
+                format!(
+                    "{name:<14} {:>9} {:>7.3} {auc:>8.4} {brier:>8.4} {ece:>8.4} {mean_p:>9.3} {:>8.4}",
+                    g.customers,
+                    g.churn_rate,
+                    g.bgnbd.as_ref().map_or(f64::NAN, |m| m.auc)
+                ),
+            );
+        }
+    }
     if let Some(m) = &b.churn_trees {
         push_line(
             &mut out,
@@ -688,7 +803,7 @@ fn run_backtest(
     seed: u64,
 ) -> Result<Backtest> {
     let mut report = Backtest {
-        scored_at: snapshots.cutoff(CHURN_TRAIN).map(iso).unwrap_or_default(),
+        scored_at: snapshots.cutoff(CHURN_CAL).map(iso).unwrap_or_default(),
         window_days: 90,
         customers: 0,
         churn_rate: f64::NAN,
@@ -696,9 +811,10 @@ fn run_backtest(
         churn_bgnbd: None,
         value_trees: None,
         value_bgnbd_gg: None,
+        groups: Vec::new(),
         notes: Vec::new(),
     };
-    let Some(scored) = prepared.get(&CHURN_TRAIN) else {
+    let Some(scored) = prepared.get(&CHURN_CAL) else {
         report
             .notes
             .push("no customers 90 days before the run date: no backtest".into());
@@ -711,13 +827,10 @@ fn run_backtest(
     // The two backtest models are independent: fitted side by side.
     let (churn_scores, value_scores) = both(
         || -> Result<Option<Vec<f64>>> {
-            match prepared.get(&CHURN_BACKTEST_TRAIN) {
-                Some(t) if t.trainable()? => {
-                    let m = ChurnModel::fit(t.design.clone(), &t.ids, &t.churned()?, seed)?;
-                    Ok(Some(m.predict(&scored.design)))
-                }
-                _ => Ok(None),
-            }
+            Ok(
+                fit_churn(prepared, &CHURN_BACKTEST_TRAIN, CHURN_BACKTEST_CAL, seed)?
+                    .map(|m| m.predict(&scored.design)),
+            )
         },
         || -> Result<Option<Vec<f64>>> {
             match prepared.get(&VALUE_BACKTEST_TRAIN) {
@@ -730,18 +843,38 @@ fn run_backtest(
             }
         },
     );
-    match churn_scores? {
-        Some(scores) => report.churn_trees = Some(ChurnMetrics::new(&scores, &churned)),
-        None => report
-            .notes
-            .push("churn model: too little history before D−180 to fit the backtest model".into()),
+    let churn_scores = churn_scores?;
+    match &churn_scores {
+        Some(scores) => report.churn_trees = Some(ChurnMetrics::new(scores, &churned)),
+        None => report.notes.push(
+            "churn model: too little history before D−180 to fit the backtest model".into(),
+        ),
     }
-    if scored.classical.has_bgnbd() {
-        let base = match prepared.get(&CHURN_BACKTEST_TRAIN) {
+    let bgnbd_scores = if scored.classical.has_bgnbd() {
+        let base = match prepared.get(&CHURN_BACKTEST_CAL) {
             Some(t) => non_buyer_churn(t)?,
             None => None,
         };
-        report.churn_bgnbd = Some(ChurnMetrics::new(&bgnbd_churn(scored, base)?, &churned));
+        let scores = bgnbd_churn(scored, base)?;
+        report.churn_bgnbd = Some(ChurnMetrics::new(&scores, &churned));
+        Some(scores)
+    } else {
+        None
+    };
+    let (never, new) = scored.groups()?;
+    let buyers: Vec<bool> = never.iter().map(|n| !n).collect();
+    for (group, member) in [
+        (Group::Buyers, &buyers),
+        (Group::NeverBuyers, &never),
+        (Group::New, &new),
+    ] {
+        report.groups.push(GroupMetrics::new(
+            group,
+            member,
+            &churned,
+            churn_scores.as_deref(),
+            bgnbd_scores.as_deref(),
+        ));
     }
 
     let realised = scored.table.f64("next_90d_revenue")?;
@@ -796,6 +929,23 @@ fn fallback_value(features: &CustomerTable, churn: &[f64], monthly_rate: f64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn churn_snapshots_are_every_30_days_one_window_apart() {
+        let days = |ids: &[i32]| -> Vec<i64> {
+            let mut d: Vec<i64> = ids.iter().map(|&i| SNAPSHOT_DAYS[i as usize - 1]).collect();
+            d.sort_unstable();
+            d
+        };
+        assert_eq!(days(&CHURN_TRAIN), (120..=360).step_by(30).collect::<Vec<i64>>());
+        assert_eq!(days(&CHURN_BACKTEST_TRAIN), (210..=450).step_by(30).collect::<Vec<i64>>());
+        assert_eq!(days(&[CHURN_CAL, CHURN_BACKTEST_CAL]), [90, 180]);
+        assert_eq!(days(&[VALUE_TRAIN, VALUE_BACKTEST_TRAIN]), [365, 455]);
+        let mut all = SNAPSHOT_DAYS.to_vec();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), SNAPSHOT_DAYS.len(), "one snapshot per day count");
+    }
 
     #[test]
     fn trees_must_be_measurably_better() {

@@ -1,8 +1,10 @@
 //! The supervised models: gradient-boosted trees on a snapshot's features (SQL features plus
 //! the classical models' outputs), labelled with what happened after that snapshot.
 //!
-//! Churn: logistic loss, fitted on three quarters of the customers (by id hash) and
-//! calibrated by isotonic regression on the remaining quarter, so the score is a probability.
+//! Churn: logistic loss, fitted on three quarters of the customers (by id hash) of several
+//! snapshots pooled, and calibrated on the remaining quarter at a newer snapshot (centred
+//! isotonic regression mixed with Platt scaling, `calibration::Smoothed`), so the score is a
+//! probability as of the newest labelled window, never exactly 0 or 1.
 //! Value: squared loss on log(1 + discounted 365-day net revenue), which ranks customers far
 //! better than squared loss on the heavy-tailed revenue itself; back on the money scale, one
 //! factor fitted on the held-out quarter makes the predictions sum to what those customers
@@ -16,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::calibration::Isotonic;
+use super::calibration::Smoothed;
 use super::design::{rows_in_part, Design};
 use super::gbm::{json_f64, Gbm, GbmParams, Loss};
 use crate::error::{Error, Result};
@@ -30,7 +32,7 @@ pub const MAX_TRAINING_ROWS: usize = 40_000;
 pub struct Fitted {
     /// Rows used to fit the trees.
     pub training_rows: usize,
-    /// Rows used to calibrate (churn: isotonic map; value: the money-scale factor).
+    /// Rows used to calibrate (churn: the calibration map; value: the money-scale factor).
     pub calibration_rows: usize,
     /// The most important features (share of total split gain), best first; each share is
     /// a value serde_json reads back exactly (`json_f64::json_exact`), so a loaded record
@@ -44,7 +46,7 @@ pub struct ChurnModel {
     /// The design's feature names, in the trees' column order.
     features: Vec<String>,
     gbm: Gbm,
-    calibration: Isotonic,
+    calibration: Smoothed,
     /// For the manifest.
     pub fitted: Fitted,
 }
@@ -94,26 +96,54 @@ fn model_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Model(format!("{what}: {e}"))
 }
 
+/// One snapshot's customers with their labels, for fitting.
+pub struct Labelled<'a> {
+    /// Their features.
+    pub design: &'a Design,
+    /// Their ids (row order of `design`).
+    pub ids: &'a [String],
+    /// Their labels.
+    pub labels: &'a [f64],
+}
+
+/// The rows of a churn training snapshot the trees learn from, of `snapshots` pooled ones:
+/// three quarters of the ids by hash, evenly spaced, at most [`MAX_TRAINING_ROWS`] in all.
+pub fn churn_training_rows(ids: &[String], snapshots: usize) -> Vec<usize> {
+    rows_in_part(ids, 4, 0, 3, MAX_TRAINING_ROWS / snapshots.max(1))
+}
+
 impl ChurnModel {
-    /// Fits on `design` (one row per customer of the training snapshot) with `churned` labels
-    /// (1 = no completed order in the following 90 days).
-    pub fn fit(design: Design, ids: &[String], churned: &[f64], seed: u64) -> Result<ChurnModel> {
-        let fit_rows = rows_in_part(ids, 4, 0, 3, MAX_TRAINING_ROWS);
-        let cal_rows = rows_in_part(ids, 4, 3, 4, MAX_TRAINING_ROWS / 3);
-        let y: Vec<f64> = fit_rows.iter().map(|&i| churned[i]).collect();
-        let gbm = Gbm::fit(&design.select(&fit_rows), &y, &params(Loss::Logistic, seed))
+    /// Fits the trees on the customers of the `train` snapshots, pooled (three quarters of
+    /// the ids by hash; at most [`MAX_TRAINING_ROWS`] rows, shared evenly), and calibrates
+    /// them on the other quarter of `calibrate`, a newer snapshot none of whose customers
+    /// trained the trees: so the calibration is that of the newest labelled window, as a new
+    /// cohort or season shapes it. Labels: 1 = no completed order in the following 90 days.
+    /// Feature columns are matched by name (`calibrate`'s names are the model's).
+    pub fn fit(train: &[Labelled], calibrate: &Labelled, seed: u64) -> Result<ChurnModel> {
+        let names = &calibrate.design.names;
+        let mut x: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+        let mut y: Vec<f64> = Vec::new();
+        for part in train {
+            let rows = churn_training_rows(part.ids, train.len());
+            for (column, c) in x.iter_mut().zip(part.design.columns_for(names)) {
+                column.extend(rows.iter().map(|&i| c[i]));
+            }
+            y.extend(rows.iter().map(|&i| part.labels[i]));
+        }
+        let gbm = Gbm::fit(&x, &y, &params(Loss::Logistic, seed))
             .map_err(|e| model_err("fitting the churn trees", e))?;
-        let raw = gbm.predict(&design.select(&cal_rows));
-        let cal_y: Vec<f64> = cal_rows.iter().map(|&i| churned[i]).collect();
+        let cal_rows = rows_in_part(calibrate.ids, 4, 3, 4, MAX_TRAINING_ROWS / 3);
+        let raw = gbm.predict(&calibrate.design.select(&cal_rows));
+        let cal_y: Vec<f64> = cal_rows.iter().map(|&i| calibrate.labels[i]).collect();
         let calibration =
-            Isotonic::fit(&raw, &cal_y).map_err(|e| model_err("calibrating the churn score", e))?;
+            Smoothed::fit(&raw, &cal_y).map_err(|e| model_err("calibrating the churn score", e))?;
         let fitted = Fitted {
-            training_rows: fit_rows.len(),
+            training_rows: y.len(),
             calibration_rows: cal_rows.len(),
-            top_features: top_features(&design, &gbm),
+            top_features: top_features(calibrate.design, &gbm),
         };
         Ok(ChurnModel {
-            features: design.names,
+            features: names.clone(),
             gbm,
             calibration,
             fitted,
@@ -260,7 +290,12 @@ mod tests {
     #[test]
     fn stored_churn_model_scores_the_same_bits() {
         let (design, ids, churned, _) = synthetic(4_000, 7);
-        let model = ChurnModel::fit(design.clone(), &ids, &churned, 3).unwrap();
+        let part = Labelled {
+            design: &design,
+            ids: &ids,
+            labels: &churned,
+        };
+        let model = ChurnModel::fit(std::slice::from_ref(&part), &part, 3).unwrap();
         let json = serde_json::to_string(&model).unwrap();
         assert!(!json.contains("columns"), "a stored model keeps no data");
         let loaded: ChurnModel = serde_json::from_str(&json).unwrap();
