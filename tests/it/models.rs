@@ -146,9 +146,21 @@ fn manifest_carries_the_backtest_and_evaluate_prints_it() {
         b["value_bgnbd_gg"]["spearman"].as_f64().unwrap() > 0.0,
         "{b}"
     );
+    // Churn by group, each with the trees' and BG/NBD's figures on its own customers.
+    let groups = b["groups"].as_array().unwrap_or_else(|| panic!("{b}"));
+    let names: Vec<&str> = groups.iter().map(|g| g["group"].as_str().unwrap()).collect();
+    assert_eq!(names, ["buyers", "never_buyers", "new"], "{b}");
+    let total = b["customers"].as_u64().unwrap();
+    let split: u64 = groups[..2].iter().map(|g| g["customers"].as_u64().unwrap()).sum();
+    assert_eq!(split, total, "buyers and never-buyers are everyone");
+    for g in groups {
+        let trees = &g["trees"];
+        assert!(trees["auc"].as_f64().is_some() && trees["mean_score"].as_f64().is_some(), "{g}");
+        assert_eq!(trees["calibration"].as_array().unwrap().len(), 10, "{g}");
+    }
     let method = manifest["models"]["churn"]["method"].as_str().unwrap();
     assert!(
-        ["gradient_boosted_trees+isotonic", "bgnbd"].contains(&method),
+        ["gradient_boosted_trees+calibration", "bgnbd"].contains(&method),
         "{method}"
     );
 
@@ -163,6 +175,10 @@ fn manifest_carries_the_backtest_and_evaluate_prints_it() {
     let text = String::from_utf8_lossy(&eval.stdout);
     assert!(
         text.contains("BG/NBD") && text.contains("AUC") && text.contains(method),
+        "{text}"
+    );
+    assert!(
+        text.contains("churn by group") && text.contains("never_buyers"),
         "{text}"
     );
     // evaluate writes nothing
