@@ -89,8 +89,55 @@ pub struct Backtest {
     pub value_bgnbd_gg: Option<ValueMetrics>,
     /// Churn per group of the scored customers (see [`Group`]).
     pub groups: Vec<GroupMetrics>,
+    /// BG/NBD's Brier score minus the trees' (positive: the trees are better), and its 5th
+    /// percentile over 200 paired bootstrap resamples of the scored customers: the trees are
+    /// chosen only when that percentile is above 0, i.e. when they beat BG/NBD by more than
+    /// the backtest's noise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn_brier_gain: Option<Margin>,
     /// What was left out and why.
     pub notes: Vec<String>,
+}
+
+/// How much better one scorer is than another, with the noise of the estimate.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Margin {
+    /// The gain on all scored customers.
+    pub gain: f64,
+    /// Its 5th percentile over the bootstrap resamples.
+    pub p05: f64,
+}
+
+impl Margin {
+    /// Resamples in [`Margin::brier_gain`].
+    pub const RESAMPLES: usize = 200;
+
+    /// Brier(`base`) − Brier(`p`) against `y`, and its 5th percentile over paired bootstrap
+    /// resamples of the customers (deterministic for a `seed`).
+    pub fn brier_gain(p: &[f64], base: &[f64], y: &[f64], seed: u64) -> Margin {
+        use rand::{Rng, SeedableRng};
+        // Per customer: the gain in squared error; the Brier gain is their mean.
+        let d: Vec<f64> = p
+            .iter()
+            .zip(base)
+            .zip(y)
+            .map(|((p, b), y)| (b - y).powi(2) - (p - y).powi(2))
+            .collect();
+        let n = d.len();
+        let gain = d.iter().sum::<f64>() / n.max(1) as f64;
+        if n == 0 {
+            return Margin { gain, p05: gain };
+        }
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut gains: Vec<f64> = (0..Self::RESAMPLES)
+            .map(|_| (0..n).map(|_| d[rng.gen_range(0..n)]).sum::<f64>() / n as f64)
+            .collect();
+        gains.sort_by(f64::total_cmp);
+        Margin {
+            gain,
+            p05: gains[Self::RESAMPLES / 20],
+        }
+    }
 }
 
 /// The groups the backtest reports churn for, as of the scored snapshot's cut-off.

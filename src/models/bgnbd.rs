@@ -157,6 +157,22 @@ impl BgNbd {
         (1.0 - self.p_alive(c) * buys_if_alive).clamp(0.0, 1.0)
     }
 
+    /// The days h after T by which P(at least one purchase in (T, T+h]) reaches ½:
+    /// P(alive)·(1 − ((α+T)/(α+T+h))^(r+x)) = ½, so h = (α+T)·((1 − ½/P(alive))^(−1/(r+x)) − 1).
+    /// NaN when that does not happen within `within` days (P(alive) ≤ ½ never gets there).
+    pub fn median_days_to_next_purchase(&self, c: &Rfm, within: f64) -> f64 {
+        let alive = self.p_alive(c);
+        if alive <= 0.5 {
+            return f64::NAN;
+        }
+        let h = (self.alpha + c.t) * ((-(1.0 - 0.5 / alive).ln() / (self.r + c.x)).exp_m1());
+        if h.is_finite() && h >= 0.0 && h <= within {
+            h
+        } else {
+            f64::NAN
+        }
+    }
+
     /// Expected purchases in (T, T+horizon], each period's expected purchases discounted by
     /// (1+rate_per_period)^−m with m the midpoint of the period in periods (k−½ for the k-th
     /// full period; the midpoint of a final partial period).
@@ -468,6 +484,28 @@ mod tests {
                     || CDNOW.p_alive(&c) > 0.999
             );
         }
+    }
+
+    #[test]
+    fn median_days_to_next_purchase_is_where_half_have_bought() {
+        // CDNOW's time unit is weeks: within 52 weeks.
+        for c in [
+            rfm(0.0, 0.0, 10.0),
+            rfm(4.0, 20.0, 38.0),
+            rfm(10.0, 37.0, 38.0),
+            rfm(500.0, 270.0, 273.0),
+        ] {
+            let h = CDNOW.median_days_to_next_purchase(&c, 52.0);
+            if h.is_nan() {
+                // Then not even 52 weeks get half-way.
+                assert!(CDNOW.p_no_purchase(&c, 52.0) > 0.5 - 1e-12, "{c:?}");
+            } else {
+                assert!(close(CDNOW.p_no_purchase(&c, h), 0.5, 1e-9), "{c:?} h={h}");
+            }
+        }
+        // A frequent buyer: within weeks; someone long gone: never (P(alive) below ½).
+        assert!(CDNOW.median_days_to_next_purchase(&rfm(10.0, 37.0, 38.0), 52.0) < 10.0);
+        assert!(CDNOW.median_days_to_next_purchase(&rfm(10.0, 5.0, 38.0), 52.0).is_nan());
     }
 
     #[test]

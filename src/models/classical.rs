@@ -108,6 +108,10 @@ pub struct Outputs {
     pub spend: Vec<f64>,
     /// Discounted 365-day CLV: discounted purchases × spend.
     pub clv: Vec<f64>,
+    /// Expected purchase days over the next 365 days, undiscounted (BG/NBD).
+    pub purchases_365d: Vec<f64>,
+    /// Days until P(another purchase) reaches ½, NaN beyond 365 (BG/NBD).
+    pub next_purchase_days: Vec<f64>,
 }
 
 /// The BG/NBD summary of a customer with a completed order (x repeat purchase days, t_x, T).
@@ -221,12 +225,14 @@ impl Classical {
         // Each customer's outputs depend on that customer alone, so they are computed on every
         // core (about 10 µs a buyer: the run's largest snapshot was the model stage's longest
         // thread).
-        let one = |i: usize| -> [f64; 5] {
-            let mut row = [f64::NAN; 5];
+        let one = |i: usize| -> [f64; 7] {
+            let mut row = [f64::NAN; 7];
             if let (Some(m), Some(c)) = (&self.models.0, &summaries[i]) {
                 row[0] = m.p_alive(c);
                 row[1] = m.p_no_purchase(c, 90.0);
                 row[2] = m.discounted_expected_purchases(c, 365.0, MONTH_DAYS, monthly_rate);
+                row[5] = m.expected_purchases(c, 365.0);
+                row[6] = m.median_days_to_next_purchase(c, 365.0);
             }
             if let Some(g) = &self.models.1 {
                 let (x, m) = if freq[i] >= 1.0 && aov[i] > 0.0 {
@@ -239,7 +245,7 @@ impl Classical {
             row[4] = row[2] * row[3];
             row
         };
-        let rows: Vec<[f64; 5]> = map_rows(n, one);
+        let rows: Vec<[f64; 7]> = map_rows(n, one);
         let column = |k: usize| rows.iter().map(|r| r[k]).collect::<Vec<f64>>();
         Ok(Outputs {
             p_alive: column(0),
@@ -247,6 +253,8 @@ impl Classical {
             purchases_pv_365d: column(2),
             spend: column(3),
             clv: column(4),
+            purchases_365d: column(5),
+            next_purchase_days: column(6),
         })
     }
 }

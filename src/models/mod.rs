@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Pipeline;
 use crate::error::Result;
 use crate::features::{CustomerTable, Cutoff, SnapshotFeatures, Snapshots};
-use backtest::{Backtest, ChurnMetrics, Group, GroupMetrics, ValueMetrics};
+use backtest::{Backtest, ChurnMetrics, Group, GroupMetrics, Margin, ValueMetrics};
 use classical::{Classical, Outputs};
 use design::Design;
 use supervised::{ChurnModel, Fitted, Labelled, ValueModel};
@@ -81,6 +81,26 @@ pub struct Scores {
     /// How the scoring models were made (the refit's [`ModelReport`], with its backtest), for
     /// the manifest.
     pub report: serde_json::Value,
+    /// BG/NBD's P(alive) (NaN: no completed order, or no BG/NBD fit).
+    pub p_alive: Vec<f64>,
+    /// BG/NBD's expected purchase days in the next 365 days (NaN as above).
+    pub expected_orders_365d: Vec<f64>,
+    /// Days after the cut-off by which BG/NBD gives another purchase a 50 % chance (NaN: not
+    /// within 365 days, or as above).
+    pub next_order_days: Vec<f64>,
+}
+
+impl Scores {
+    fn new(churn: Vec<f64>, value: Vec<f64>, report: serde_json::Value, p: &Prepared) -> Scores {
+        Scores {
+            churn,
+            value,
+            report,
+            p_alive: p.outputs.p_alive.clone(),
+            expected_orders_365d: p.outputs.purchases_365d.clone(),
+            next_order_days: p.outputs.next_purchase_days.clone(),
+        }
+    }
 }
 
 /// Version of the stored models' format ([`Stored`]); another version is refitted.
@@ -201,11 +221,7 @@ pub fn score_stored(
     }
     let (churn, value) = score_prepared(stored, &p, rate)?;
     Ok(Night::Scored(
-        Scores {
-            churn,
-            value,
-            report: stored.report.clone(),
-        },
+        Scores::new(churn, value, stored.report.clone(), &p),
         drift,
     ))
 }
@@ -368,20 +384,32 @@ fn prepare_all(features: &SnapshotFeatures, rate: f64) -> Result<BTreeMap<i32, P
         (CHURN_TRAIN.contains(&id) || CHURN_BACKTEST_TRAIN.contains(&id))
             && ![CHURN_CAL, CHURN_BACKTEST_CAL, VALUE_TRAIN, VALUE_BACKTEST_TRAIN, 0].contains(&id)
     };
-    let mut tables: Vec<(i32, Cow<CustomerTable>)> = Vec::new();
+    // (id, the snapshot's table, the rows to prepare when not all).
+    let mut tables: Vec<(i32, &CustomerTable, Option<Vec<usize>>)> = Vec::new();
     for id in 0..=SNAPSHOT_DAYS.len() as i32 {
         let Some(t) = features.get(id) else { continue };
-        if only_training(id) {
-            let rows = supervised::churn_training_rows(&t.ids()?, CHURN_TRAIN.len());
-            tables.push((id, Cow::Owned(t.take(&rows)?)));
-        } else {
-            tables.push((id, Cow::Borrowed(t)));
-        }
+        let rows = only_training(id)
+            .then(|| t.ids().map(|ids| supervised::churn_training_rows(&ids, CHURN_TRAIN.len())))
+            .transpose()?;
+        tables.push((id, t, rows));
     }
     std::thread::scope(|scope| {
         let handles: Vec<_> = tables
             .into_iter()
-            .map(|(id, t)| (id, scope.spawn(move || Prepared::new(t, rate))))
+            .map(|(id, t, rows)| {
+                (
+                    id,
+                    scope.spawn(move || match rows {
+                        // BG/NBD is fitted on the whole snapshot, as everywhere else.
+                        Some(rows) => Prepared::with_classical(
+                            Cow::Owned(t.take(&rows)?),
+                            Classical::fit(t)?,
+                            rate,
+                        ),
+                        None => Prepared::new(Cow::Borrowed(t), rate),
+                    }),
+                )
+            })
             .collect();
         let mut out = BTreeMap::new();
         for (id, handle) in handles {
@@ -542,11 +570,12 @@ pub fn fit(
     tracing::debug!(seconds = clock.elapsed().as_secs_f64(), "backtest done");
 
     // The two production models are independent: fitted side by side.
-    let churn_learner = choose(
-        backtest.churn_trees.as_ref().map(|m| m.brier),
-        backtest.churn_bgnbd.as_ref().map(|m| m.brier),
-        true,
-    );
+    // Trees only when they beat BG/NBD by more than the backtest's noise.
+    let churn_learner = match (&backtest.churn_trees, &backtest.churn_brier_gain) {
+        (Some(_), Some(margin)) if margin.p05 > 0.0 => Learner::Trees,
+        (Some(t), None) if backtest.churn_bgnbd.is_none() && t.brier.is_finite() => Learner::Trees,
+        _ => Learner::Classical,
+    };
     let value_learner = choose(
         backtest.value_trees.as_ref().map(|m| m.spearman),
         backtest.value_bgnbd_gg.as_ref().map(|m| m.spearman),
@@ -649,11 +678,7 @@ pub fn fit(
     );
     let (churn, value) = score_prepared(&stored, now, rate)?;
     Ok(Fit {
-        scores: Scores {
-            churn,
-            value,
-            report: stored.report.clone(),
-        },
+        scores: Scores::new(churn, value, stored.report.clone(), now),
         report,
         stored,
         drift,
@@ -707,6 +732,18 @@ pub fn report_table(r: &ModelReport) -> String {
                 push_line(&mut out, format!("{name:<22} {:>8}", "n/a"));
             }
         }
+    }
+    if let Some(m) = &b.churn_brier_gain {
+        push_line(
+            &mut out,
+            format!(
+                "trees' Brier gain over BG/NBD: {:.4} (5th percentile of {} bootstrap resamples: \
+                 {:.4}; the trees are chosen only above 0)",
+                m.gain,
+                Margin::RESAMPLES,
+                m.p05
+            ),
+        );
     }
     push_line(
         &mut out,
@@ -812,6 +849,7 @@ fn run_backtest(
         value_trees: None,
         value_bgnbd_gg: None,
         groups: Vec::new(),
+        churn_brier_gain: None,
         notes: Vec::new(),
     };
     let Some(scored) = prepared.get(&CHURN_CAL) else {
@@ -861,6 +899,9 @@ fn run_backtest(
     } else {
         None
     };
+    if let (Some(t), Some(b)) = (&churn_scores, &bgnbd_scores) {
+        report.churn_brier_gain = Some(Margin::brier_gain(t, b, &churned, seed));
+    }
     let (never, new) = scored.groups()?;
     let buyers: Vec<bool> = never.iter().map(|n| !n).collect();
     for (group, member) in [
