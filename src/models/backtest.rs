@@ -160,7 +160,7 @@ pub struct GroupMetrics {
     pub group: Group,
     /// Its customers.
     pub customers: usize,
-    /// Share of them with no completed order in the window.
+    /// Share of them with no completed order in the window (NaN, JSON null, when none).
     pub churn_rate: f64,
     /// The trees' scores.
     pub trees: Option<ChurnMetrics>,
@@ -189,7 +189,11 @@ impl GroupMetrics {
         GroupMetrics {
             group,
             customers: gy.len(),
-            churn_rate: gy.iter().sum::<f64>() / gy.len().max(1) as f64,
+            churn_rate: if gy.is_empty() {
+                f64::NAN
+            } else {
+                gy.iter().sum::<f64>() / gy.len() as f64
+            },
             trees: metrics(trees),
             bgnbd: metrics(bgnbd),
         }

@@ -773,7 +773,7 @@ pub fn report_table(r: &ModelReport) -> String {
                 "churn by group", "customers", "rate", "AUC", "Brier", "ECE", "mean p", "BG/NBD"
             ),
         );
-        for g in &b.groups {
+        for g in b.groups.iter().filter(|g| g.customers > 0) {
             let name = serde_json::to_value(g.group)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
