@@ -567,8 +567,8 @@ mod tests {
         let cutoff = Cutoff::for_run_date(NaiveDate::from_ymd_opt(2026, 10, 31).unwrap());
         let snapshots = Snapshots::new(cutoff, &[90]);
         let batch = snapshots.batch().unwrap();
-        let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
-            .unwrap();
+        let table =
+            datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
         ctx.register_table("snapshots", std::sync::Arc::new(table))
             .unwrap();
         let mut p = HashMap::from([("monthly_discount_rate", "0.01".to_string())]);
@@ -585,22 +585,34 @@ mod tests {
             })
             .collect();
         for (name, sql) in [
-            ("order_history", render(DEFAULT_ORDER_HISTORY_SQL, &p, "h").unwrap()),
-            ("engagement", render_with(DEFAULT_ENGAGEMENT_SQL, &p, &each, "e").unwrap()),
+            (
+                "order_history",
+                render(DEFAULT_ORDER_HISTORY_SQL, &p, "h").unwrap(),
+            ),
+            (
+                "engagement",
+                render_with(DEFAULT_ENGAGEMENT_SQL, &p, &each, "e").unwrap(),
+            ),
         ] {
-            crate::engine::create_view(&ctx, name, &sql, name).await.unwrap();
+            crate::engine::create_view(&ctx, name, &sql, name)
+                .await
+                .unwrap();
         }
         let features = render(DEFAULT_FEATURES_SQL, &p, "f").unwrap();
         let rows = crate::engine::collect(
             &ctx,
-            &format!("SELECT snapshot, customer_id FROM ({features}) ORDER BY snapshot, customer_id"),
+            &format!(
+                "SELECT snapshot, customer_id FROM ({features}) ORDER BY snapshot, customer_id"
+            ),
             "features",
         )
         .await
         .unwrap();
         let mut known: Vec<(i32, String)> = Vec::new();
         for b in &rows {
-            let snap = b.column(0).as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+            let snap = b
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
             let id = b.column(1).as_string::<i32>();
             for i in 0..b.num_rows() {
                 known.push((snap.value(i), id.value(i).to_string()));

@@ -323,13 +323,8 @@ async fn run_locked(
     lap("clustering", timings);
 
     let assigned = tables::assign(pipeline, features, &scores, &segmentation)?;
-    let segments_batch = tables::customer_segments(
-        features,
-        &scores,
-        &segmentation,
-        &assigned,
-        cutoff.0.date(),
-    )?;
+    let segments_batch =
+        tables::customer_segments(features, &scores, &segmentation, &assigned, cutoff.0.date())?;
     let transitions = match (&previous_run, &published) {
         (Some(d), Some(p)) => {
             let mut before = previous::customers(root, d, &p.run_id).await?;

@@ -28,7 +28,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array,
+};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -283,7 +285,12 @@ impl Shape {
 
     /// The partial's schema: the rollup's columns and [`KEY_HASH`].
     fn partial_schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.push(Field::new(KEY_HASH, DataType::UInt64, true));
         Arc::new(Schema::new(fields))
     }
@@ -319,7 +326,10 @@ impl Shape {
             RecordBatch::try_new(Arc::clone(&schema), columns).map_err(err)
         };
         let parts = vec![
-            with(&reasons, new_null_array(&DataType::UInt64, reasons.num_rows()))?,
+            with(
+                &reasons,
+                new_null_array(&DataType::UInt64, reasons.num_rows()),
+            )?,
             with(&sessions, Arc::new(UInt64Array::from(hashes.clone())))?,
         ];
         Ok((parts, hashes))

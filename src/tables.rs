@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
-    StringArray,
+    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
@@ -110,11 +109,10 @@ pub fn customer_segments(
     let epoch_day = (cutoff - chrono::DateTime::UNIX_EPOCH.date_naive()).num_days();
     // The date by which another order has a 50 % chance: the day the instant cut-off + h
     // falls on (cut-offs are midnight UTC).
-    let next_order_date: ArrayRef = Arc::new(Date32Array::from_iter(
-        s.next_order_days
-            .iter()
-            .map(|d| d.is_finite().then(|| (epoch_day + d.floor() as i64) as i32)),
-    ));
+    let next_order_date: ArrayRef =
+        Arc::new(Date32Array::from_iter(s.next_order_days.iter().map(|d| {
+            d.is_finite().then(|| (epoch_day + d.floor() as i64) as i32)
+        })));
     let batch = f.batch();
     let ids: Vec<i32> = c.model.segments.iter().map(|s| s.id).collect();
     let mut cols: Vec<(String, ArrayRef)> = vec![
@@ -157,7 +155,10 @@ pub fn customer_segments(
         ),
         ("loyalty_tier".into(), strings(a.loyalty.iter().copied())),
         ("p_alive".into(), nullable(&s.p_alive)),
-        ("expected_orders_365d".into(), nullable(&s.expected_orders_365d)),
+        (
+            "expected_orders_365d".into(),
+            nullable(&s.expected_orders_365d),
+        ),
         ("expected_next_order_date".into(), next_order_date),
     ];
     for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {

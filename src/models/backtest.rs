@@ -185,7 +185,10 @@ impl GroupMetrics {
                 .collect()
         };
         let gy = pick(y);
-        let metrics = |p: Option<&[f64]>| p.filter(|_| !gy.is_empty()).map(|p| ChurnMetrics::new(&pick(p), &gy));
+        let metrics = |p: Option<&[f64]>| {
+            p.filter(|_| !gy.is_empty())
+                .map(|p| ChurnMetrics::new(&pick(p), &gy))
+        };
         GroupMetrics {
             group,
             customers: gy.len(),

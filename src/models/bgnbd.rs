@@ -505,7 +505,9 @@ mod tests {
         }
         // A frequent buyer: within weeks; someone long gone: never (P(alive) below ½).
         assert!(CDNOW.median_days_to_next_purchase(&rfm(10.0, 37.0, 38.0), 52.0) < 10.0);
-        assert!(CDNOW.median_days_to_next_purchase(&rfm(10.0, 5.0, 38.0), 52.0).is_nan());
+        assert!(CDNOW
+            .median_days_to_next_purchase(&rfm(10.0, 5.0, 38.0), 52.0)
+            .is_nan());
     }
 
     #[test]

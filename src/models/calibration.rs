@@ -431,16 +431,26 @@ mod tests {
             .collect();
         let plain = Isotonic::fit(&scores, &labels).unwrap();
         let plain_p = plain.apply_all(&scores);
-        assert!(plain_p.iter().any(|&p| p == 0.0) && plain_p.iter().any(|&p| p == 1.0));
+        assert!(plain_p.contains(&0.0) && plain_p.contains(&1.0));
         let cal = Smoothed::fit(&scores, &labels).unwrap();
         let p = cal.apply_all(&scores);
-        assert!(p.iter().all(|&v| v > 0.0 && v < 1.0), "a probability of 0 or 1");
+        assert!(
+            p.iter().all(|&v| v > 0.0 && v < 1.0),
+            "a probability of 0 or 1"
+        );
         // Strictly increasing in the score: the ranking is the score's.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
         for w in order.windows(2) {
             if scores[w[1]] > scores[w[0]] {
-                assert!(p[w[1]] > p[w[0]], "{} -> {} but {} -> {}", scores[w[0]], p[w[0]], scores[w[1]], p[w[1]]);
+                assert!(
+                    p[w[1]] > p[w[0]],
+                    "{} -> {} but {} -> {}",
+                    scores[w[0]],
+                    p[w[0]],
+                    scores[w[1]],
+                    p[w[1]]
+                );
             }
         }
         // Still calibrated: the mean probability is the observed rate, per fifth of scores.
@@ -448,11 +458,17 @@ mod tests {
             let part: Vec<usize> = order[k * n / 5..(k + 1) * n / 5].to_vec();
             let mean_p = part.iter().map(|&i| p[i]).sum::<f64>() / part.len() as f64;
             let rate = part.iter().map(|&i| labels[i]).sum::<f64>() / part.len() as f64;
-            assert!((mean_p - rate).abs() < 0.03, "fifth {k}: {mean_p} vs {rate}");
+            assert!(
+                (mean_p - rate).abs() < 0.03,
+                "fifth {k}: {mean_p} vs {rate}"
+            );
         }
         let back: Smoothed = serde_json::from_str(&serde_json::to_string(&cal).unwrap()).unwrap();
         assert_eq!(back, cal);
-        assert!(p.iter().zip(back.apply_all(&scores)).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(p
+            .iter()
+            .zip(back.apply_all(&scores))
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

@@ -110,10 +110,10 @@ pub const STORED_FORMAT: u32 = 2;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChurnScorer {
-    /// Trees + isotonic calibration.
+    /// Trees + calibration.
     Trees {
         /// The model.
-        model: ChurnModel,
+        model: Box<ChurnModel>,
     },
     /// BG/NBD for buyers; never-buyers at the rate never-buyers showed in training.
     Bgnbd {
@@ -357,7 +357,12 @@ impl<'a> Prepared<'a> {
     /// Whether the snapshot's customers have `frequency` 0 (no completed order before its
     /// cut-off), and whether they were first seen at most 90 days before it.
     fn groups(&self) -> Result<(Vec<bool>, Vec<bool>)> {
-        let never = self.table.f64("frequency")?.iter().map(|&f| !(f > 0.0)).collect();
+        let never = self
+            .table
+            .f64("frequency")?
+            .iter()
+            .map(|&f| f.is_nan() || f <= 0.0)
+            .collect();
         let new = self
             .table
             .f64("tenure_days")?
@@ -382,14 +387,24 @@ impl<'a> Prepared<'a> {
 fn prepare_all(features: &SnapshotFeatures, rate: f64) -> Result<BTreeMap<i32, Prepared<'_>>> {
     let only_training = |id: i32| {
         (CHURN_TRAIN.contains(&id) || CHURN_BACKTEST_TRAIN.contains(&id))
-            && ![CHURN_CAL, CHURN_BACKTEST_CAL, VALUE_TRAIN, VALUE_BACKTEST_TRAIN, 0].contains(&id)
+            && ![
+                CHURN_CAL,
+                CHURN_BACKTEST_CAL,
+                VALUE_TRAIN,
+                VALUE_BACKTEST_TRAIN,
+                0,
+            ]
+            .contains(&id)
     };
     // (id, the snapshot's table, the rows to prepare when not all).
     let mut tables: Vec<(i32, &CustomerTable, Option<Vec<usize>>)> = Vec::new();
     for id in 0..=SNAPSHOT_DAYS.len() as i32 {
         let Some(t) = features.get(id) else { continue };
         let rows = only_training(id)
-            .then(|| t.ids().map(|ids| supervised::churn_training_rows(&ids, CHURN_TRAIN.len())))
+            .then(|| {
+                t.ids()
+                    .map(|ids| supervised::churn_training_rows(&ids, CHURN_TRAIN.len()))
+            })
             .transpose()?;
         tables.push((id, t, rows));
     }
@@ -442,7 +457,10 @@ fn fit_churn(
         .filter_map(|id| prepared.get(id))
         .map(|p| Ok((p, p.churned()?)))
         .collect::<Result<Vec<_>>>()?;
-    let buyers: usize = parts.iter().map(|(p, _)| p.buyers()).sum::<Result<usize>>()?;
+    let buyers: usize = parts
+        .iter()
+        .map(|(p, _)| p.buyers())
+        .sum::<Result<usize>>()?;
     let labels: Vec<f64> = parts.iter().flat_map(|(_, y)| y.iter().copied()).collect();
     let rate = labels.iter().sum::<f64>() / labels.len().max(1) as f64;
     if buyers < MIN_TRAINING_BUYERS || !(rate > 0.0 && rate < 1.0) {
@@ -597,7 +615,7 @@ pub fn fit(
                         m.fitted.training_rows,
                     );
                     report.trees = Some(m.fitted.clone());
-                    Ok((ChurnScorer::Trees { model: m }, report))
+                    Ok((ChurnScorer::Trees { model: Box::new(m) }, report))
                 }
                 None if now.classical.has_bgnbd() => {
                     // Never-buyers: the share of never-buyers 90 days ago who still had not
@@ -884,9 +902,9 @@ fn run_backtest(
     let churn_scores = churn_scores?;
     match &churn_scores {
         Some(scores) => report.churn_trees = Some(ChurnMetrics::new(scores, &churned)),
-        None => report.notes.push(
-            "churn model: too little history before D−180 to fit the backtest model".into(),
-        ),
+        None => report
+            .notes
+            .push("churn model: too little history before D−180 to fit the backtest model".into()),
     }
     let bgnbd_scores = if scored.classical.has_bgnbd() {
         let base = match prepared.get(&CHURN_BACKTEST_CAL) {
@@ -978,8 +996,14 @@ mod tests {
             d.sort_unstable();
             d
         };
-        assert_eq!(days(&CHURN_TRAIN), (120..=360).step_by(30).collect::<Vec<i64>>());
-        assert_eq!(days(&CHURN_BACKTEST_TRAIN), (210..=450).step_by(30).collect::<Vec<i64>>());
+        assert_eq!(
+            days(&CHURN_TRAIN),
+            (120..=360).step_by(30).collect::<Vec<i64>>()
+        );
+        assert_eq!(
+            days(&CHURN_BACKTEST_TRAIN),
+            (210..=450).step_by(30).collect::<Vec<i64>>()
+        );
         assert_eq!(days(&[CHURN_CAL, CHURN_BACKTEST_CAL]), [90, 180]);
         assert_eq!(days(&[VALUE_TRAIN, VALUE_BACKTEST_TRAIN]), [365, 455]);
         let mut all = SNAPSHOT_DAYS.to_vec();

@@ -71,7 +71,10 @@ pub fn expected_if_alive(r: f64, alpha: f64, a: f64, b: f64, t: f64) -> f64 {
 /// customer, and these divisions were most of its time.
 pub fn expected_if_alive_many(r: f64, alpha: f64, a: f64, b: f64, ts: &[f64]) -> Vec<f64> {
     if a + b > POINT_MASS {
-        return ts.iter().map(|&t| expected_if_alive(r, alpha, a, b, t)).collect();
+        return ts
+            .iter()
+            .map(|&t| expected_if_alive(r, alpha, a, b, t))
+            .collect();
     }
     let mut series = Series::new(r, a, b, ts.iter().map(|&t| t / alpha));
     series.run();
@@ -395,7 +398,11 @@ mod tests {
         let e = expected_if_alive_many(r, alpha, 92_972.0, 3_409_837.0, &[30.0, 365.0]);
         assert!(clock.elapsed().as_millis() < 50, "{:?}", clock.elapsed());
         let p: f64 = 92_972.0 / (92_972.0 + 3_409_837.0);
-        assert!(close(e[1], -(-r * (p * 365.0 / alpha).ln_1p()).exp_m1() / p, 1e-12));
+        assert!(close(
+            e[1],
+            -(-r * (p * 365.0 / alpha).ln_1p()).exp_m1() / p,
+            1e-12
+        ));
     }
 
     #[test]
