@@ -148,14 +148,23 @@ fn manifest_carries_the_backtest_and_evaluate_prints_it() {
     );
     // Churn by group, each with the trees' and BG/NBD's figures on its own customers.
     let groups = b["groups"].as_array().unwrap_or_else(|| panic!("{b}"));
-    let names: Vec<&str> = groups.iter().map(|g| g["group"].as_str().unwrap()).collect();
+    let names: Vec<&str> = groups
+        .iter()
+        .map(|g| g["group"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["buyers", "never_buyers", "new"], "{b}");
     let total = b["customers"].as_u64().unwrap();
-    let split: u64 = groups[..2].iter().map(|g| g["customers"].as_u64().unwrap()).sum();
+    let split: u64 = groups[..2]
+        .iter()
+        .map(|g| g["customers"].as_u64().unwrap())
+        .sum();
     assert_eq!(split, total, "buyers and never-buyers are everyone");
     for g in groups {
         let trees = &g["trees"];
-        assert!(trees["auc"].as_f64().is_some() && trees["mean_score"].as_f64().is_some(), "{g}");
+        assert!(
+            trees["auc"].as_f64().is_some() && trees["mean_score"].as_f64().is_some(),
+            "{g}"
+        );
         assert_eq!(trees["calibration"].as_array().unwrap().len(), 10, "{g}");
     }
     let method = manifest["models"]["churn"]["method"].as_str().unwrap();
