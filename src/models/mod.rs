@@ -353,7 +353,6 @@ impl<'a> Prepared<'a> {
             .collect())
     }
 
-    /// Enough history to learn from, and both outcomes present.
     /// Whether the snapshot's customers have `frequency` 0 (no completed order before its
     /// cut-off), and whether they were first seen at most 90 days before it.
     fn groups(&self) -> Result<(Vec<bool>, Vec<bool>)> {
@@ -372,6 +371,7 @@ impl<'a> Prepared<'a> {
         Ok((never, new))
     }
 
+    /// Enough history to learn from, and both outcomes present.
     fn trainable(&self) -> Result<bool> {
         let churned = self.churned()?;
         let rate = churned.iter().sum::<f64>() / churned.len().max(1) as f64;
@@ -380,10 +380,10 @@ impl<'a> Prepared<'a> {
 }
 
 /// Prepares every snapshot (classical fits, outputs, design), one thread each: the
-/// snapshots are independent, so the result does not depend on scheduling.
-/// Every snapshot the models use, prepared. The snapshots that only train churn trees keep
-/// only the rows the trees learn from ([`supervised::churn_training_rows`]): the classical
-/// models' outputs cost about 10 µs a customer.
+/// snapshots are independent, so the result does not depend on scheduling. The snapshots that
+/// only train churn trees keep only the rows the trees learn from
+/// ([`supervised::churn_training_rows`]): the classical models' outputs cost about 10 µs a
+/// customer.
 fn prepare_all(features: &SnapshotFeatures, rate: f64) -> Result<BTreeMap<i32, Prepared<'_>>> {
     let only_training = |id: i32| {
         (CHURN_TRAIN.contains(&id) || CHURN_BACKTEST_TRAIN.contains(&id))
