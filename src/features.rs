@@ -165,6 +165,21 @@ impl Snapshots {
         self.0.iter().find(|(i, _)| *i == id).map(|(_, c)| *c)
     }
 
+    /// The parameters of each snapshot's copy of an `#each snapshot` block: `snapshot` (its
+    /// id), `cutoff` (SQL timestamp) and `cutoff_epoch` (seconds).
+    fn params(&self) -> Vec<HashMap<&'static str, String>> {
+        self.0
+            .iter()
+            .map(|(id, c)| {
+                HashMap::from([
+                    ("snapshot", id.to_string()),
+                    ("cutoff", c.sql()),
+                    ("cutoff_epoch", format!("{:?}", c.epoch() as f64)),
+                ])
+            })
+            .collect()
+    }
+
     /// The `snapshots` table the SQL joins against.
     fn batch(&self) -> Result<RecordBatch> {
         use datafusion::arrow::array::{Float64Array, Int32Array, TimestampMicrosecondArray};
@@ -245,17 +260,7 @@ pub async fn customer_features(
     engine::replace_table(ctx, "snapshots", std::sync::Arc::new(table))?;
 
     let p = query_params(pipeline, sample_share, bounds);
-    let each: Vec<HashMap<&'static str, String>> = snapshots
-        .0
-        .iter()
-        .map(|(id, c)| {
-            HashMap::from([
-                ("snapshot", id.to_string()),
-                ("cutoff", c.sql()),
-                ("cutoff_epoch", format!("{:?}", c.epoch() as f64)),
-            ])
-        })
-        .collect();
+    let each = snapshots.params();
     let history = render(&pipeline.order_history_sql, &p, "order_history")?;
     engine::create_view(ctx, "order_history", &history, "queries/order_history.sql").await?;
     let engagement = render_with(&pipeline.engagement_sql, &p, &each, "engagement")?;
@@ -573,17 +578,7 @@ mod tests {
             .unwrap();
         let mut p = HashMap::from([("monthly_discount_rate", "0.01".to_string())]);
         p.insert("in_sample", "true".to_string());
-        let each: Vec<HashMap<&'static str, String>> = snapshots
-            .0
-            .iter()
-            .map(|(id, c)| {
-                HashMap::from([
-                    ("snapshot", id.to_string()),
-                    ("cutoff", c.sql()),
-                    ("cutoff_epoch", format!("{:?}", c.epoch() as f64)),
-                ])
-            })
-            .collect();
+        let each = snapshots.params();
         for (name, sql) in [
             (
                 "order_history",

@@ -18,9 +18,8 @@ use rand::Rng;
 use rand_distr::{Beta, Distribution, StandardNormal};
 
 use super::world::{
-    pick, round2, ChunkGen, CustomerRow, TruthRow, ADD_TO_CART, CANCELLED, CHECKOUT_START,
-    COMPLETED, DAYS_PER_YEAR, FUTURE_DAYS, PAGE_VIEW, PRODUCT_VIEW, REMOVE_FROM_CART, RETURNED,
-    SEARCH, T_CAMPAIGN,
+    pick, round2, ChunkGen, CustomerRow, TruthRow, CANCELLED, COMPLETED, DAYS_PER_YEAR,
+    FUTURE_DAYS, RETURNED, T_CAMPAIGN,
 };
 
 /// Share of campaign sign-ups who came for the welcome offer only ...
@@ -165,39 +164,5 @@ impl ChunkGen<'_> {
             self.session_times.push(t);
         }
         self.push_sessions(local, signup, Some(cart_p));
-    }
-
-    /// A browse session of a campaign customer starting at `start` into `tmp_events`: like
-    /// [`ChunkGen::browse_session`], but add to carts are `cart_p` of the steps.
-    pub(super) fn campaign_session(&mut self, start: i64, cart_p: f64) {
-        let mut t = start;
-        self.tmp_events.push((t, PAGE_VIEW));
-        let steps = 2 + (self.browse_steps.sample(&mut self.rng) as usize).min(30);
-        let mut cart = 0u32;
-        for _ in 0..steps {
-            t += self.gap();
-            let r: f64 = self.rng.gen();
-            let e = if r < 0.42 {
-                PRODUCT_VIEW
-            } else if r < 0.62 {
-                PAGE_VIEW
-            } else if r < 0.82 {
-                SEARCH
-            } else if r < 0.82 + cart_p {
-                cart += 1;
-                ADD_TO_CART
-            } else if cart > 0 {
-                cart -= 1;
-                REMOVE_FROM_CART
-            } else {
-                PRODUCT_VIEW
-            };
-            self.tmp_events.push((t, e));
-        }
-        if cart > 0 && self.rng.gen::<f64>() < 0.1 {
-            // Abandoned checkout.
-            t += self.gap();
-            self.tmp_events.push((t, CHECKOUT_START));
-        }
     }
 }

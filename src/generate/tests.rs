@@ -1083,6 +1083,41 @@ fn all_rows(out: &Path, sub: &str, ts_col: &str) -> Vec<String> {
 }
 
 /// The bytes of every file under `root`.
+/// Generates, with the options `make` gives for a directory, `until` the day before `day` and
+/// then `add_day` `day` into one directory, and `until` `day` into another, and asserts the
+/// invariant: both hold the same rows, input by input. Returns the grown directory, its files
+/// before `add_day`, and `add_day`'s summary.
+fn grow_one_day(
+    make: impl Fn(&Path) -> GenerateOptions,
+    day: NaiveDate,
+    what: &str,
+) -> (
+    tempfile::TempDir,
+    BTreeMap<PathBuf, Vec<u8>>,
+    GenerateSummary,
+) {
+    let grown = tempfile::tempdir().unwrap();
+    let direct = tempfile::tempdir().unwrap();
+    let mut opts = make(grown.path());
+    opts.until = Some(day.pred_opt().unwrap());
+    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    let old = snapshot(grown.path());
+    let mut opts = make(grown.path());
+    opts.add_day = Some(day);
+    let summary = generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    let mut opts = make(direct.path());
+    opts.until = Some(day);
+    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    for (sub, ts_col) in INPUTS {
+        assert_eq!(
+            all_rows(grown.path(), sub, ts_col),
+            all_rows(direct.path(), sub, ts_col),
+            "{what}: {sub}"
+        );
+    }
+    (grown, old, summary)
+}
+
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files_under(root)
         .into_iter()
@@ -1225,30 +1260,7 @@ fn until_then_add_day_equals_until_the_next_day() {
     for daily in [false, true] {
         for &day in &days[..if daily { 2 } else { 4 }] {
             let what = format!("add_day {day}, daily={daily}");
-            let before = day.pred_opt().unwrap();
-            let grown = tempfile::tempdir().unwrap();
-            let direct = tempfile::tempdir().unwrap();
-
-            let mut opts = night_options(grown.path(), daily);
-            opts.until = Some(before);
-            generate_chunked(&opts, NIGHT_CHUNK).unwrap();
-            let old = snapshot(grown.path());
-            let mut opts = night_options(grown.path(), daily);
-            opts.add_day = Some(day);
-            let summary = generate_chunked(&opts, NIGHT_CHUNK).unwrap();
-
-            let mut opts = night_options(direct.path(), daily);
-            opts.until = Some(day);
-            generate_chunked(&opts, NIGHT_CHUNK).unwrap();
-
-            // The invariant: the same rows, input by input.
-            for (sub, ts_col) in INPUTS {
-                assert_eq!(
-                    all_rows(grown.path(), sub, ts_col),
-                    all_rows(direct.path(), sub, ts_col),
-                    "{what}: {sub}"
-                );
-            }
+            let (grown, old, summary) = grow_one_day(|dir| night_options(dir, daily), day, &what);
 
             // Nothing was rewritten; the new files are the day's, and only non-empty ones.
             let new = snapshot(grown.path());
@@ -1642,25 +1654,8 @@ fn campaign_grows_night_by_night() {
         .unwrap();
 
     // until D, then add_day D+1, gives the rows of until D+1.
-    let grown = tempfile::tempdir().unwrap();
-    let direct = tempfile::tempdir().unwrap();
-    let mut opts = campaign(grown.path());
-    opts.until = Some(day.pred_opt().unwrap());
-    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
-    let mut opts = campaign(grown.path());
-    opts.add_day = Some(day);
-    let summary = generate_chunked(&opts, NIGHT_CHUNK).unwrap();
+    let (grown, _, summary) = grow_one_day(campaign, day, "campaign");
     assert!(summary.customers > 0);
-    let mut opts = campaign(direct.path());
-    opts.until = Some(day);
-    generate_chunked(&opts, NIGHT_CHUNK).unwrap();
-    for (sub, ts_col) in INPUTS {
-        assert_eq!(
-            all_rows(grown.path(), sub, ts_col),
-            all_rows(direct.path(), sub, ts_col),
-            "{sub}"
-        );
-    }
     let (_, added) = read(&grown.path().join(format!("customers/part-{day}.parquet")));
     assert!(added
         .iter()

@@ -21,7 +21,7 @@ use super::{GenerateError, GenerateOptions};
 // ---------------------------------------------------------------------------------------------
 
 pub(super) const DAY_US: i64 = 86_400_000_000;
-pub(super) const SECOND_US: f64 = 1_000_000.0;
+const SECOND_US: f64 = 1_000_000.0;
 /// Length of the input window in days.
 pub(super) const WINDOW_DAYS: i64 = 730;
 /// Length of the truth window (future orders) in days.
@@ -33,12 +33,12 @@ pub(super) const DAYS_PER_YEAR: f64 = 365.25;
 const ANON_SHARE: f64 = 0.10;
 const MAX_ROW_GROUP_ROWS: usize = 1 << 20;
 
-pub(super) const PAGE_VIEW: u8 = 0;
-pub(super) const PRODUCT_VIEW: u8 = 1;
-pub(super) const SEARCH: u8 = 2;
-pub(super) const ADD_TO_CART: u8 = 3;
-pub(super) const REMOVE_FROM_CART: u8 = 4;
-pub(super) const CHECKOUT_START: u8 = 5;
+const PAGE_VIEW: u8 = 0;
+const PRODUCT_VIEW: u8 = 1;
+const SEARCH: u8 = 2;
+const ADD_TO_CART: u8 = 3;
+const REMOVE_FROM_CART: u8 = 4;
+const CHECKOUT_START: u8 = 5;
 const PURCHASE: u8 = 6;
 /// Indexed by the event codes above; the contract's vocabulary, in the same order.
 pub(super) use crate::inputs::EVENT_TYPES;
@@ -1009,7 +1009,7 @@ impl<'w> ChunkGen<'w> {
     /// The sessions of customer `local` into the chunk's events: the browse sessions of
     /// `session_times`, research sessions before its orders (none before `from`) and the
     /// funnel sessions of its orders in the window. Browse sessions are
-    /// [`ChunkGen::browse_session`]s, or with `cart_p` [`ChunkGen::campaign_session`]s.
+    /// [`ChunkGen::browse_session`]s, with `cart_p` as their share of add-to-cart steps.
     pub(super) fn push_sessions(&mut self, local: u32, from: f64, cart_p: Option<f64>) {
         let world = self.world;
         // Research before orders, also before the first orders of the future window.
@@ -1034,10 +1034,7 @@ impl<'w> ChunkGen<'w> {
         for i in 0..self.session_times.len() {
             let start = world.to_us(self.session_times[i]);
             let from = self.tmp_events.len() as u32;
-            match cart_p {
-                None => self.browse_session(start),
-                Some(p) => self.campaign_session(start, p),
-            }
+            self.browse_session(start, cart_p);
             let to = self.tmp_events.len() as u32;
             self.sessions.push(SessionTmp { start, from, to });
         }
@@ -1122,8 +1119,10 @@ impl<'w> ChunkGen<'w> {
         ((3.0 + 40.0 * self.exp()) * SECOND_US) as i64
     }
 
-    /// A browse session starting at `start` into `tmp_events`.
-    fn browse_session(&mut self, start: i64) {
+    /// A browse session starting at `start` into `tmp_events`; `cart_p`: the share of its
+    /// steps that add to the cart (default 0.12; a campaign customer's own).
+    fn browse_session(&mut self, start: i64, cart_p: Option<f64>) {
+        let cart_below = cart_p.map_or(0.94, |p| 0.82 + p);
         let mut t = start;
         self.tmp_events.push((t, PAGE_VIEW));
         let steps = 2 + (self.browse_steps.sample(&mut self.rng) as usize).min(30);
@@ -1137,7 +1136,7 @@ impl<'w> ChunkGen<'w> {
                 PAGE_VIEW
             } else if r < 0.82 {
                 SEARCH
-            } else if r < 0.94 {
+            } else if r < cart_below {
                 cart += 1;
                 ADD_TO_CART
             } else if cart > 0 {
@@ -1210,7 +1209,7 @@ impl<'w> ChunkGen<'w> {
             };
             session += 1;
             self.tmp_events.clear();
-            self.browse_session(world.to_us(t));
+            self.browse_session(world.to_us(t), None);
             for (k, &(ts, etype)) in self.tmp_events.iter().enumerate() {
                 if ts >= world.start_us && ts < world.end_us {
                     anon.push(Ev {
