@@ -188,16 +188,29 @@ impl BgNbd {
         period: f64,
         rate_per_period: f64,
     ) -> f64 {
+        self.expected_purchases_discounted_and_not(c, horizon, period, rate_per_period)
+            .0
+    }
+
+    /// [`BgNbd::discounted_expected_purchases`] and [`BgNbd::expected_purchases`] over the
+    /// same horizon, from one evaluation of the latter (the discounted sum needs it anyway).
+    pub fn expected_purchases_discounted_and_not(
+        &self,
+        c: &Rfm,
+        horizon: f64,
+        period: f64,
+        rate_per_period: f64,
+    ) -> (f64, f64) {
         const EXACT_PERIODS: usize = 600;
         if horizon <= 0.0 || horizon.is_nan() {
-            return 0.0;
+            return (0.0, 0.0);
         }
         let undiscounted = self.expected_purchases(c, horizon);
         if !(period > 0.0 && period.is_finite())
             || rate_per_period == 0.0
             || rate_per_period.is_nan()
         {
-            return undiscounted;
+            return (undiscounted, undiscounted);
         }
         let ln_discount = rate_per_period.max(-0.999_999).ln_1p();
         // The end of the k-th period (from 1), which starts at `start`: k·period for the first
@@ -249,7 +262,7 @@ impl BgNbd {
             before = after;
             start = end;
         }
-        total
+        (total, undiscounted)
     }
 
     /// The same model with time measured in a unit `factor` times longer (days → weeks is

@@ -230,8 +230,8 @@ impl Classical {
             if let (Some(m), Some(c)) = (&self.models.0, &summaries[i]) {
                 row[0] = m.p_alive(c);
                 row[1] = m.p_no_purchase(c, 90.0);
-                row[2] = m.discounted_expected_purchases(c, 365.0, MONTH_DAYS, monthly_rate);
-                row[5] = m.expected_purchases(c, 365.0);
+                (row[2], row[5]) =
+                    m.expected_purchases_discounted_and_not(c, 365.0, MONTH_DAYS, monthly_rate);
                 row[6] = m.median_days_to_next_purchase(c, 365.0);
             }
             if let Some(g) = &self.models.1 {
