@@ -12,16 +12,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{BgNbd, Rfm};
-use super::design::rows_in_part;
 use super::gamma_gamma::GammaGamma;
 use super::gbm::json_f64::json_exact;
 use super::parallel::map_rows;
 use crate::error::Result;
 use crate::features::CustomerTable;
 
-/// Buyers sampled to fit the classical models: parameters are population-level, so a large
-/// deterministic sample is as good as everyone and keeps the fit fast.
-const FIT_SAMPLE: usize = 10_000;
 /// Below this many buyers the classical models are not fitted.
 const MIN_BUYERS: usize = 50;
 /// Days per month for discounting.
@@ -114,12 +110,18 @@ pub struct Outputs {
     pub next_purchase_days: Vec<f64>,
 }
 
-/// The BG/NBD summary of a customer with a completed order (x repeat purchase days, t_x, T).
+/// The BG/NBD summary of a customer with a completed order (x repeat purchase days, t_x, T),
+/// in whole days: a purchase day counts from its start, as the purchase days are counted
+/// (cut-offs are midnight UTC, so `ceil` of the days before the cut-off is the day's distance).
+/// Whole days also keep the distinct (x, t_x, T) rows, and so the fit on every buyer, small.
 fn rfm(purchase_days: f64, first_days: f64, recency: f64) -> Option<Rfm> {
-    (purchase_days >= 1.0 && first_days.is_finite() && recency.is_finite()).then(|| Rfm {
-        x: purchase_days - 1.0,
-        t_x: (first_days - recency).max(0.0),
-        t: first_days.max(0.0),
+    (purchase_days >= 1.0 && first_days.is_finite() && recency.is_finite()).then(|| {
+        let (t, last) = (first_days.ceil().max(0.0), recency.ceil().max(0.0));
+        Rfm {
+            x: purchase_days - 1.0,
+            t_x: (t - last).max(0.0),
+            t,
+        }
     })
 }
 
@@ -133,26 +135,14 @@ fn rfms(table: &CustomerTable) -> Result<Vec<Option<Rfm>>> {
 }
 
 impl Classical {
-    /// Fits BG/NBD and Gamma-Gamma on (a sample of) the buyers of `table`.
+    /// Fits BG/NBD and Gamma-Gamma on every buyer of `table`.
     pub fn fit(table: &CustomerTable) -> Result<Classical> {
-        let ids = table.ids()?;
-        let summaries = rfms(table)?;
-        let buyer_ids: Vec<String> = ids
-            .iter()
-            .zip(&summaries)
-            .filter(|(_, r)| r.is_some())
-            .map(|(id, _)| id.clone())
-            .collect();
-        let buyers: Vec<Rfm> = summaries.iter().flatten().cloned().collect();
+        let buyers: Vec<Rfm> = rfms(table)?.into_iter().flatten().collect();
         if buyers.len() < MIN_BUYERS {
             return Ok(Classical::none());
         }
-        let sample: Vec<Rfm> = rows_in_part(&buyer_ids, 1, 0, 1, FIT_SAMPLE)
-            .into_iter()
-            .map(|i| buyers[i])
-            .collect();
         // Parameters as the manifest will read back (see the module documentation).
-        let bgnbd = match BgNbd::fit(&sample) {
+        let bgnbd = match BgNbd::fit(&buyers) {
             Ok((m, _)) => Some(BgNbd {
                 r: json_exact(m.r),
                 alpha: json_exact(m.alpha),
@@ -166,13 +156,7 @@ impl Classical {
         };
         let freq = table.f64("frequency")?;
         let aov = table.f64("avg_order_value")?;
-        let rows = rows_in_part(&ids, 1, 0, 1, FIT_SAMPLE);
-        let (f, m): (Vec<f64>, Vec<f64>) = rows
-            .iter()
-            .filter(|&&i| freq[i] >= 1.0 && aov[i] > 0.0)
-            .map(|&i| (freq[i], aov[i]))
-            .unzip();
-        let gamma_gamma = match GammaGamma::fit(&f, &m) {
+        let gamma_gamma = match GammaGamma::fit(&freq, &aov) {
             Ok((g, _)) => Some(GammaGamma {
                 p: json_exact(g.p),
                 q: json_exact(g.q),
@@ -195,7 +179,7 @@ impl Classical {
                 q: g.q,
                 gamma: g.gamma,
             }),
-            fitted_on: sample.len(),
+            fitted_on: buyers.len(),
             models: (bgnbd, gamma_gamma),
         })
     }
@@ -381,6 +365,74 @@ mod tests {
             assert!(a.clv.iter().any(|x| x.is_finite() && *x > 0.0));
             assert_eq!(all_bits(&b), all_bits(&a));
         }
+    }
+
+    /// The slope of `ll` (per customer) along each log-parameter at `theta`.
+    fn slopes(theta: &[f64], ll: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+        (0..theta.len())
+            .map(|i| {
+                let (mut up, mut down) = (theta.to_vec(), theta.to_vec());
+                up[i] += 1e-5;
+                down[i] -= 1e-5;
+                (ll(&up) - ll(&down)) / 2e-5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_buyer_enters_the_fit() {
+        let t = table(50_000, 11);
+        let fitted = Classical::fit(&t).unwrap();
+        let buyers: Vec<Rfm> = rfms(&t).unwrap().into_iter().flatten().collect();
+        assert!(buyers.len() > 40_000);
+        assert_eq!(fitted.fitted_on, buyers.len());
+        // Whole days, as the purchase days are counted.
+        assert!(buyers
+            .iter()
+            .all(|c| c.t == c.t.floor() && c.t_x == c.t_x.floor()));
+
+        // The maximum of everyone's likelihood: flat in every log-parameter …
+        let (Some(bg), Some(gg)) = fitted.models else {
+            panic!("not fitted: {fitted:?}")
+        };
+        let n = buyers.len() as f64;
+        let bg_ll = |th: &[f64]| {
+            let m = BgNbd {
+                r: th[0].exp(),
+                alpha: th[1].exp(),
+                a: th[2].exp(),
+                b: th[3].exp(),
+            };
+            m.log_likelihood(&buyers) / n
+        };
+        let theta = [bg.r.ln(), bg.alpha.ln(), bg.a.ln(), bg.b.ln()];
+        for (i, g) in slopes(&theta, bg_ll).into_iter().enumerate() {
+            assert!(g.abs() < 1e-7, "BG/NBD d/dθ{i} = {g}");
+        }
+        let (freq, aov) = (
+            t.f64("frequency").unwrap(),
+            t.f64("avg_order_value").unwrap(),
+        );
+        let spenders = freq.iter().filter(|x| **x >= 1.0).count() as f64;
+        let gg_ll = |th: &[f64]| {
+            let m = GammaGamma {
+                p: th[0].exp(),
+                q: th[1].exp(),
+                gamma: th[2].exp(),
+            };
+            m.log_likelihood(&freq, &aov) / spenders
+        };
+        let theta = [gg.p.ln(), gg.q.ln(), gg.gamma.ln()];
+        for (i, g) in slopes(&theta, gg_ll).into_iter().enumerate() {
+            assert!(g.abs() < 1e-7, "Gamma-Gamma d/dθ{i} = {g}");
+        }
+        // … which a fifth of them does not reach.
+        let fifth: Vec<Rfm> = buyers.iter().step_by(5).copied().collect();
+        let (sampled, _) = BgNbd::fit(&fifth).unwrap();
+        assert!(
+            bg.log_likelihood(&buyers) > sampled.log_likelihood(&buyers) + 0.1,
+            "{bg:?} vs {sampled:?}"
+        );
     }
 
     #[test]

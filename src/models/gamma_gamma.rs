@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use super::optimize::{minimize_multistart, FitInfo, ModelError, NelderMead};
+use super::optimize::{minimize_sampled_then_full, start_stride, FitInfo, ModelError, NelderMead};
 use super::special::{ln_gamma, CompensatedSum};
 
 const MODEL: &str = "Gamma-Gamma";
@@ -34,9 +34,11 @@ impl GammaGamma {
     /// spend; rows with fewer than one transaction, a non-positive or non-finite mean are
     /// ignored (they carry no information about spend).
     ///
-    /// Customers are grouped by count so the Γ functions are evaluated once per distinct
-    /// count; Nelder–Mead runs on the log-parameters from three fixed starts (scaled to the
-    /// data's money unit) and the best run is polished; the result is deterministic.
+    /// Every usable row enters the fit. Customers are grouped by count so the Γ functions are
+    /// evaluated once per distinct count; Nelder–Mead runs on the log-parameters from three
+    /// fixed starts (scaled to the data's money unit) on an evenly spaced sample of at most
+    /// [`START_SAMPLE`](super::optimize::START_SAMPLE) rows, and Newton steps on all rows finish at the whole data's maximum;
+    /// the result is deterministic.
     pub fn fit(frequency: &[f64], mean_spend: &[f64]) -> Result<(GammaGamma, FitInfo), ModelError> {
         if frequency.len() != mean_spend.len() {
             return Err(ModelError::InvalidData {
@@ -63,14 +65,23 @@ impl GammaGamma {
             .iter()
             .map(|&(p, q)| vec![f64::ln(p), f64::ln(q), f64::ln(average * (q - 1.0) / p)])
             .collect();
-        let n = data.n as f64;
-        let objective = |theta: &[f64]| {
-            if theta.iter().any(|v| v.abs() > LOG_PARAM_BOUND) {
+        let stride = start_stride(frequency.len());
+        let sampled = (stride > 1).then(|| {
+            let pick = |v: &[f64]| v.iter().step_by(stride).copied().collect::<Vec<f64>>();
+            Grouped::new(&pick(frequency), &pick(mean_spend))
+        });
+        let objective = |data: &Grouped, theta: &[f64]| {
+            if theta.iter().any(|v| v.abs() > LOG_PARAM_BOUND) || data.n == 0 {
                 return f64::INFINITY;
             }
-            -data.log_likelihood(&from_log(theta)) / n
+            -data.log_likelihood(&from_log(theta)) / data.n as f64
         };
-        let best = minimize_multistart(&NelderMead::default(), objective, &starts);
+        let best = minimize_sampled_then_full(
+            &NelderMead::default(),
+            |theta| objective(sampled.as_ref().unwrap_or(&data), theta),
+            |theta| objective(&data, theta),
+            &starts,
+        );
         if !best.value.is_finite() || best.x.len() != 3 {
             return Err(ModelError::NonFiniteLikelihood { model: MODEL });
         }

@@ -85,7 +85,8 @@ fn cdnow_chosen_churn_score_is_at_least_as_good_as_bgnbd() {
         .collect();
     let chosen = f64_col(&segs, "churn_risk_score");
 
-    // BG/NBD with the parameters the run fitted (in days), on each customer's history.
+    // BG/NBD with the parameters the run fitted, on each customer's history in whole days
+    // (each purchase day counted from its start, as the run fits and scores it).
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("_runs/1997-09-30/manifest.json")).unwrap())
             .unwrap();
@@ -103,10 +104,11 @@ fn cdnow_chosen_churn_score_is_at_least_as_good_as_bgnbd() {
     );
     let bgnbd: Vec<f64> = (0..segs.num_rows())
         .map(|i| {
+            let (t, last) = (first[i].ceil(), rec[i].ceil());
             let c = Rfm {
                 x: pd[i] - 1.0,
-                t_x: first[i] - rec[i],
-                t: first[i],
+                t_x: t - last,
+                t,
             };
             model.p_no_purchase(&c, 90.0)
         })
