@@ -62,6 +62,158 @@ pub struct RawPipeline {
     /// Customers to forget.
     #[serde(default)]
     pub privacy: PrivacyParams,
+    /// Thresholds of segment_summary's `recommended_action` rules.
+    #[serde(default)]
+    pub actions: ActionRules,
+    /// Lists for marketing tools (`[[exports]]`); absent: [`ExportSpec::defaults`], an empty
+    /// array (`exports = []`): none besides the per-segment CSVs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exports: Option<Vec<ExportSpec>>,
+}
+
+/// One `[[exports]]` entry: the customers of customer_segments for which `where` holds,
+/// written to `exports/run_date=D/<name>-<run_id>.csv`.
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    /// File name stem: lower-case letters, digits, `_` and `-`; unique.
+    pub name: String,
+    /// A SQL predicate over customer_segments' columns (and `email`, the opted-in address);
+    /// every customer when absent.
+    #[serde(rename = "where", default = "always")]
+    pub predicate: String,
+    /// `csv` (default) or `customer_match`.
+    #[serde(default)]
+    pub format: ExportFormat,
+    /// For `csv`: the columns, in order (`customer_id` first is added when missing); default
+    /// [`DEFAULT_EXPORT_COLUMNS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
+
+fn always() -> String {
+    "true".into()
+}
+
+/// The format of an export.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// UTF-8 CSV with a header, RFC 4180 quoting.
+    #[default]
+    Csv,
+    /// The ad platforms' customer-list upload: one column `Email`, the SHA-256 hex of each
+    /// opted-in address trimmed and lower-cased.
+    CustomerMatch,
+}
+
+/// The per-segment CSVs are `exports/run_date=D/segment_<segment>-<run_id>.csv`; configured
+/// exports may not take names with this prefix.
+pub const SEGMENT_EXPORT_PREFIX: &str = "segment_";
+
+/// Columns of a `csv` export without `columns`: the contract's columns and the e-mail.
+pub const DEFAULT_EXPORT_COLUMNS: &[&str] = &[
+    "customer_id",
+    "email",
+    "segment",
+    "churn_risk",
+    "churn_risk_score",
+    "value_segment",
+    "value_score",
+    "lifecycle_stage",
+    "loyalty_tier",
+];
+
+impl ExportSpec {
+    /// The exports of a pipeline file without `[[exports]]`: `retention` (high churn risk ×
+    /// high value: worth a win-back offer), `prospects` (never-buyers, the fifth with the
+    /// lowest churn score: the likeliest to order; ties by customer id) and `customer_match`
+    /// (every opted-in customer).
+    pub fn defaults() -> Vec<ExportSpec> {
+        let csv = |name: &str, predicate: &str| ExportSpec {
+            name: name.into(),
+            predicate: predicate.into(),
+            format: ExportFormat::Csv,
+            columns: None,
+        };
+        vec![
+            csv(
+                "retention",
+                "churn_risk = 'high' AND value_segment = 'high'",
+            ),
+            csv(
+                "prospects",
+                "lifecycle_stage = 'potential' AND customer_id IN (\
+                   SELECT customer_id FROM (\
+                     SELECT customer_id, \
+                       row_number() OVER (ORDER BY churn_risk_score, customer_id) AS position, \
+                       count(*) OVER () AS never_buyers \
+                     FROM customer_segments WHERE lifecycle_stage = 'potential') \
+                   WHERE position * 5 <= never_buyers)",
+            ),
+            ExportSpec {
+                name: "customer_match".into(),
+                predicate: always(),
+                format: ExportFormat::CustomerMatch,
+                columns: None,
+            },
+        ]
+    }
+
+    /// The csv columns, `customer_id` first (erasure scrubs exports by their first column).
+    pub fn csv_columns(&self) -> Vec<String> {
+        let mut columns: Vec<String> = match &self.columns {
+            Some(c) => c.clone(),
+            None => DEFAULT_EXPORT_COLUMNS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+        };
+        columns.retain(|c| c != "customer_id");
+        columns.insert(0, "customer_id".into());
+        columns
+    }
+}
+
+/// Problems of the `[[exports]]` entries, pushed onto `problems`.
+fn check_exports(exports: &[ExportSpec], problems: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, e) in exports.iter().enumerate() {
+        let at = format!("`exports[{i}]` (name \"{}\")", e.name);
+        let valid_name = !e.name.is_empty()
+            && e.name.len() <= 100
+            && e.name
+                .starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && e.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !valid_name {
+            problems.push(format!(
+                "{at}: a name is 1 to 100 of a-z, 0-9, `_` and `-`, starting with a letter or digit"
+            ));
+        } else if e.name.starts_with(SEGMENT_EXPORT_PREFIX) {
+            problems.push(format!(
+                "{at}: names starting with `{SEGMENT_EXPORT_PREFIX}` are the per-segment CSVs'; choose another"
+            ));
+        }
+        if !seen.insert(e.name.as_str()) {
+            problems.push(format!("{at}: two exports have this name"));
+        }
+        if e.predicate.trim().is_empty() {
+            problems.push(format!(
+                "{at}: `where` is empty; leave it out to export everyone"
+            ));
+        }
+        match (e.format, &e.columns) {
+            (ExportFormat::CustomerMatch, Some(_)) => problems.push(format!(
+                "{at}: a customer_match export has exactly one column, `Email`; remove `columns`"
+            )),
+            (ExportFormat::Csv, Some(c)) if c.is_empty() => {
+                problems.push(format!("{at}: `columns` is empty"))
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `[privacy]`.
@@ -587,6 +739,30 @@ impl Default for LoyaltyRules {
     }
 }
 
+/// `[actions]`: thresholds of the rules that give each segment its `recommended_action`
+/// (README, "Recommended actions").
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionRules {
+    /// A segment whose mean churn score is at least this is slipping away.
+    pub high_churn: f64,
+    /// A segment whose mean value score is at least this many times the run's mean is
+    /// valuable.
+    pub high_value_ratio: f64,
+    /// A segment whose median share of discounted orders is at least this is price-driven.
+    pub price_driven_discount_share: f64,
+}
+
+impl Default for ActionRules {
+    fn default() -> Self {
+        ActionRules {
+            high_churn: 0.6,
+            high_value_ratio: 1.5,
+            price_driven_discount_share: 0.5,
+        }
+    }
+}
+
 /// `[engine]`: DataFusion resources.
 #[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -719,6 +895,10 @@ pub struct Pipeline {
     pub lifecycle: LifecycleRules,
     /// Loyalty rules.
     pub loyalty: LoyaltyRules,
+    /// `recommended_action` thresholds.
+    pub actions: ActionRules,
+    /// The exports besides the per-segment CSVs (the defaults when the file has none).
+    pub exports: Vec<ExportSpec>,
     /// Engine settings, with the memory limit resolved to bytes (None: unbounded).
     pub memory_limit_bytes: Option<usize>,
     /// Parallelism.
@@ -1018,7 +1198,20 @@ impl RawPipeline {
         check_model(&self.model, &mut problems);
         check_clustering(&self.clustering, &mut problems);
         check_lifecycle(&self.lifecycle, &mut problems);
+        let exports = self.exports.clone().unwrap_or_else(ExportSpec::defaults);
+        check_exports(&exports, &mut problems);
         check_loyalty(&self.loyalty, &mut problems);
+        check_unit("actions.high_churn", self.actions.high_churn, &mut problems);
+        check_unit(
+            "actions.price_driven_discount_share",
+            self.actions.price_driven_discount_share,
+            &mut problems,
+        );
+        check_positive(
+            "actions.high_value_ratio",
+            self.actions.high_value_ratio,
+            &mut problems,
+        );
         check_unit(
             "quality.max_rejected_share",
             self.quality.max_rejected_share,
@@ -1089,6 +1282,8 @@ impl RawPipeline {
             clustering: self.clustering.clone(),
             lifecycle: self.lifecycle.clone(),
             loyalty: self.loyalty.clone(),
+            actions: self.actions.clone(),
+            exports,
             memory_limit_bytes,
             target_partitions,
             quality: self.quality.clone(),

@@ -16,6 +16,7 @@ pub mod clustering;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod exports;
 pub mod features;
 pub mod generate;
 pub mod inputs;

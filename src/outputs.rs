@@ -165,6 +165,9 @@ pub struct Manifest<'a, I: Serialize, M: Serialize, C: Serialize, P: Serialize> 
     pub privacy: Option<crate::privacy::ErasureReport>,
     /// The clickstream's incremental state: files and rows reused and read, its index.
     pub state: &'a crate::state::Report,
+    /// The configured exports (`[[exports]]`): file, rows, customers left out for want of
+    /// consent, and why an export is empty.
+    pub exports: Vec<crate::exports::ExportRecord>,
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ pub struct ErasureReport {
     pub export_rows_removed: usize,
     /// Export files rewritten without them.
     pub export_files_rewritten: usize,
+    /// Customer-match lists of earlier dates deleted (hashed addresses cannot be matched to
+    /// an erased customer id).
+    pub customer_match_lists_deleted: usize,
 }
 
 impl Erasure {
@@ -141,10 +144,11 @@ impl Erasure {
     /// The run's last erasure step, once its own files are written: the exports of earlier
     /// dates are scrubbed ([`Erasure::scrub_exports`]); returns the manifest's counts.
     pub async fn scrub(&self, root: &StoreRef, run_date: &str) -> Result<ErasureReport> {
-        let (rows, files) = self.scrub_exports(root, run_date).await?;
+        let (rows, files, lists) = self.scrub_exports(root, run_date).await?;
         let report = ErasureReport {
             export_rows_removed: rows,
             export_files_rewritten: files,
+            customer_match_lists_deleted: lists,
             ..self.report()
         };
         tracing::info!(
@@ -152,14 +156,20 @@ impl Erasure {
             customers_removed = report.customers_removed,
             export_rows_removed = rows,
             export_files_rewritten = files,
+            customer_match_lists_deleted = lists,
             "erased customers removed"
         );
         Ok(report)
     }
 
     /// Rewrites the CSV exports of dates before `run_date` without the erased customers' rows
-    /// (the first column of every export is `customer_id`). Returns (rows, files).
-    pub async fn scrub_exports(&self, root: &StoreRef, run_date: &str) -> Result<(usize, usize)> {
+    /// (the first column of every export is `customer_id`) and deletes their customer-match
+    /// lists (hashed addresses, no ids). Returns (rows removed, files rewritten, lists deleted).
+    pub async fn scrub_exports(
+        &self,
+        root: &StoreRef,
+        run_date: &str,
+    ) -> Result<(usize, usize, usize)> {
         let prefix = root.key("exports");
         let objects: Vec<_> = root
             .store
@@ -167,7 +177,7 @@ impl Erasure {
             .try_collect()
             .await
             .map_err(|e| Error::storage(format!("listing {}", root.url_of("exports/")), e))?;
-        let (mut rows, mut files) = (0, 0);
+        let (mut rows, mut files, mut lists) = (0, 0, 0);
         for m in objects {
             let key = m.location.as_ref();
             let older = key
@@ -188,6 +198,17 @@ impl Erasure {
                 .map_err(|e| Error::storage(format!("reading {url}"), e))?;
             let text = String::from_utf8_lossy(&data);
             let records = csv_records(&text);
+            if records.first().is_some_and(|h| h.trim_end() == "Email") {
+                // A customer-match list holds hashed addresses only: an erased customer's row
+                // cannot be found in it, so the kept lists of earlier dates go (the list of
+                // this run, without the erased customers, replaces them).
+                root.store
+                    .delete(&m.location)
+                    .await
+                    .map_err(|e| Error::storage(format!("deleting {url}"), e))?;
+                lists += 1;
+                continue;
+            }
             let kept: Vec<&str> = records
                 .iter()
                 .enumerate()
@@ -206,7 +227,7 @@ impl Erasure {
             rows += removed;
             files += 1;
         }
-        Ok((rows, files))
+        Ok((rows, files, lists))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::clustering;
 use crate::config::Pipeline;
 use crate::engine;
 use crate::error::{Error, Result};
+use crate::exports;
 use crate::features::{self, Cutoff, Snapshots};
 use crate::inputs;
 use crate::limits::Watchdog;
@@ -350,6 +351,7 @@ async fn run_locked(
         &segmentation,
         &assigned,
         transitions.as_ref(),
+        &pipeline.actions,
     )?;
     let transitions_batch = match &transitions {
         Some(t) => t.batch.clone(),
@@ -357,7 +359,22 @@ async fn run_locked(
     };
     lap("segments", timings);
 
-    let exports = tables::exports(ctx, &segments_batch, &segmentation).await?;
+    let mut exports = exports::per_segment(ctx, &segments_batch, &segmentation).await?;
+    let configured = exports::configured(
+        ctx,
+        &segments_batch,
+        &pipeline.exports,
+        pipeline.customers.is_some(),
+        &pipeline.source,
+    )
+    .await?;
+    let mut export_records = Vec::new();
+    for w in configured {
+        let mut record = w.record;
+        record.file = names.export_file(&w.name);
+        export_records.push(record);
+        exports.push((w.name, w.bytes));
+    }
     let mut files = publish::write_attempt(
         root,
         &names,
@@ -415,6 +432,7 @@ async fn run_locked(
         limits_exceeded: watchdog.exceeded(),
         privacy,
         state: &state_report,
+        exports: export_records,
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;

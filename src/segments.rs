@@ -1,7 +1,7 @@
 //! Segments: readable names for clusters, lifecycle stage and loyalty tier per customer
 //! (SEEDS.md), and the churn / value bands. Pure functions over features and scores.
 
-use crate::config::{LifecycleRules, LoyaltyRules, ModelParams};
+use crate::config::{ActionRules, LifecycleRules, LoyaltyRules, ModelParams};
 
 /// The z-score of a feature in one centroid.
 type Z<'a> = &'a dyn Fn(&str) -> f64;
@@ -299,8 +299,144 @@ pub fn value_band((medium, high): (f64, f64), value: f64) -> &'static str {
     }
 }
 
+/// What a segment's `recommended_action` is derived from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionProfile<'a> {
+    /// Mean churn score.
+    pub mean_churn: f64,
+    /// Mean value score ÷ the run's mean value score.
+    pub value_ratio: f64,
+    /// Median share of discounted orders.
+    pub median_discount_share: f64,
+    /// The most common lifecycle stage.
+    pub lifecycle_stage: &'a str,
+    /// The most common loyalty tier.
+    pub loyalty_tier: &'a str,
+}
+
+/// The play for a segment: the first rule that holds, in this order (README, "Recommended
+/// actions"): never-buyers → convert; slipping away and valuable → win back; mostly gone →
+/// sunset; slipping away → low-cost reactivation; price-driven but staying → no discount;
+/// committed or preferring → loyalty reward; new → onboarding; else nurture.
+pub fn recommended_action(p: &ActionProfile, rules: &ActionRules) -> &'static str {
+    let slipping = p.mean_churn >= rules.high_churn;
+    if p.lifecycle_stage == "potential" {
+        "Convert: a first-order incentive and recommendations from what they browsed"
+    } else if slipping && p.value_ratio >= rules.high_value_ratio {
+        "Win back: a personal, time-limited offer; they are valuable and slipping away"
+    } else if p.lifecycle_stage == "termination" {
+        "Sunset: one last-chance e-mail, then leave them out of paid campaigns"
+    } else if slipping {
+        "Reactivate cheaply: an automated reminder e-mail, no paid media or discounts"
+    } else if p.median_discount_share >= rules.price_driven_discount_share {
+        "No discount: they buy anyway; show new arrivals at full price"
+    } else if matches!(p.loyalty_tier, "committed" | "preference") {
+        "Reward loyalty: early access and thank-you perks instead of discounts"
+    } else if p.lifecycle_stage == "development" {
+        "Onboard: a welcome series that leads to the second order"
+    } else {
+        "Nurture: the regular newsletter with personal recommendations"
+    }
+}
+
+/// The most common of `values` (ties: the first in `order`).
+pub fn most_common<'a>(values: impl IntoIterator<Item = &'a str>, order: &[&'a str]) -> &'a str {
+    let mut counts = vec![0usize; order.len()];
+    for v in values {
+        if let Some(i) = order.iter().position(|o| *o == v) {
+            counts[i] += 1;
+        }
+    }
+    let best = (0..order.len())
+        .max_by(|&a, &b| counts[a].cmp(&counts[b]).then(b.cmp(&a)))
+        .unwrap_or(0);
+    order.get(best).copied().unwrap_or("")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_play_has_its_profile() {
+        let rules = ActionRules::default();
+        let base = ActionProfile {
+            mean_churn: 0.3,
+            value_ratio: 1.0,
+            median_discount_share: 0.1,
+            lifecycle_stage: "growth",
+            loyalty_tier: "habitual",
+        };
+        let play = |p: ActionProfile| recommended_action(&p, &rules).split(':').next().unwrap();
+        assert_eq!(play(base.clone()), "Nurture");
+        assert_eq!(
+            play(ActionProfile {
+                lifecycle_stage: "potential",
+                mean_churn: 0.9,
+                ..base.clone()
+            }),
+            "Convert"
+        );
+        assert_eq!(
+            play(ActionProfile {
+                mean_churn: 0.7,
+                value_ratio: 2.0,
+                lifecycle_stage: "decline",
+                ..base.clone()
+            }),
+            "Win back"
+        );
+        assert_eq!(
+            play(ActionProfile {
+                mean_churn: 0.95,
+                lifecycle_stage: "termination",
+                ..base.clone()
+            }),
+            "Sunset"
+        );
+        assert_eq!(
+            play(ActionProfile {
+                mean_churn: 0.7,
+                ..base.clone()
+            }),
+            "Reactivate cheaply"
+        );
+        assert_eq!(
+            play(ActionProfile {
+                median_discount_share: 0.8,
+                loyalty_tier: "committed",
+                ..base.clone()
+            }),
+            "No discount"
+        );
+        assert_eq!(
+            play(ActionProfile {
+                loyalty_tier: "committed",
+                ..base.clone()
+            }),
+            "Reward loyalty"
+        );
+        assert_eq!(
+            play(ActionProfile {
+                lifecycle_stage: "development",
+                ..base.clone()
+            }),
+            "Onboard"
+        );
+        // The thresholds come from the pipeline file.
+        let strict = ActionRules {
+            high_churn: 0.2,
+            ..rules.clone()
+        };
+        assert!(recommended_action(&base, &strict).starts_with("Reactivate cheaply"));
+    }
+
+    #[test]
+    fn most_common_breaks_ties_by_order() {
+        let order = ["a", "b", "c"];
+        assert_eq!(most_common(["b", "c", "c", "b"], &order), "b");
+        assert_eq!(most_common(["c", "c", "a"], &order), "c");
+        assert_eq!(most_common([], &order), "a");
+    }
+
     use super::*;
 
     /// Names for clusters with these profiles (z-scores; absent features are 0).

@@ -1,24 +1,21 @@
-//! Output tables: assembles customer_segments, segment_summary and the per-segment CSV
-//! exports from the stages' results (features, scores, clusters). Pure assembly; writing and
-//! publishing are in [`crate::outputs`].
+//! Output tables: assembles customer_segments and segment_summary from the stages' results
+//! (features, scores, clusters). Pure assembly; writing and publishing are in
+//! [`crate::outputs`], the CSV exports in [`crate::exports`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::SessionContext;
 
 use crate::clustering::Segmentation;
-use crate::config::Pipeline;
-use crate::engine;
+use crate::config::{ActionRules, Pipeline};
 use crate::error::{Error, Result};
 use crate::features::CustomerTable;
 use crate::models::Scores;
-use crate::outputs::{self, csv_field, slug};
+use crate::outputs;
 use crate::previous::{self, Transitions};
 use crate::run::SegmentLine;
 use crate::segments;
@@ -219,6 +216,50 @@ fn profile_medians(f: &CustomerTable, c: &Segmentation) -> Result<Vec<Vec<f64>>>
     Ok(out)
 }
 
+/// Each segment's play ([`segments::recommended_action`]) from its mean churn and value, median
+/// discount share, and most common lifecycle stage and loyalty tier.
+fn recommended_actions(
+    s: &Scores,
+    c: &Segmentation,
+    a: &Assigned,
+    mean_churn: &[f64],
+    value_sum: &[f64],
+    median_of: &dyn Fn(&str, usize) -> f64,
+    rules: &ActionRules,
+) -> Vec<&'static str> {
+    let k = c.k();
+    let mean_value = s.value.iter().sum::<f64>() / s.value.len().max(1) as f64;
+    let mut stages: Vec<Vec<&str>> = vec![Vec::new(); k];
+    let mut tiers: Vec<Vec<&str>> = vec![Vec::new(); k];
+    for (i, &seg) in c.assignment.iter().enumerate() {
+        stages[seg].push(a.lifecycle[i]);
+        tiers[seg].push(a.loyalty[i]);
+    }
+    (0..k)
+        .map(|j| {
+            let segment_value = value_sum[j] / c.sizes[j].max(1) as f64;
+            let profile = segments::ActionProfile {
+                mean_churn: mean_churn[j],
+                value_ratio: if mean_value > 0.0 {
+                    segment_value / mean_value
+                } else {
+                    0.0
+                },
+                median_discount_share: median_of("discount_share", j),
+                lifecycle_stage: segments::most_common(
+                    stages[j].iter().copied(),
+                    &segments::LIFECYCLE_STAGES,
+                ),
+                loyalty_tier: segments::most_common(
+                    tiers[j].iter().copied(),
+                    &segments::LOYALTY_TIERS,
+                ),
+            };
+            segments::recommended_action(&profile, rules)
+        })
+        .collect()
+}
+
 /// segment_summary: one row per segment (by id): size, share, description, distinguishing
 /// features, profile, churn, value, revenue at risk, flows since the previous run, centroid.
 pub fn segment_summary(
@@ -227,6 +268,7 @@ pub fn segment_summary(
     c: &Segmentation,
     a: &Assigned,
     transitions: Option<&Transitions>,
+    rules: &ActionRules,
 ) -> Result<RecordBatch> {
     let k = c.k();
     let n = f.len() as f64;
@@ -279,6 +321,7 @@ pub fn segment_summary(
             )
         })
         .collect();
+    let actions = recommended_actions(s, c, a, &mean_churn, &value_sum, &median_of, rules);
     let ids: Vec<i32> = c.model.segments.iter().map(|x| x.id).collect();
     let mut cols: Vec<(String, ArrayRef)> = vec![
         ("segment_id".into(), Arc::new(Int32Array::from(ids.clone()))),
@@ -290,6 +333,7 @@ pub fn segment_summary(
             "description".into(),
             strings(descriptions.iter().map(String::as_str)),
         ),
+        ("recommended_action".into(), strings(actions)),
         (
             "distinguishing_features".into(),
             strings(
@@ -374,87 +418,4 @@ pub fn summary_lines(c: &Segmentation, s: &Scores) -> Vec<SegmentLine> {
         l.mean_churn /= l.customers.max(1) as f64;
     }
     lines
-}
-
-/// One CSV per segment: ids, scores and bands; the e-mail only for customers who opted in.
-pub async fn exports(
-    ctx: &SessionContext,
-    segs: &RecordBatch,
-    c: &Segmentation,
-) -> Result<Vec<(String, Vec<u8>)>> {
-    let names = c.names();
-    let index: HashMap<i32, usize> = c
-        .model
-        .segments
-        .iter()
-        .enumerate()
-        .map(|(j, s)| (s.id, j))
-        .collect();
-    let contacts = contacts(ctx).await?;
-    let col = |name: &str| -> Result<ArrayRef> {
-        segs.column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Model(format!("customer_segments lacks {name}")))
-    };
-    let ids = col("customer_id")?;
-    let ids = ids.as_string::<i32>();
-    let seg_id = col("segment_id")?;
-    let seg_id = seg_id.as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-    let text_cols = [
-        "churn_risk",
-        "value_segment",
-        "lifecycle_stage",
-        "loyalty_tier",
-    ]
-    .map(&col);
-    let mut text = Vec::new();
-    for c in text_cols {
-        text.push(c?);
-    }
-    let churn = col("churn_risk_score")?;
-    let churn = churn.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-    let value = col("value_score")?;
-    let value = value.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-
-    let header = "customer_id,email,segment,churn_risk,value_segment,lifecycle_stage,loyalty_tier,churn_risk_score,value_score\n";
-    let mut files: Vec<Vec<u8>> = names.iter().map(|_| header.as_bytes().to_vec()).collect();
-    for i in 0..segs.num_rows() {
-        let seg = *index
-            .get(&seg_id.value(i))
-            .ok_or_else(|| Error::Model(format!("unknown segment id {}", seg_id.value(i))))?;
-        let id = ids.value(i);
-        let email = contacts.get(id).map(String::as_str).unwrap_or("");
-        let mut line = format!(
-            "{},{},{}",
-            csv_field(id),
-            csv_field(email),
-            csv_field(&names[seg])
-        );
-        for t in &text {
-            line.push(',');
-            line.push_str(t.as_string::<i32>().value(i));
-        }
-        line.push_str(&format!(",{:.6},{:.2}\n", churn.value(i), value.value(i)));
-        files[seg].extend_from_slice(line.as_bytes());
-    }
-    Ok(names.iter().map(|n| slug(n)).zip(files).collect())
-}
-
-/// E-mail addresses of customers who opted in to marketing (only these are exported).
-async fn contacts(ctx: &SessionContext) -> Result<HashMap<String, String>> {
-    let sql =
-        "SELECT customer_id, email FROM customers WHERE marketing_opt_in AND email IS NOT NULL";
-    let batches = engine::collect(ctx, sql, "reading contacts").await?;
-    let mut out = HashMap::new();
-    for b in batches {
-        let ids =
-            cast(b.column(0), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
-        let emails =
-            cast(b.column(1), &DataType::Utf8).map_err(|e| Error::engine("contacts", e.into()))?;
-        let (ids, emails) = (ids.as_string::<i32>(), emails.as_string::<i32>());
-        for i in 0..b.num_rows() {
-            out.insert(ids.value(i).to_string(), emails.value(i).to_string());
-        }
-    }
-    Ok(out)
 }

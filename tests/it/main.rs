@@ -4,6 +4,7 @@ mod cli;
 mod cloud;
 mod common;
 mod deploy;
+mod exports;
 mod incremental;
 mod interop;
 mod memory;

@@ -630,9 +630,12 @@ fn erased_customers_leave_every_output_and_the_kept_exports() {
     let p = pipeline(tmp.path(), shop(), &out, "");
     let first = run_pipeline(&p, "2026-10-30", &[]);
     assert!(first.status.success(), "{}", describe(&first));
-    // Three customers with an e-mail in yesterday's exports.
+    // Three customers with an e-mail in yesterday's per-segment exports.
     let mut erased = Vec::new();
-    for (_, bytes) in files(&out.join("exports"), "-") {
+    for (_, bytes) in files(&out.join("exports"), "-")
+        .into_iter()
+        .filter(|(name, _)| name.contains("/segment_"))
+    {
         for line in String::from_utf8(bytes).unwrap().lines().skip(1) {
             let mut fields = line.split(',');
             let (id, email) = (fields.next().unwrap(), fields.next().unwrap_or(""));
@@ -647,13 +650,37 @@ fn erased_customers_leave_every_output_and_the_kept_exports() {
         &[erased.clone(), vec!["never-a-customer".into()]].concat(),
     );
 
+    let rows_of_erased = files(&out.join("exports"), "-")
+        .iter()
+        .flat_map(|(_, b)| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| erased.iter().any(|id| l.starts_with(&format!("{id},"))))
+        .count();
+    assert!(rows_of_erased >= 3);
     let set = format!("privacy.erased_customers={}", list.display());
     let next = run_pipeline(&p, DATE, &["--set", &set]);
     assert!(next.status.success(), "{}", describe(&next));
     let m = manifest(&out, DATE);
     assert_eq!(m["privacy"]["erased_ids_listed"], 4, "{:#}", m["privacy"]);
     assert_eq!(m["privacy"]["customers_removed"], 3, "{:#}", m["privacy"]);
-    assert_eq!(m["privacy"]["export_rows_removed"], 3, "{:#}", m["privacy"]);
+    // Their rows in yesterday's CSVs (their segment's, and retention or prospects if they
+    // were selected there); yesterday's customer-match list (hashes, no ids) is deleted.
+    assert_eq!(
+        m["privacy"]["export_rows_removed"], rows_of_erased,
+        "{:#}",
+        m["privacy"]
+    );
+    assert_eq!(m["privacy"]["customer_match_lists_deleted"], 1);
+    assert!(!files(&out.join("exports/run_date=2026-10-30"), "-")
+        .iter()
+        .any(|(name, _)| name.starts_with("customer_match")));
+    assert!(files(&out.join(format!("exports/run_date={DATE}")), "-")
+        .iter()
+        .any(|(name, _)| name.starts_with("customer_match")));
     // This run's tables do not have them (nor its transitions: they are not "customers who
     // left"), and no export, of this run or kept from yesterday, mentions them.
     for table in ["customer_segments", "segment_transitions"] {

@@ -126,6 +126,25 @@ fn run_writes_every_table_with_contract_columns() {
             "segment_summary.{col}"
         );
     }
+    // Every segment has a play, one of the documented ones (README, "Recommended actions").
+    let plays = summary
+        .column_by_name("recommended_action")
+        .expect("segment_summary.recommended_action");
+    let plays = datafusion::arrow::array::AsArray::as_string::<i32>(plays.as_ref());
+    let known = [
+        "Convert:",
+        "Win back:",
+        "Sunset:",
+        "Reactivate cheaply:",
+        "No discount:",
+        "Reward loyalty:",
+        "Onboard:",
+        "Nurture:",
+    ];
+    for play in plays.iter() {
+        let play = play.expect("no null play");
+        assert!(known.iter().any(|k| play.starts_with(k)), "{play}");
+    }
     let sizes = summary
         .column_by_name("customers")
         .unwrap()
@@ -137,11 +156,18 @@ fn run_writes_every_table_with_contract_columns() {
 
     let exports: Vec<_> = std::fs::read_dir(out.join(format!("exports/run_date={DATE}")))
         .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("segment_")
+        })
         .collect();
     assert_eq!(exports.len(), k, "one CSV per segment");
     let mut exported = 0;
     for e in exports {
-        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        let text = std::fs::read_to_string(e).unwrap();
         assert!(text.starts_with("customer_id,email,segment,"));
         exported += text.lines().count() - 1;
     }
