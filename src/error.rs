@@ -60,6 +60,10 @@ pub enum Error {
         /// Who holds it: run id, host and pid, since and until when.
         holder: String,
     },
+    /// A command used wrongly in a way only running it could tell, e.g. SQL the engine
+    /// rejects (exit 2).
+    #[error("{0}")]
+    Usage(String),
     /// Local I/O failed (exit 4).
     #[error("I/O error while {context}: {source}")]
     Io {
@@ -79,7 +83,7 @@ impl Error {
     /// The process exit code CONTRACT.md assigns to this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config { .. } => 2,
+            Error::Config { .. } | Error::Usage(_) => 2,
             Error::InputRejected(_) => 3,
             Error::Storage { .. }
             | Error::Engine { .. }

@@ -28,6 +28,7 @@ pub mod privacy;
 pub mod progress;
 pub mod publish;
 pub mod quality;
+pub mod query;
 pub mod rules;
 pub mod run;
 pub mod schedule;

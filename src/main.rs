@@ -66,6 +66,25 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// SQL over the published tables (customer_segments, segment_summary, segment_transitions;
+    /// every published date, `run_date` as a column), printed as a table or written as CSV,
+    /// JSON lines or Parquet.
+    Query {
+        /// Pipeline file (TOML): where the outputs are.
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Output format (parquet needs --out).
+        #[arg(long, value_enum, default_value = "table")]
+        format: segmenter::query::Format,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// Override a pipeline key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// The query, e.g. "SELECT run_date, segment, count(*) FROM customer_segments GROUP BY 1, 2".
+        sql: String,
+    },
     /// Fit and backtest the models for a date and print the backtest (writes nothing).
     Evaluate {
         /// Pipeline file (TOML).
@@ -330,6 +349,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (published, locked) =
                 runtime()?.block_on(segmenter::status::published(&pipeline, last))?;
             print!("{}", segmenter::status::table(&published, &locked));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Query {
+            pipeline,
+            format,
+            out,
+            overrides,
+            sql,
+        } => {
+            if format == segmenter::query::Format::Parquet && out.is_none() {
+                return Err(Error::Usage("--format parquet needs --out PATH".into()).into());
+            }
+            let pipeline = Pipeline::load(&pipeline, &overrides)?;
+            let (schema, batches) = runtime()?.block_on(segmenter::query::run(&pipeline, &sql))?;
+            let bytes = segmenter::query::render(format, &schema, &batches)?;
+            match out {
+                Some(path) => std::fs::write(&path, bytes).map_err(|e| Error::Io {
+                    context: format!("writing {}", path.display()),
+                    source: e,
+                })?,
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes).map_err(|e| Error::Io {
+                        context: "writing to standard output".into(),
+                        source: e,
+                    })?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate {

@@ -12,6 +12,7 @@ mod models;
 mod producers;
 mod publish;
 mod quality;
+mod query;
 mod run;
 mod s3;
 mod segments;
