@@ -29,6 +29,7 @@ pub mod progress;
 pub mod publish;
 pub mod quality;
 pub mod query;
+pub mod report;
 pub mod rules;
 pub mod run;
 pub mod schedule;

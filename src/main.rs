@@ -505,7 +505,12 @@ fn print_summary(s: &RunSummary) {
         s.run_id, s.run_date, s.customers
     );
     println!("  outputs:  {}", s.output_root);
-    println!("  manifest: {}\n", s.manifest);
+    println!("  manifest: {}", s.manifest);
+    println!(
+        "  report:   {}/report/run_date={}/index.html\n",
+        s.output_root.trim_end_matches('/'),
+        s.run_date
+    );
     println!(
         "{:>3}  {:<20} {:>9} {:>11} {:>14}",
         "id", "segment", "customers", "mean churn", "total value"

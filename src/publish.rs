@@ -42,15 +42,24 @@ const LOCK_FORMAT: u32 = 1;
 /// something this build does not know.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// The published report's file name: the one file of a run-scoped directory without a run
+/// id, kept by the cleanups.
+const PUBLISHED_REPORT: &str = "index.html";
+
+fn is_published_report(key: &str) -> bool {
+    key.ends_with(&format!("/{PUBLISHED_REPORT}"))
+}
+
 /// How far before `retention.attempts_days` a run looks for lost attempts.
 const ATTEMPTS_WINDOW_DAYS: u64 = 31;
 
 /// The directories under which attempts leave files, one `run_date=D/` partition per date.
-const SCOPED_DIRS: [&str; 7] = [
+const SCOPED_DIRS: [&str; 8] = [
     "customer_segments",
     "segment_summary",
     "segment_transitions",
     "exports",
+    "report",
     "_rejected",
     "_models",
     "_state",
@@ -127,6 +136,21 @@ impl Attempt {
             "exports/run_date={}/{name}-{}.csv",
             self.run_date, self.run_id
         )
+    }
+
+    /// The attempt's report (`index-<run_id>.html`); once published it is also copied to
+    /// [`Attempt::published_report`].
+    pub fn report_file(&self) -> String {
+        format!(
+            "report/run_date={}/index-{}.html",
+            self.run_date, self.run_id
+        )
+    }
+
+    /// The published run's report under the name readers bookmark (`index.html`): written
+    /// after the manifest, so an unpublished attempt never replaces it.
+    pub fn published_report(&self) -> String {
+        format!("report/run_date={}/{PUBLISHED_REPORT}", self.run_date)
     }
 
     /// The directory of the rejected rows (files named by [`crate::inputs::write_rejected`]
@@ -296,6 +320,7 @@ pub async fn apply_retention(
                         let keep = |key: &str| {
                             key.contains(run_id.as_str())
                                 || model.as_deref().is_some_and(|m| key.ends_with(m))
+                                || is_published_report(key)
                         };
                         delete_all(root, &prefix, |key| !keep(key)).await?
                     }
@@ -376,7 +401,10 @@ async fn remove_other_attempts(root: &StoreRef, dir: &str, run_id: &str) -> Resu
     let stale: Vec<_> = root
         .store
         .list(Some(&prefix))
-        .try_filter(|m| futures::future::ready(!m.location.as_ref().contains(run_id)))
+        .try_filter(|m| {
+            let key = m.location.as_ref();
+            futures::future::ready(!key.contains(run_id) && !is_published_report(key))
+        })
         .try_collect()
         .await
         .map_err(|e| Error::storage(format!("listing {}", root.url_of(dir)), e))?;

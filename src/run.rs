@@ -22,6 +22,7 @@ use crate::previous::{self, Published};
 use crate::privacy::Erasure;
 use crate::publish::{self, Lock};
 use crate::quality;
+use crate::report;
 use crate::schedule::{self, RefitRecord};
 use crate::state::{self, StateStore};
 use crate::storage;
@@ -403,7 +404,7 @@ async fn run_locked(
     lap("write", timings);
 
     let segment_lines = tables::summary_lines(&segmentation, &scores);
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: publish::MANIFEST_FORMAT,
         run_id,
         run_date,
@@ -434,10 +435,24 @@ async fn run_locked(
         state: &state_report,
         exports: export_records,
     };
+    // The report is drawn from what the manifest says so far, and listed in it.
+    let so_far = serde_json::to_value(&manifest)
+        .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
+    let html = report::render(&so_far, &segments_batch, &summary_batch)?;
+    let report_url =
+        crate::outputs::write_bytes(root, &names.report_file(), html.clone().into_bytes()).await?;
+    manifest.outputs.insert("report", vec![report_url]);
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Model(format!("serialising the manifest: {e}")))?;
     let manifest_json = serde_json::from_slice(&json).unwrap_or_default();
     let manifest_url = publish::publish(root, &names, lock, json, &pipeline.retention).await?;
+    // Published: the report under the name people bookmark. A failure is logged; the run's
+    // own copy is listed in the manifest.
+    if let Err(e) =
+        crate::outputs::write_bytes(root, &names.published_report(), html.into_bytes()).await
+    {
+        tracing::warn!(error = %e, "could not write report/run_date=D/index.html");
+    }
     if let (Some(before), Some(now)) = (&superseded, &rollup.index) {
         let removed = state::remove_superseded(root, before, now).await;
         if removed > 0 {

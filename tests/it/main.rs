@@ -13,6 +13,7 @@ mod producers;
 mod publish;
 mod quality;
 mod query;
+mod report;
 mod run;
 mod s3;
 mod segments;
