@@ -14,7 +14,9 @@ checks what CONTRACT.md promises readers:
     customer_id per run_date, scores in range, vocabularies respected, segment <-> segment_id
     one to one; segment_summary has one row per segment;
   * every exports/run_date=RUN_DATE/*.csv parses in DuckDB read_csv_auto and pandas with the
-    same row count and its customer_ids are a subset of customer_segments' ids for the run.
+    same row count and its customer_ids are a subset of customer_segments' ids for the run;
+    a customer-match list (header exactly `Email`) instead holds distinct lower-case SHA-256
+    hex digests only, read alike by both.
 It prints one line per check and exits 1 at the first failure (2 on bad usage or a missing
 Python package: run scripts/setup-python.sh and use the venv python it prints).
 """
@@ -300,6 +302,11 @@ def check_exports(c, root, run_date):
         f"hive_partitioning=true) WHERE {run_date_filter()}", {"run_date": run_date}).fetchall()}
     union_duck, union_pd, total = set(), set(), 0
     for f in files:
+        with open(f, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\r\n")
+        if header == "Email":
+            total += check_customer_match(c, con, f)
+            continue
         src = f"read_csv_auto({sql_str(f)})"
         cols = reader_call(c, "duckdb read_csv_auto", f"exports: {f}",
                            lambda src=src: [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()])
@@ -325,6 +332,24 @@ def check_exports(c, root, run_date):
             c.fail(f"exports: {len(extra)} customer_id(s) read by {reader} are not in customer_segments "
                    f"for run_date={run_date}, e.g. {sorted(extra, key=str)[:5]}")
     c.ok(f"exports: {len(union_pd)} distinct customer_ids, all in customer_segments")
+
+
+def check_customer_match(c, con, f):
+    """A customer-match list: one column Email of distinct SHA-256 hex digests; returns rows."""
+    duck = [r[0] for r in con.execute(
+        f"SELECT CAST(Email AS VARCHAR) FROM read_csv({sql_str(f)}, header=true, all_varchar=true, "
+        f"hive_partitioning=false)").fetchall()]
+    df = reader_call(c, "pandas.read_csv", f"exports: {f}",
+                     lambda: pd.read_csv(f, dtype=str, keep_default_na=False))
+    if list(df.columns) != ["Email"] or df["Email"].tolist() != duck:
+        c.fail(f"exports: {f}: customer-match list reads differently: DuckDB {len(duck)} rows, "
+               f"pandas columns {list(df.columns)}, {len(df)} rows")
+    bad = [v for v in duck if len(v) != 64 or any(ch not in "0123456789abcdef" for ch in v)]
+    if bad:
+        c.fail(f"exports: {f}: {len(bad)} value(s) are not lower-case SHA-256 hex, e.g. {bad[:3]}")
+    if len(set(duck)) != len(duck):
+        c.fail(f"exports: {f}: {len(duck) - len(set(duck))} repeated hash(es)")
+    return len(duck)
 
 
 def main(argv=None):

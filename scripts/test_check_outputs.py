@@ -163,6 +163,12 @@ CASES = {
             "customer_id,email\nNOPE,nope@example.com\n")),
     "export without customer_id column": (
         "finds no customer_id column", lambda r: write_file(os.path.join(r, "exports", f"run_date={D}", "x.csv"), "email\na@b\n")),
+    "customer-match list of hashed addresses": (
+        True, lambda r: write_file(os.path.join(r, "exports", f"run_date={D}", "customer_match-R.csv"),
+            "Email\n" + "".join(f"{i:064x}\n" for i in range(3)))),
+    "customer-match list with a plain address": (
+        "not lower-case SHA-256 hex", lambda r: write_file(os.path.join(r, "exports", f"run_date={D}", "cm.csv"),
+            "Email\na@example.com\n")),
     "no exports": ("no *.csv files", lambda r: shutil.rmtree(os.path.join(r, "exports"))),
     "manifest missing": ("does not exist (the run was not published)", lambda r: os.remove(os.path.join(r, "_runs", D, "manifest.json"))),
     "manifest not JSON": ("is not valid JSON", lambda r: write_file(os.path.join(r, "_runs", D, "manifest.json"), "{oops")),
