@@ -9,9 +9,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Schema};
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -48,10 +48,10 @@ pub struct ExportRecord {
 
 /// One CSV per segment: ids, scores and bands; the e-mail only for customers who opted in.
 /// Returns (file stem, bytes).
-pub async fn per_segment(
-    ctx: &SessionContext,
+pub fn per_segment(
     segs: &RecordBatch,
     c: &Segmentation,
+    contacts: &Contacts,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let names = c.names();
     let index: HashMap<i32, usize> = c
@@ -61,7 +61,6 @@ pub async fn per_segment(
         .enumerate()
         .map(|(j, s)| (s.id, j))
         .collect();
-    let contacts = contacts(ctx).await?;
     let col = |name: &str| -> Result<ArrayRef> {
         segs.column_by_name(name)
             .cloned()
@@ -113,8 +112,12 @@ pub async fn per_segment(
         .collect())
 }
 
-/// E-mail addresses of customers who opted in to marketing (only these are exported).
-async fn contacts(ctx: &SessionContext) -> Result<HashMap<String, String>> {
+/// Opted-in e-mail addresses by customer id.
+pub type Contacts = HashMap<String, String>;
+
+/// E-mail addresses of customers who opted in to marketing (only these are exported), read
+/// once for every export of the run.
+pub async fn contacts(ctx: &SessionContext) -> Result<Contacts> {
     let batches = engine::collect(ctx, CONSENTED, "reading contacts").await?;
     let mut out = HashMap::new();
     for b in batches {
@@ -155,6 +158,7 @@ pub struct Written {
 pub async fn configured(
     ctx: &SessionContext,
     segs: &RecordBatch,
+    contacts: &Contacts,
     specs: &[ExportSpec],
     has_customers: bool,
     source: &str,
@@ -162,20 +166,36 @@ pub async fn configured(
     if specs.is_empty() {
         return Ok(Vec::new());
     }
-    ctx.deregister_table("customer_segments")
-        .map_err(|e| Error::engine("registering customer_segments for the exports", e))?;
-    ctx.register_batch("customer_segments", segs.clone())
-        .map_err(|e| Error::engine("registering customer_segments for the exports", e))?;
-    engine::create_view(
-        ctx,
-        "export_source",
-        &format!(
-            "SELECT s.*, c.email FROM customer_segments s \
-             LEFT JOIN ({CONSENTED}) c ON c.customer_id = s.customer_id"
-        ),
-        "joining customer_segments with the opted-in addresses",
-    )
-    .await?;
+    // customer_segments as it is in memory, and beside it the same columns (shared, not
+    // copied) plus `email`, looked up once: every export reads these two tables.
+    let what = "registering customer_segments for the exports";
+    let ids = segs
+        .column_by_name("customer_id")
+        .ok_or_else(|| Error::Model("customer_segments lacks customer_id".into()))?
+        .as_string::<i32>();
+    let email: StringArray = ids
+        .iter()
+        .map(|id| id.and_then(|id| contacts.get(id)).map(String::as_str))
+        .collect();
+    let mut fields: Vec<_> = segs.schema().fields().iter().cloned().collect();
+    fields.push(std::sync::Arc::new(Field::new(
+        "email",
+        DataType::Utf8,
+        true,
+    )));
+    let mut columns = segs.columns().to_vec();
+    columns.push(std::sync::Arc::new(email));
+    let with_email = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::engine(what, e.into()))?;
+    for (name, batch) in [
+        ("customer_segments", segs.clone()),
+        ("export_source", with_email),
+    ] {
+        ctx.deregister_table(name)
+            .map_err(|e| Error::engine(what, e))?;
+        ctx.register_batch(name, batch)
+            .map_err(|e| Error::engine(what, e))?;
+    }
     let mut out = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let bad = |e: datafusion::error::DataFusionError| Error::Config {
@@ -186,6 +206,7 @@ pub async fn configured(
             )],
         };
         let predicate = &spec.predicate;
+        let started = std::time::Instant::now();
         let (bytes, rows, left_out) = match spec.format {
             ExportFormat::Csv => {
                 let columns: Vec<String> = spec
@@ -233,6 +254,12 @@ pub async fn configured(
                 (bytes, hashes.len(), Some(left_out))
             }
         };
+        tracing::debug!(
+            export = spec.name,
+            rows,
+            seconds = started.elapsed().as_secs_f64(),
+            "export written"
+        );
         let needs_email = spec.format == ExportFormat::CustomerMatch
             || spec.csv_columns().iter().any(|c| c == "email");
         let note = if !has_customers && needs_email {

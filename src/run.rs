@@ -360,10 +360,12 @@ async fn run_locked(
     };
     lap("segments", timings);
 
-    let mut exports = exports::per_segment(ctx, &segments_batch, &segmentation).await?;
+    let contacts = exports::contacts(ctx).await?;
+    let mut exports = exports::per_segment(&segments_batch, &segmentation, &contacts)?;
     let configured = exports::configured(
         ctx,
         &segments_batch,
+        &contacts,
         &pipeline.exports,
         pipeline.customers.is_some(),
         &pipeline.source,
