@@ -85,6 +85,20 @@ fn words(s: &str) -> String {
     s.replace('_', " ").replace('+', " + ")
 }
 
+/// The label of a segmented y axis drawn with its first label on top, as in the tables (row
+/// `i` from the bottom is label `len - 1 - i`); empty between segments.
+fn top_down(labels: &[String], v: &SegmentValue<usize>) -> String {
+    match v {
+        SegmentValue::CenterOf(i) => labels
+            .len()
+            .checked_sub(1 + i)
+            .and_then(|j| labels.get(j))
+            .cloned()
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
 /// A horizontal bar per label.
 fn bars(labels: &[String], values: &[f64], x_desc: &str, color: &RGBColor) -> Result<String> {
     let mut svg = String::new();
@@ -107,15 +121,7 @@ fn bars(labels: &[String], values: &[f64], x_desc: &str, color: &RGBColor) -> Re
             .x_labels(5)
             .x_label_formatter(&|v| money(*v))
             .y_labels(n)
-            // The first label on top, as in the tables.
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => (n - 1)
-                    .checked_sub(*i)
-                    .and_then(|j| labels.get(j))
-                    .cloned()
-                    .unwrap_or_default(),
-                _ => String::new(),
-            })
+            .y_label_formatter(&|v| top_down(labels, v))
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 13))
             .draw()
@@ -268,15 +274,7 @@ fn transitions(rows: &[String], cols: &[String], cells: &[(usize, usize, f64)]) 
             // Column names are drawn below, rotated (the mesh centres rotated labels on their
             // tick, into the plot).
             .x_label_formatter(&|_| String::new())
-            // The first row on top.
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => (nr - 1)
-                    .checked_sub(*i)
-                    .and_then(|j| rows.get(j))
-                    .cloned()
-                    .unwrap_or_default(),
-                _ => String::new(),
-            })
+            .y_label_formatter(&|v| top_down(rows, v))
             .label_style((FONT, 12))
             .axis_desc_style((FONT, 13))
             .draw()

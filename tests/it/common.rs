@@ -48,15 +48,21 @@ pub const CONTRACT_VOCABULARIES: &[(&str, &[&str])] = &[
 /// The Python with DuckDB, pyarrow, pandas and PyYAML (`SEGMENTER_PYTHON`, printed by
 /// scripts/setup-python.sh), or None after saying the test is skipped. CI must set it.
 pub fn python() -> Option<std::ffi::OsString> {
-    let python = std::env::var_os("SEGMENTER_PYTHON");
-    if python.is_none() {
+    installed("SEGMENTER_PYTHON", "scripts/setup-python.sh")
+}
+
+/// The value of `var`, which `script` prints, or None after saying the test is skipped; CI
+/// (`CI` set) must set it.
+pub fn installed(var: &str, script: &str) -> Option<std::ffi::OsString> {
+    let value = std::env::var_os(var);
+    if value.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must set SEGMENTER_PYTHON (scripts/setup-python.sh)"
+            "CI must set {var} ({script})"
         );
-        eprintln!("SKIPPED: set SEGMENTER_PYTHON=$(scripts/setup-python.sh) to run it");
+        eprintln!("SKIPPED: set {var}=$({script}) to run it");
     }
-    python
+    value
 }
 
 /// The segmenter binary built by cargo for this test run.

@@ -11,15 +11,7 @@ use crate::common::{describe, pipeline, run_pipeline, shop};
 /// The directory `scripts/setup-browser.sh` printed (`SEGMENTER_BROWSER`), or None after
 /// saying the test is skipped. CI must set it.
 fn browser() -> Option<PathBuf> {
-    let dir = std::env::var_os("SEGMENTER_BROWSER").map(PathBuf::from);
-    if dir.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must set SEGMENTER_BROWSER (scripts/setup-browser.sh)"
-        );
-        eprintln!("SKIPPED: set SEGMENTER_BROWSER=$(scripts/setup-browser.sh) to run it");
-    }
-    dir
+    crate::common::installed("SEGMENTER_BROWSER", "scripts/setup-browser.sh").map(PathBuf::from)
 }
 
 /// scripts/check_report.js on `page`: its JSON.
