@@ -160,6 +160,15 @@ impl Snapshots {
         Snapshots(v)
     }
 
+    /// Snapshot i at `cutoff + i days`, i = 0 … days − 1 (the engagement base's cut-offs).
+    pub fn ahead(cutoff: Cutoff, days: i64) -> Snapshots {
+        Snapshots(
+            (0..days)
+                .map(|i| (i as i32, Cutoff(cutoff.0 + chrono::Duration::days(i))))
+                .collect(),
+        )
+    }
+
     /// The cut-off of snapshot `id`.
     pub fn cutoff(&self, id: i32) -> Option<Cutoff> {
         self.0.iter().find(|(i, _)| *i == id).map(|(_, c)| *c)
@@ -254,10 +263,7 @@ pub async fn customer_features(
 ) -> Result<(SnapshotFeatures, Rollup)> {
     let sample_share = sample_share(ctx, pipeline.model.training_sample).await?;
     let bounds = &inputs.bounds;
-    let batch = snapshots.batch()?;
-    let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
-        .map_err(|e| Error::engine("registering snapshots", e))?;
-    engine::replace_table(ctx, "snapshots", std::sync::Arc::new(table))?;
+    register_snapshots(ctx, snapshots)?;
 
     let p = query_params(pipeline, sample_share, bounds);
     let each = snapshots.params();
@@ -274,17 +280,69 @@ pub async fn customer_features(
     let cutoff = snapshots.cutoff(0).ok_or_else(|| {
         Error::Model("the run's own snapshot (0) is missing from the snapshots".into())
     })?;
-    let rollup = crate::state::rollup(ctx, &sessions, cutoff, files, state).await?;
+    let base_inputs = state.as_ref().filter(|s| !s.full).map(|s| {
+        (
+            s.root,
+            s.previous.as_ref().and_then(|p| p.index.base.clone()),
+        )
+    });
+    let mut rollup = crate::state::rollup(ctx, &sessions, cutoff, files, state).await?;
+    let mut merged = rollup.sql.clone();
+    let mut kept_engagement = false;
+    if let (Some((root, previous)), Some(index)) = (base_inputs, rollup.index.as_ref()) {
+        let night = crate::base::night(
+            ctx,
+            crate::base::BaseInputs {
+                root,
+                shape: &rollup.shape,
+                index,
+                previous,
+                cutoff,
+                run_date: &cutoff.days_before(1).0.format("%Y-%m-%d").to_string(),
+                merged_sql: &rollup.sql,
+                engagement_sql: &pipeline.engagement_sql,
+                params: &p,
+                own_snapshot_only: snapshots.0.len() == 1,
+            },
+        )
+        .await?;
+        merged = night.sessions_sql;
+        kept_engagement = night.engagement_kept;
+        rollup.report.base = Some(night.report);
+        if let Some(index) = rollup.index.as_mut() {
+            index.base = Some(night.reference);
+        }
+    }
     let tee = engine::tee(
         ctx,
-        &rollup.sql,
+        &merged,
         "queries/sessions.sql (merged)",
         "sessions",
         "reason",
     )
     .await?;
     let features = async {
-        engine::create_view(ctx, "engagement", &engagement, "queries/engagement.sql").await?;
+        if kept_engagement {
+            // The changed customers' engagement from their sessions, the others' kept
+            // (src/base.rs).
+            engine::create_view(
+                ctx,
+                "engagement_changed",
+                &engagement,
+                "queries/engagement.sql",
+            )
+            .await?;
+            engine::create_view(
+                ctx,
+                "engagement",
+                "SELECT * FROM engagement_changed UNION ALL SELECT k.* FROM base_engagement k \
+                 LEFT ANTI JOIN state_changed c ON k.customer_id = c.customer_id",
+                "queries/engagement.sql (kept rows)",
+            )
+            .await?;
+        } else {
+            engine::create_view(ctx, "engagement", &engagement, "queries/engagement.sql").await?;
+        }
         collect_by_snapshot(ctx, &sql, snapshots).await
     }
     .await;
@@ -298,6 +356,23 @@ pub async fn customer_features(
         events.use_the_rest();
     }
     Ok((SnapshotFeatures { tables }, rollup))
+}
+
+/// Registers `snapshots` as table `snapshots` in `ctx`.
+pub(crate) fn register_snapshots(ctx: &SessionContext, snapshots: &Snapshots) -> Result<()> {
+    let batch = snapshots.batch()?;
+    let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
+        .map_err(|e| Error::engine("registering snapshots", e))?;
+    engine::replace_table(ctx, "snapshots", std::sync::Arc::new(table))
+}
+
+/// queries/engagement.sql rendered for `snapshots` with parameters `p`.
+pub(crate) fn render_engagement(
+    sql: &str,
+    p: &HashMap<&'static str, String>,
+    snapshots: &Snapshots,
+) -> Result<String> {
+    render_with(sql, p, &snapshots.params(), "engagement")
 }
 
 /// The share of customers the earlier snapshots keep so that about `customers` remain: the

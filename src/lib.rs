@@ -12,6 +12,7 @@
 //! calls them in order. Errors map to the exit codes of CONTRACT.md in [`Error::exit_code`].
 #![deny(missing_docs)]
 
+pub mod base;
 pub mod clustering;
 pub mod config;
 pub mod engine;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
@@ -89,6 +89,54 @@ pub async fn write_parquet_groups(
         .await
         .map_err(|e| Error::parquet(format!("closing {url}"), e))?;
     Ok(url)
+}
+
+/// A Parquet file written as its batches come (multipart on object stores), for tables too
+/// large to hold whole (the engagement base's sessions).
+pub struct ParquetSink {
+    writer: AsyncArrowWriter<BufWriter>,
+    url: String,
+    rows: u64,
+}
+
+impl ParquetSink {
+    /// Opens `name` under `root` for batches of `schema`.
+    pub fn open(root: &StoreRef, name: &str, schema: SchemaRef) -> Result<ParquetSink> {
+        let url = root.url_of(name);
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 20))
+            .build();
+        let writer = BufWriter::new(Arc::clone(&root.store), root.key(name));
+        let writer = AsyncArrowWriter::try_new(writer, schema, Some(props))
+            .map_err(|e| Error::parquet(format!("opening {url}"), e))?;
+        Ok(ParquetSink {
+            writer,
+            url,
+            rows: 0,
+        })
+    }
+
+    /// Appends `batch`.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| Error::parquet(format!("writing {}", self.url), e))
+    }
+
+    /// Finishes the file; returns its rows.
+    pub async fn close(self) -> Result<u64> {
+        self.writer
+            .close()
+            .await
+            .map_err(|e| Error::parquet(format!("closing {}", self.url), e))?;
+        Ok(self.rows)
+    }
 }
 
 /// Writes raw bytes (CSV, JSON) at `name` under `root`; returns its URL.

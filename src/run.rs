@@ -456,6 +456,7 @@ async fn run_locked(
         tracing::warn!(error = %e, "could not write report/run_date=D/index.html");
     }
     if let (Some(before), Some(now)) = (&superseded, &rollup.index) {
+        crate::base::remove_superseded(root, before.base.as_ref(), now.base.as_ref()).await;
         let removed = state::remove_superseded(root, before, now).await;
         if removed > 0 {
             tracing::info!(removed, "removed the state's superseded per-file rows");

@@ -244,7 +244,7 @@ struct MergeLists {
 
 impl Shape {
     /// The key columns that identify a session (every key but `reason` and `day`).
-    fn session_keys(&self) -> Vec<&str> {
+    pub(crate) fn session_keys(&self) -> Vec<&str> {
         self.columns
             .iter()
             .filter(|(n, r)| *r == Role::Key && n != "reason")
@@ -284,7 +284,7 @@ impl Shape {
     }
 
     /// The partial's schema: the rollup's columns and [`KEY_HASH`].
-    fn partial_schema(&self) -> SchemaRef {
+    pub(crate) fn partial_schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = self
             .schema
             .fields()
@@ -293,6 +293,66 @@ impl Shape {
             .collect();
         fields.push(Field::new(KEY_HASH, DataType::UInt64, true));
         Arc::new(Schema::new(fields))
+    }
+
+    /// Rows of the merge ([`Shape::merge_split_sql`]: one per session and per reason, no
+    /// `day`) in the partials' schema, every row dated `day` (µs) and the sessions given their
+    /// [`KEY_HASH`]: the reason rows other than `after_cutoff`, and the session rows. How the
+    /// engagement base keeps a merge as rows that merge again (src/base.rs).
+    pub(crate) fn merged_as_partial(
+        &self,
+        batch: &RecordBatch,
+        day: i64,
+    ) -> Result<(RecordBatch, RecordBatch)> {
+        let err = |e: datafusion::arrow::error::ArrowError| {
+            Error::engine("keeping the merged sessions", e.into())
+        };
+        let schema = self.partial_schema();
+        let rows = batch.num_rows();
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let column: ArrayRef = if field.name() == "day" {
+                let days =
+                    datafusion::arrow::array::TimestampMicrosecondArray::from(vec![day; rows]);
+                cast(&days, field.data_type()).map_err(err)?
+            } else if field.name() == KEY_HASH {
+                new_null_array(&DataType::UInt64, rows)
+            } else {
+                let c = batch.column_by_name(field.name()).ok_or_else(|| {
+                    Error::Model(format!("the merged sessions lack `{}`", field.name()))
+                })?;
+                cast(c, field.data_type()).map_err(err)?
+            };
+            columns.push(column);
+        }
+        let all = RecordBatch::try_new(Arc::clone(&schema), columns).map_err(err)?;
+        let reason = all
+            .column_by_name("reason")
+            .ok_or_else(|| Error::config(None, "queries/sessions.sql must return `reason`"))?;
+        let reason = cast(reason, &DataType::Utf8).map_err(err)?;
+        let reason = reason.as_string::<i32>();
+        let is_session = datafusion::arrow::compute::is_null(reason).map_err(err)?;
+        let is_kept_reason: datafusion::arrow::array::BooleanArray = reason
+            .iter()
+            .map(|r| Some(r.is_some_and(|r| r != rules::AFTER_CUTOFF)))
+            .collect();
+        let reasons = filter_record_batch(&all, &is_kept_reason).map_err(err)?;
+        let sessions = filter_record_batch(&all, &is_session).map_err(err)?;
+        let keys = self
+            .session_keys()
+            .iter()
+            .map(|k| {
+                sessions.column_by_name(k).cloned().ok_or_else(|| {
+                    Error::config(None, format!("queries/sessions.sql must return `{k}`"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hashes: ArrayRef = Arc::new(UInt64Array::from(engine::key_hashes(&keys)?));
+        let mut columns = sessions.columns().to_vec();
+        let last = columns.len() - 1;
+        columns[last] = hashes;
+        let sessions = RecordBatch::try_new(schema, columns).map_err(err)?;
+        Ok((reasons, sessions))
     }
 
     /// A file's rollup rows as its partial: the reason rows and the session rows apart (each
@@ -426,6 +486,11 @@ pub struct Entry {
     pub key: String,
     /// Rows in the partial.
     pub partial_rows: u64,
+    /// The partial's latest `day` (µs since the epoch; None: no day, or not recorded by an
+    /// older index). The engagement base reads a base partial again only when this lies at
+    /// or after its cut-off (src/base.rs).
+    #[serde(default)]
+    pub max_day: Option<i64>,
 }
 
 impl Entry {
@@ -434,7 +499,7 @@ impl Entry {
     }
 }
 
-fn partial_name(key: &str) -> String {
+pub(crate) fn partial_name(key: &str) -> String {
     format!("{PARTIALS_DIR}/{key}.parquet")
 }
 
@@ -457,6 +522,9 @@ pub struct Index {
     /// Its rows.
     #[serde(default)]
     pub multi_rows: u64,
+    /// The engagement base these partials are merged into (src/base.rs), if any.
+    #[serde(default)]
+    pub base: Option<crate::base::BaseRef>,
 }
 
 /// What the manifest says about the state (`state`).
@@ -490,6 +558,9 @@ pub struct Report {
     pub multi_keys: u64,
     /// The files read (the first 50).
     pub read: Vec<String>,
+    /// How the sessions and the engagement came from the engagement base (src/base.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::base::BaseReport>,
 }
 
 /// What the previous run left: its index and its date.
@@ -513,6 +584,8 @@ pub struct Rollup {
     pub rejects_table: Option<&'static str>,
     /// The keys for the index's `multi`, to write with it.
     pub multi: Option<RecordBatch>,
+    /// The rollup's columns and how they merge.
+    pub shape: Shape,
 }
 
 /// Where the state lives and what may be reused.
@@ -549,6 +622,7 @@ pub async fn rollup(
             index: None,
             rejects_table: None,
             multi: None,
+            shape,
         });
     };
     let digest = sha256_hex(
@@ -602,6 +676,7 @@ pub async fn rollup(
             rows: file.rows,
             key: String::new(),
             partial_rows: 0,
+            max_day: None,
         };
         let key = sha256_hex(
             format!(
@@ -663,12 +738,13 @@ pub async fn rollup(
         let shape = &shape;
         let root = store.root;
         async move {
-            let (rows, rejects, hashes) =
+            let (rows, rejects, hashes, max_day) =
                 compute_partial(ctx, sql, shape, &entry, root, bounds_cutoff).await?;
             Ok::<_, Error>((
                 i,
                 Entry {
                     partial_rows: rows,
+                    max_day,
                     ..entry
                 },
                 rejects,
@@ -802,9 +878,11 @@ pub async fn rollup(
             files: entries,
             multi: None,
             multi_rows: multi.num_rows() as u64,
+            base: None,
         }),
         rejects_table,
         multi: Some(multi),
+        shape,
     })
 }
 
@@ -826,8 +904,8 @@ async fn existing_partials(root: &StoreRef) -> Result<HashSet<String>> {
 }
 
 /// Rolls up one source file and writes its partial. Returns the partial's rows, the file's
-/// rejected events (errors, not `anonymous`) before the cut-off (given in µs) and the key
-/// hashes of its sessions.
+/// rejected events (errors, not `anonymous`) before the cut-off (given in µs), the key
+/// hashes of its sessions and its latest day (µs).
 async fn compute_partial(
     ctx: &SessionContext,
     sql: &str,
@@ -835,7 +913,7 @@ async fn compute_partial(
     entry: &Entry,
     root: &StoreRef,
     cutoff_micros: i64,
-) -> Result<(u64, u64, Vec<u64>)> {
+) -> Result<(u64, u64, Vec<u64>, Option<i64>)> {
     // Each file's query uses every core, two files per core at a time (one partition per
     // file and more files at once was slower: 28.8 s against 21.0 s of features at 200,000).
     let sub = engine::sibling(ctx);
@@ -851,7 +929,19 @@ async fn compute_partial(
     let rejects = rejects_before(&batch, cutoff_micros)?;
     let (parts, hashes) = shape.partial_of(&batch)?;
     crate::outputs::write_parquet_groups(root, &entry.partial(), &parts).await?;
-    Ok((batch.num_rows() as u64, rejects, hashes))
+    Ok((batch.num_rows() as u64, rejects, hashes, max_day(&batch)?))
+}
+
+/// The latest `day` of a rollup's rows (µs), if any row has one.
+fn max_day(batch: &RecordBatch) -> Result<Option<i64>> {
+    let day = batch
+        .column_by_name("day")
+        .ok_or_else(|| Error::config(None, "queries/sessions.sql must return `day`"))?;
+    let day = cast(day, &DataType::Timestamp(TimeUnit::Microsecond, None))
+        .map_err(|e| Error::engine("reading `day`", e.into()))?;
+    Ok(datafusion::arrow::compute::max(
+        day.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>(),
+    ))
 }
 
 /// Events of reason rows that are errors, on days before the cut-off (or without a day).

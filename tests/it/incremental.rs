@@ -189,6 +189,18 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
     assert_eq!(reused, files, "{}", m["state"]);
     assert_eq!(read, 1, "only the new day is read: {}", m["state"]);
     assert!(names[0].contains(&format!("dt={D1}")), "{names:?}");
+    // The sessions and engagement of D's base, the changed customers' computed again.
+    let base = &m["state"]["base"];
+    assert_eq!(base["built"], false, "{base}");
+    assert_eq!(base["run_date"], D, "{base}");
+    assert_eq!(base["days_after"], 1, "{base}");
+    assert_eq!(base["engagement_kept"], true, "{base}");
+    let changed = base["changed_customers"].as_u64().unwrap();
+    let customers = m["customers"].as_u64().unwrap();
+    assert!(
+        changed > 0 && changed * 5 < customers,
+        "one day's visitors are a few of the customers: {changed} of {customers}"
+    );
 
     // A late file for an old day.
     let late = data.join("events/dt=2026-09-15/part-late.parquet");
@@ -200,6 +212,13 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
     assert!(
         names.iter().any(|n| n.ends_with("part-late.parquet")),
         "{names:?}"
+    );
+    // The late file's customers are changed customers; the base still serves.
+    assert_eq!(m["state"]["base"]["built"], false, "{}", m["state"]);
+    assert!(
+        m["state"]["base"]["changed_customers"].as_u64().unwrap() > changed,
+        "{}",
+        m["state"]
     );
 
     // A replaced file (another day's rows under an old name).
@@ -213,12 +232,37 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
         names.iter().any(|n| n.ends_with(&replaced_name)),
         "{names:?}"
     );
+    // A file the base merged changed: a new base, from every partial.
+    let base = &m["state"]["base"];
+    assert_eq!(base["built"], true, "{base}");
+    assert!(
+        base["why"].as_str().unwrap().contains("no longer in use"),
+        "{base}"
+    );
 
     // A deleted file.
     std::fs::remove_file(events_file(&data, "2026-10-04")).unwrap();
     let m = night_equals_full(&pa, &pb, &a, &b, "a deleted file");
     assert_eq!(m["state"]["dropped_files"], 1, "{}", m["state"]);
     assert_eq!(m["state"]["read_files"], 3, "{}", m["state"]);
+
+    // An edited engagement query: the kept engagement cannot serve.
+    let engagement = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/engagement.sql"),
+    )
+    .unwrap()
+        + "\n-- edited\n";
+    let sql = dir.join("engagement.sql");
+    std::fs::write(&sql, engagement).unwrap();
+    let extra = format!("[queries]\nengagement = \"{}\"\n", sql.display());
+    let (_, _, pe, pf) = two_roots(&dir, &data, &extra);
+    let m = night_equals_full(&pe, &pf, &a, &b, "an edited engagement query");
+    let base = &m["state"]["base"];
+    assert_eq!(base["built"], true, "{base}");
+    assert!(
+        base["why"].as_str().unwrap().contains("engagement.sql"),
+        "{base}"
+    );
 
     // An edited rollup query: every partial is computed again.
     let sessions =

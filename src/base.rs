@@ -1,0 +1,598 @@
+//! The engagement base: the incremental state at the grain of customers, so that a night
+//! costs the customers who did something, not the whole history.
+//!
+//! The per-file partials (src/state.rs) still have to be merged into sessions, and every
+//! session grouped per customer for the engagement windows (queries/engagement.sql), which
+//! costs the whole history each night. So a night that has to merge every partial (the first
+//! run, or when no base fits) also keeps, under `_state/base/<key>/`:
+//!
+//! ```text
+//!  sessions.parquet      the merged sessions before its cut-off C (one row per session)
+//!  reasons.parquet       the merged reason rows before C (rejected and anonymous events)
+//!  engagement-J.parquet  queries/engagement.sql over those sessions at cut-off C + J days,
+//!                        J = 0 … BASE_DAYS − 1, for every customer (snapshot set to 0)
+//! ```
+//!
+//! A later run at cut-off C + J reads, besides them, only the partial rows the base does not
+//! hold: those of files new since the base (a new day, a late file for an old day) and those
+//! of the base's files at or after C (a month's file still growing). The customers with a
+//! session in those rows before the run's cut-off are *changed*: their sessions (their base
+//! sessions merged with the new rows) go through queries/engagement.sql as usual. Every other
+//! customer's sessions are the base's, so their engagement at C + J is the kept
+//! `engagement-J` row. The reject counts are the base's reason rows merged with the new ones.
+//!
+//! A run uses a base only when its result cannot differ from merging everything: every
+//! partial the base holds is still in use (a replaced or deleted file, an edited rollup query,
+//! rules or erasure list change the partials' keys), queries/engagement.sql and its
+//! parameters are unchanged (their digest is the base's `engagement`), and the run's cut-off
+//! lies within the base's days. Otherwise the run merges every partial and keeps a new base.
+//! `--full` uses none. A base is named by the run's state index (written with its outputs),
+//! so an unpublished run's base is never used; a base no published index names any more is
+//! deleted after the next publish.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, UInt64Type};
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+use crate::engine;
+use crate::error::{Error, Result};
+use crate::features::{Cutoff, Snapshots};
+use crate::outputs::ParquetSink;
+use crate::state::{sha256_hex, Index, Shape};
+use crate::storage::StoreRef;
+
+/// Days of cut-offs a base keeps the engagement for (its own and the next six): a base is
+/// rebuilt at least weekly, as often as the models are refitted by default.
+pub const BASE_DAYS: i64 = 7;
+/// Version of the base's files: part of its digest.
+const BASE_FORMAT: u32 = 1;
+/// Where bases live, relative to the output root.
+const BASE_DIR: &str = "_state/base";
+
+/// A base, as the state index names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BaseRef {
+    /// Its directory, relative to the output root.
+    pub dir: String,
+    /// The run date whose cut-off it is at.
+    pub run_date: String,
+    /// Its cut-off, µs since the epoch.
+    pub cutoff: i64,
+    /// Cut-offs C … C + days − 1 have kept engagement rows.
+    pub days: i64,
+    /// Digest of queries/engagement.sql and its parameters.
+    pub engagement: String,
+    /// The partials merged into it (keys).
+    pub partials: Vec<String>,
+    /// Those among them with rows at or after its cut-off (read again by every later run).
+    pub open: Vec<String>,
+    /// Sessions kept.
+    pub sessions: u64,
+}
+
+/// What the manifest says about the base (`state.base`).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BaseReport {
+    /// The base's run date.
+    pub run_date: String,
+    /// Built by this run (every partial merged).
+    pub built: bool,
+    /// Why this run built one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// Days between the base's cut-off and this run's.
+    pub days_after: i64,
+    /// Partial rows read besides the base (new files, and the base's files after its cut-off).
+    pub new_rows: u64,
+    /// Customers with a session in them before the cut-off: their engagement was computed.
+    pub changed_customers: u64,
+    /// Whether the other customers' engagement came from the base (runs that refit the
+    /// models compute every snapshot from the sessions).
+    pub engagement_kept: bool,
+}
+
+/// The sessions of a run, from a base: what the features read.
+pub struct BaseNight {
+    /// The merge to run as `sessions` (one row per session and reason).
+    pub sessions_sql: String,
+    /// Table `base_engagement` holds the unchanged customers' engagement rows and
+    /// `state_changed` the changed customers: the engagement is queries/engagement.sql over
+    /// the sessions plus those rows.
+    pub engagement_kept: bool,
+    /// The base, for the run's index.
+    pub reference: BaseRef,
+    /// For the manifest.
+    pub report: BaseReport,
+}
+
+/// Everything a run needs to use or build a base.
+pub struct BaseInputs<'a> {
+    /// The output root.
+    pub root: &'a StoreRef,
+    /// The rollup's shape.
+    pub shape: &'a Shape,
+    /// The run's index (its partials).
+    pub index: &'a Index,
+    /// The previous run's base, if it named one.
+    pub previous: Option<BaseRef>,
+    /// The run's cut-off and date.
+    pub cutoff: Cutoff,
+    /// The run date.
+    pub run_date: &'a str,
+    /// The merge of every partial (state.rs), to build a base from.
+    pub merged_sql: &'a str,
+    /// queries/engagement.sql as configured, and the parameters every query gets.
+    pub engagement_sql: &'a str,
+    /// The parameters (`in_sample` is replaced: every customer is kept).
+    pub params: &'a HashMap<&'static str, String>,
+    /// The run needs only its own snapshot (a night that scores with stored models).
+    pub own_snapshot_only: bool,
+}
+
+/// Digest of queries/engagement.sql and the parameters it may use.
+fn engagement_digest(input: &BaseInputs<'_>) -> String {
+    let mut params: Vec<_> = input
+        .params
+        .iter()
+        .filter(|(k, _)| **k != "in_sample" && **k != "event_reason")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    params.sort();
+    sha256_hex(
+        format!(
+            "base {BASE_FORMAT}\nsegmenter {}\n{}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            params.join("\n"),
+            input.engagement_sql
+        )
+        .as_bytes(),
+    )
+}
+
+/// Why `previous` cannot serve this run (None: it can).
+async fn unusable(
+    input: &BaseInputs<'_>,
+    previous: &BaseRef,
+    digest: &str,
+) -> Result<Option<String>> {
+    let days =
+        (input.cutoff.0.and_utc().timestamp_micros() - previous.cutoff).div_euclid(86_400_000_000);
+    if previous.engagement != digest {
+        return Ok(Some(
+            "queries/engagement.sql or its parameters changed".into(),
+        ));
+    }
+    if input.cutoff.0.and_utc().timestamp_micros() < previous.cutoff || days >= previous.days {
+        return Ok(Some(format!(
+            "the base of {} keeps {} days of cut-offs; this run is {days} days after it",
+            previous.run_date, previous.days
+        )));
+    }
+    let now: std::collections::HashSet<&str> =
+        input.index.files.iter().map(|e| e.key.as_str()).collect();
+    let gone = previous
+        .partials
+        .iter()
+        .filter(|k| !now.contains(k.as_str()))
+        .count();
+    if gone > 0 {
+        return Ok(Some(format!(
+            "{gone} of the base's per-file rows are no longer in use (files replaced or \
+             deleted, or the rollup query, rules or erasure list changed)"
+        )));
+    }
+    for name in files(&previous.dir, days) {
+        match input.root.store.head(&input.root.key(&name)).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Some(format!("{} is missing", input.root.url_of(&name))))
+            }
+            Err(e) => {
+                return Err(Error::storage(
+                    format!("reading {}", input.root.url_of(&name)),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The files of a base a run `days` after it reads.
+fn files(dir: &str, days: i64) -> [String; 3] {
+    [
+        format!("{dir}/sessions.parquet"),
+        format!("{dir}/reasons.parquet"),
+        format!("{dir}/engagement-{days}.parquet"),
+    ]
+}
+
+/// Uses the previous run's base, or builds one from the merge of every partial, and
+/// registers the run's sessions on top of it (see the module documentation).
+pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNight> {
+    let digest = engagement_digest(&input);
+    let why = match &input.previous {
+        None => Some("no previous base".to_string()),
+        Some(p) => unusable(&input, p, &digest).await?,
+    };
+    let (reference, built) = match (why.clone(), input.previous.clone()) {
+        (None, Some(p)) => (p, false),
+        _ => (build(ctx, &input, digest).await?, true),
+    };
+    let cut_micros = input.cutoff.0.and_utc().timestamp_micros();
+    let days_after = (cut_micros - reference.cutoff).div_euclid(86_400_000_000);
+    let base_cut = Cutoff(
+        chrono::DateTime::from_timestamp_micros(reference.cutoff)
+            .map(|t| t.naive_utc())
+            .unwrap_or(input.cutoff.0),
+    );
+    let partial_schema = input.shape.partial_schema();
+    let table = |name: &str| -> Result<()> {
+        engine::replace_table(
+            ctx,
+            &format!("base_{name}"),
+            engine::parquet_table(
+                &[input
+                    .root
+                    .url_of(&format!("{}/{name}.parquet", reference.dir))],
+                Arc::clone(&partial_schema),
+                "the engagement base",
+            )?,
+        )
+    };
+    table("sessions")?;
+    table("reasons")?;
+
+    // The partial rows the base does not hold.
+    let in_base: std::collections::HashSet<&str> =
+        reference.partials.iter().map(String::as_str).collect();
+    let open: std::collections::HashSet<&str> = reference.open.iter().map(String::as_str).collect();
+    let url = |key: &str| input.root.url_of(&crate::state::partial_name(key));
+    let new: Vec<String> = input
+        .index
+        .files
+        .iter()
+        .filter(|e| !in_base.contains(e.key.as_str()))
+        .map(|e| url(&e.key))
+        .collect();
+    let reopened: Vec<String> = input
+        .index
+        .files
+        .iter()
+        .filter(|e| open.contains(e.key.as_str()))
+        .map(|e| url(&e.key))
+        .collect();
+    let mut arms = Vec::new();
+    if !new.is_empty() {
+        engine::replace_table(
+            ctx,
+            "state_new",
+            engine::parquet_table(&new, Arc::clone(&partial_schema), "the state")?,
+        )?;
+        arms.push("SELECT * FROM state_new".to_string());
+    }
+    if !reopened.is_empty() {
+        engine::replace_table(
+            ctx,
+            "state_reopened",
+            engine::parquet_table(&reopened, Arc::clone(&partial_schema), "the state")?,
+        )?;
+        arms.push(format!(
+            "SELECT * FROM state_reopened WHERE \"day\" >= {}",
+            base_cut.sql()
+        ));
+    }
+    let delta = if arms.is_empty() {
+        engine::replace_table(
+            ctx,
+            "state_delta",
+            Arc::new(
+                datafusion::datasource::MemTable::try_new(
+                    Arc::clone(&partial_schema),
+                    vec![vec![]],
+                )
+                .map_err(|e| Error::engine("registering the state's new rows", e))?,
+            ),
+        )?;
+        Vec::new()
+    } else {
+        let rows = engine::collect(
+            ctx,
+            &arms.join(" UNION ALL "),
+            "reading the state's new rows",
+        )
+        .await?;
+        let table = datafusion::datasource::MemTable::try_new(
+            Arc::clone(&partial_schema),
+            vec![rows.clone()],
+        )
+        .map_err(|e| Error::engine("registering the state's new rows", e))?;
+        engine::replace_table(ctx, "state_delta", Arc::new(table))?;
+        rows
+    };
+    let new_rows: u64 = delta.iter().map(|b| b.num_rows() as u64).sum();
+
+    // Customers with a session in the new rows before the cut-off, and the new sessions' key
+    // hashes (the sessions that may have rows in both the base and the new rows).
+    let cut = input.cutoff.sql();
+    let changed = engine::collect(
+        ctx,
+        &format!(
+            "SELECT DISTINCT customer_id FROM state_delta WHERE reason IS NULL AND \"day\" < {cut}"
+        ),
+        "finding the changed customers",
+    )
+    .await?;
+    let changed_schema = Arc::new(Schema::new(vec![Field::new(
+        "customer_id",
+        partial_schema
+            .field_with_name("customer_id")
+            .map(|f| f.data_type().clone())
+            .unwrap_or(DataType::Utf8),
+        true,
+    )]));
+    let changed_customers: u64 = changed.iter().map(|b| b.num_rows() as u64).sum();
+    let changed_table =
+        datafusion::datasource::MemTable::try_new(Arc::clone(&changed_schema), vec![changed])
+            .map_err(|e| Error::engine("registering the changed customers", e))?;
+    engine::replace_table(ctx, "state_changed", Arc::new(changed_table))?;
+    let mut multi = Vec::new();
+    for b in &delta {
+        let reason = b
+            .column_by_name("reason")
+            .ok_or_else(|| Error::Model("the state's rows lack `reason`".into()))?;
+        let hash = b.column(b.num_columns() - 1);
+        let hash = cast(hash, &DataType::UInt64)
+            .map_err(|e| Error::engine("reading the new sessions' keys", e.into()))?;
+        let hash = hash.as_primitive::<UInt64Type>();
+        multi.extend(
+            (0..b.num_rows())
+                .filter(|&i| reason.is_null(i) && hash.is_valid(i))
+                .map(|i| hash.value(i)),
+        );
+    }
+    multi.sort_unstable();
+    multi.dedup();
+    let multi_schema = Arc::new(Schema::new(vec![Field::new(
+        "hash",
+        DataType::UInt64,
+        false,
+    )]));
+    let multi = RecordBatch::try_new(
+        Arc::clone(&multi_schema),
+        vec![Arc::new(datafusion::arrow::array::UInt64Array::from(multi)) as ArrayRef],
+    )
+    .map_err(|e| Error::engine("the new sessions' keys", e.into()))?;
+    engine::replace_table(
+        ctx,
+        "state_delta_multi",
+        Arc::new(
+            datafusion::datasource::MemTable::try_new(multi_schema, vec![vec![multi]])
+                .map_err(|e| Error::engine("registering the new sessions' keys", e))?,
+        ),
+    )?;
+
+    // A night that scores needs the changed customers' sessions only; a refit every session.
+    let engagement_kept = input.own_snapshot_only;
+    let sessions = if engagement_kept {
+        let rows = engine::collect(
+            ctx,
+            "SELECT b.* FROM base_sessions b LEFT SEMI JOIN state_changed c \
+             ON b.customer_id = c.customer_id",
+            "reading the changed customers' sessions",
+        )
+        .await?;
+        let table =
+            datafusion::datasource::MemTable::try_new(Arc::clone(&partial_schema), vec![rows])
+                .map_err(|e| Error::engine("registering the changed customers' sessions", e))?;
+        engine::replace_table(ctx, "base_changed_sessions", Arc::new(table))?;
+        engine::replace_table(
+            ctx,
+            "base_engagement",
+            engine::parquet_table(
+                &[input.root.url_of(&format!(
+                    "{}/engagement-{days_after}.parquet",
+                    reference.dir
+                ))],
+                engagement_schema(ctx, input.root, &reference.dir, days_after).await?,
+                "the engagement base",
+            )?,
+        )?;
+        "base_changed_sessions"
+    } else {
+        "base_sessions"
+    };
+    engine::create_view(
+        ctx,
+        "state_rows",
+        &format!(
+            "SELECT * FROM base_reasons UNION ALL SELECT * FROM {sessions} \
+             UNION ALL SELECT * FROM state_delta"
+        ),
+        "the state's rows",
+    )
+    .await?;
+    let sessions_sql = input
+        .shape
+        .merge_split_sql("state_rows", "state_delta_multi", input.cutoff);
+    let report = BaseReport {
+        run_date: reference.run_date.clone(),
+        built,
+        why: if built { why } else { None },
+        days_after,
+        new_rows,
+        changed_customers,
+        engagement_kept,
+    };
+    Ok(BaseNight {
+        sessions_sql,
+        engagement_kept,
+        reference,
+        report,
+    })
+}
+
+/// The schema of a kept engagement file, as written.
+async fn engagement_schema(
+    ctx: &SessionContext,
+    root: &StoreRef,
+    dir: &str,
+    days: i64,
+) -> Result<datafusion::arrow::datatypes::SchemaRef> {
+    let url = root.url_of(&format!("{dir}/engagement-{days}.parquet"));
+    let df = ctx
+        .read_parquet(
+            url.as_str(),
+            datafusion::prelude::ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(|e| Error::engine(format!("reading {url}"), e))?;
+    Ok(Arc::new(df.schema().as_arrow().clone()))
+}
+
+/// Merges every partial (`merged_sql`), keeps the sessions and reason rows before the cut-off
+/// and every customer's engagement at the next [`BASE_DAYS`] cut-offs.
+async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> Result<BaseRef> {
+    let cut_micros = input.cutoff.0.and_utc().timestamp_micros();
+    let partials: Vec<String> = input.index.files.iter().map(|e| e.key.clone()).collect();
+    let key = sha256_hex(
+        format!(
+            "{digest}\n{}\n{cut_micros}\n{}",
+            input.index.shape,
+            partials.join("\n")
+        )
+        .as_bytes(),
+    );
+    let dir = format!("{BASE_DIR}/{}", &key[..24]);
+    let schema = input.shape.partial_schema();
+    let what = "merging the state into a base";
+
+    // The sessions and reason rows, dated the day before the cut-off.
+    let day = cut_micros - 86_400_000_000;
+    let sessions_name = format!("{dir}/sessions.parquet");
+    let mut sink = ParquetSink::open(input.root, &sessions_name, Arc::clone(&schema))?;
+    let mut reasons = vec![RecordBatch::new_empty(Arc::clone(&schema))];
+    let mut running = engine::stream(ctx, input.merged_sql, what).await?;
+    while let Some(batch) = running.stream.next().await {
+        let batch = batch.map_err(|e| Error::engine(what, e))?;
+        let (r, s) = input.shape.merged_as_partial(&batch, day)?;
+        sink.write(&s).await?;
+        reasons.push(r);
+    }
+    running.done();
+    let sessions = sink.close().await?;
+    crate::outputs::write_parquet_groups(input.root, &format!("{dir}/reasons.parquet"), &reasons)
+        .await?;
+
+    // queries/engagement.sql at each kept cut-off, over those sessions, for every customer.
+    let sub = engine::sibling(ctx);
+    let ahead = Snapshots::ahead(input.cutoff, BASE_DAYS);
+    crate::features::register_snapshots(&sub, &ahead)?;
+    engine::replace_table(
+        &sub,
+        "sessions",
+        engine::parquet_table(
+            &[input.root.url_of(&sessions_name)],
+            Arc::clone(&schema),
+            "the engagement base",
+        )?,
+    )?;
+    let mut params = input.params.clone();
+    params.insert("in_sample", "true".into());
+    let sql = crate::features::render_engagement(input.engagement_sql, &params, &ahead)?;
+    let what = "queries/engagement.sql (the engagement base)";
+    let mut running = engine::stream(&sub, &sql, what).await?;
+    let out_schema = running.stream.schema();
+    let mut sinks = (0..BASE_DAYS)
+        .map(|j| {
+            ParquetSink::open(
+                input.root,
+                &format!("{dir}/engagement-{j}.parquet"),
+                Arc::clone(&out_schema),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let snapshot_at = out_schema.index_of("snapshot").map_err(|_| {
+        Error::config(
+            None,
+            "queries/engagement.sql must return a column `snapshot`",
+        )
+    })?;
+    while let Some(batch) = running.stream.next().await {
+        let batch = batch.map_err(|e| Error::engine(what, e))?;
+        let ids = cast(batch.column(snapshot_at), &DataType::Int64)
+            .map_err(|e| Error::engine(what, e.into()))?;
+        let ids = ids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        for (j, sink) in sinks.iter_mut().enumerate() {
+            let mask: datafusion::arrow::array::BooleanArray =
+                ids.iter().map(|v| Some(v == Some(j as i64))).collect();
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let rows =
+                filter_record_batch(&batch, &mask).map_err(|e| Error::engine(what, e.into()))?;
+            let zero = datafusion::arrow::array::Int64Array::from(vec![0i64; rows.num_rows()]);
+            let zero = cast(&zero, out_schema.field(snapshot_at).data_type())
+                .map_err(|e| Error::engine(what, e.into()))?;
+            let mut columns = rows.columns().to_vec();
+            columns[snapshot_at] = zero;
+            let rows = RecordBatch::try_new(Arc::clone(&out_schema), columns)
+                .map_err(|e| Error::engine(what, e.into()))?;
+            sink.write(&rows).await?;
+        }
+    }
+    running.done();
+    for sink in sinks {
+        sink.close().await?;
+    }
+    let open = input
+        .index
+        .files
+        .iter()
+        .filter(|e| e.max_day.is_none_or(|d| d >= cut_micros))
+        .map(|e| e.key.clone())
+        .collect();
+    Ok(BaseRef {
+        dir,
+        run_date: input.run_date.to_string(),
+        cutoff: cut_micros,
+        days: BASE_DAYS,
+        engagement: digest,
+        partials,
+        open,
+        sessions,
+    })
+}
+
+/// After this run published: deletes the previous base when this run's index names another.
+/// Failures are logged; the next run does not depend on them.
+pub async fn remove_superseded(root: &StoreRef, previous: Option<&BaseRef>, now: Option<&BaseRef>) {
+    let Some(old) = previous else { return };
+    if now.is_some_and(|n| n.dir == old.dir) {
+        return;
+    }
+    let listed: Vec<_> = match futures::TryStreamExt::try_collect(
+        root.store.list(Some(&root.key(&old.dir))),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(base = root.url_of(&old.dir), error = %e, "could not list a superseded base");
+            return;
+        }
+    };
+    for meta in listed {
+        let m: object_store::ObjectMeta = meta;
+        if let Err(e) = root.store.delete(&m.location).await {
+            tracing::warn!(file = %m.location, error = %e, "could not remove a superseded base's file");
+        }
+    }
+}
