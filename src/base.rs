@@ -1,34 +1,41 @@
-//! The engagement base: the incremental state at the grain of customers, so that a night
-//! costs the customers who did something, not the whole history.
+//! The base: the incremental state at the grain of customers, so that a night costs the
+//! customers whose data changed, not the whole history.
 //!
-//! The per-file partials (src/state.rs) still have to be merged into sessions, and every
-//! session grouped per customer for the engagement windows (queries/engagement.sql), which
-//! costs the whole history each night. So a night that has to merge every partial (the first
-//! run, or when no base fits) also keeps, under `_state/base/<key>/`:
+//! The per-file partials (src/state.rs) still have to be merged into sessions, every session
+//! grouped per customer (queries/engagement.sql) and every order per customer
+//! (queries/order_history.sql), which costs the whole history each night. So a night that has
+//! to merge every partial (the first run, or when no base fits) also keeps, under
+//! `_state/base/<key>/`:
 //!
 //! ```text
-//!  sessions.parquet      the merged sessions before its cut-off C (one row per session)
-//!  reasons.parquet       the merged reason rows before C (rejected and anonymous events)
-//!  engagement-J.parquet  queries/engagement.sql over those sessions at cut-off C + J days,
-//!                        J = 0 … BASE_DAYS − 1, for every customer (snapshot set to 0)
+//!  sessions.parquet    the merged sessions before its cut-off C (one row per session)
+//!  reasons.parquet     the merged reason rows before C (rejected and anonymous events)
+//!  digests.parquet     per customer: count and bit_xor of row_digest of its orders rows and
+//!                      of its customers rows, as the run at C saw them
+//!  features-J.parquet  queries/features.sql at cut-off C + J days (J = 0 … BASE_DAYS − 1)
+//!                      from the data of C, every customer (snapshot set to 0)
 //! ```
 //!
 //! A later run at cut-off C + J reads, besides them, only the partial rows the base does not
 //! hold: those of files new since the base (a new day, a late file for an old day) and those
-//! of the base's files at or after C (a month's file still growing). The customers with a
-//! session in those rows before the run's cut-off are *changed*: their sessions (their base
-//! sessions merged with the new rows) go through queries/engagement.sql as usual. Every other
-//! customer's sessions are the base's, so their engagement at C + J is the kept
-//! `engagement-J` row. The reject counts are the base's reason rows merged with the new ones.
+//! of the base's files at or after C (a month's file still growing). A customer is *changed*
+//! with a session in those rows before the run's cut-off, or when the digests of its orders
+//! or customers rows differ from the base's (a new order, a return, an edited address, a new
+//! sign-up). The changed customers' features are computed as usual, from their sessions (their
+//! base sessions merged with the new rows), orders and customers rows. Every other customer's
+//! data before the cut-off is the base's, so its features at C + J are the kept
+//! `features-J` row. The reject counts are the base's reason rows merged with the new ones.
 //!
-//! A run uses a base only when its result cannot differ from merging everything: every
+//! A run uses a base only when its result cannot differ from computing everything: every
 //! partial the base holds is still in use (a replaced or deleted file, an edited rollup query,
-//! rules or erasure list change the partials' keys), queries/engagement.sql and its
-//! parameters are unchanged (their digest is the base's `engagement`), and the run's cut-off
-//! lies within the base's days. Otherwise the run merges every partial and keeps a new base.
-//! `--full` uses none. A base is named by the run's state index (written with its outputs),
-//! so an unpublished run's base is never used; a base no published index names any more is
-//! deleted after the next publish.
+//! rules or erasure list change the partials' keys), the feature queries and their parameters
+//! are unchanged (their digest is the base's `queries`), and the run's cut-off lies within the
+//! base's days. The feature queries must compute a customer's row from that customer's rows
+//! of `sessions`, `orders` and `customers` and the cut-off (as the shipped ones do). Runs that
+//! refit the models use the base's sessions, and compute every snapshot. `--full` uses none.
+//! A base is named by the run's state index (written with its outputs), so an unpublished
+//! run's base is never used; a base no published index names any more is deleted after the
+//! next publish.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,8 +74,8 @@ pub struct BaseRef {
     pub cutoff: i64,
     /// Cut-offs C … C + days − 1 have kept engagement rows.
     pub days: i64,
-    /// Digest of queries/engagement.sql and its parameters.
-    pub engagement: String,
+    /// Digest of the feature queries and their parameters.
+    pub queries: String,
     /// The partials merged into it (keys).
     pub partials: Vec<String>,
     /// Those among them with rows at or after its cut-off (read again by every later run).
@@ -91,21 +98,21 @@ pub struct BaseReport {
     pub days_after: i64,
     /// Partial rows read besides the base (new files, and the base's files after its cut-off).
     pub new_rows: u64,
-    /// Customers with a session in them before the cut-off: their engagement was computed.
+    /// Customers with a session in them before the cut-off, or whose orders or customers
+    /// rows changed: their features were computed.
     pub changed_customers: u64,
-    /// Whether the other customers' engagement came from the base (runs that refit the
-    /// models compute every snapshot from the sessions).
-    pub engagement_kept: bool,
+    /// Whether the other customers' features came from the base (runs that refit the models
+    /// compute every snapshot).
+    pub features_kept: bool,
 }
 
 /// The sessions of a run, from a base: what the features read.
 pub struct BaseNight {
     /// The merge to run as `sessions` (one row per session and reason).
     pub sessions_sql: String,
-    /// Table `base_engagement` holds the unchanged customers' engagement rows and
-    /// `state_changed` the changed customers: the engagement is queries/engagement.sql over
-    /// the sessions plus those rows.
-    pub engagement_kept: bool,
+    /// Table `base_features` holds the kept features rows and `state_changed` the changed
+    /// customers, to whom `orders` and `customers` are restricted until [`restore_inputs`].
+    pub features_kept: bool,
     /// The base, for the run's index.
     pub reference: BaseRef,
     /// For the manifest.
@@ -128,16 +135,21 @@ pub struct BaseInputs<'a> {
     pub run_date: &'a str,
     /// The merge of every partial (state.rs), to build a base from.
     pub merged_sql: &'a str,
-    /// queries/engagement.sql as configured, and the parameters every query gets.
+    /// queries/engagement.sql, order_history.sql and features.sql as configured.
     pub engagement_sql: &'a str,
+    /// See `engagement_sql`.
+    pub order_history_sql: &'a str,
+    /// See `engagement_sql`.
+    pub features_sql: &'a str,
     /// The parameters (`in_sample` is replaced: every customer is kept).
     pub params: &'a HashMap<&'static str, String>,
-    /// The run needs only its own snapshot (a night that scores with stored models).
-    pub own_snapshot_only: bool,
+    /// The run's snapshots; only its own (a night that scores with stored models) lets the
+    /// base serve the features.
+    pub snapshots: &'a Snapshots,
 }
 
-/// Digest of queries/engagement.sql and the parameters it may use.
-fn engagement_digest(input: &BaseInputs<'_>) -> String {
+/// Digest of the feature queries and the parameters they may use.
+fn queries_digest(input: &BaseInputs<'_>) -> String {
     let mut params: Vec<_> = input
         .params
         .iter()
@@ -147,10 +159,12 @@ fn engagement_digest(input: &BaseInputs<'_>) -> String {
     params.sort();
     sha256_hex(
         format!(
-            "base {BASE_FORMAT}\nsegmenter {}\n{}\n{}",
+            "base {BASE_FORMAT}\nsegmenter {}\n{}\n{}\n{}\n{}",
             env!("CARGO_PKG_VERSION"),
             params.join("\n"),
-            input.engagement_sql
+            input.engagement_sql,
+            input.order_history_sql,
+            input.features_sql
         )
         .as_bytes(),
     )
@@ -164,9 +178,10 @@ async fn unusable(
 ) -> Result<Option<String>> {
     let days =
         (input.cutoff.0.and_utc().timestamp_micros() - previous.cutoff).div_euclid(86_400_000_000);
-    if previous.engagement != digest {
+    if previous.queries != digest {
         return Ok(Some(
-            "queries/engagement.sql or its parameters changed".into(),
+            "queries/engagement.sql, order_history.sql, features.sql or their parameters changed"
+                .into(),
         ));
     }
     if input.cutoff.0.and_utc().timestamp_micros() < previous.cutoff || days >= previous.days {
@@ -206,18 +221,19 @@ async fn unusable(
 }
 
 /// The files of a base a run `days` after it reads.
-fn files(dir: &str, days: i64) -> [String; 3] {
+fn files(dir: &str, days: i64) -> [String; 4] {
     [
         format!("{dir}/sessions.parquet"),
         format!("{dir}/reasons.parquet"),
-        format!("{dir}/engagement-{days}.parquet"),
+        format!("{dir}/digests.parquet"),
+        format!("{dir}/features-{days}.parquet"),
     ]
 }
 
 /// Uses the previous run's base, or builds one from the merge of every partial, and
 /// registers the run's sessions on top of it (see the module documentation).
 pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNight> {
-    let digest = engagement_digest(&input);
+    let digest = queries_digest(&input);
     let why = match &input.previous {
         None => Some("no previous base".to_string()),
         Some(p) => unusable(&input, p, &digest).await?,
@@ -319,25 +335,51 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
     };
     let new_rows: u64 = delta.iter().map(|b| b.num_rows() as u64).sum();
 
-    // Customers with a session in the new rows before the cut-off, and the new sessions' key
-    // hashes (the sessions that may have rows in both the base and the new rows).
+    // Customers with a session in the new rows before the cut-off, or whose orders or
+    // customers rows differ from the base's (a night that scores only), and the new sessions'
+    // key hashes (the sessions that may have rows in both the base and the new rows).
+    let features_kept = input.snapshots.len() == 1;
     let cut = input.cutoff.sql();
-    let changed = engine::collect(
-        ctx,
-        &format!(
-            "SELECT DISTINCT customer_id FROM state_delta WHERE reason IS NULL AND \"day\" < {cut}"
-        ),
-        "finding the changed customers",
-    )
-    .await?;
+    let mut sql = format!(
+        "SELECT DISTINCT customer_id FROM state_delta WHERE reason IS NULL AND \"day\" < {cut}"
+    );
+    if features_kept {
+        engine::replace_table(
+            ctx,
+            "base_digests",
+            engine::parquet_table(
+                &[input
+                    .root
+                    .url_of(&format!("{}/digests.parquet", reference.dir))],
+                digests_schema(),
+                "the base",
+            )?,
+        )?;
+        engine::create_view(ctx, "state_digests", &digests_sql(ctx).await?, "digests").await?;
+        sql = format!(
+            "{sql} UNION SELECT coalesce(n.customer_id, b.customer_id) AS customer_id \
+             FROM state_digests n FULL JOIN base_digests b ON n.customer_id = b.customer_id \
+             WHERE (n.orders IS DISTINCT FROM b.orders) \
+                OR (n.orders_digest IS DISTINCT FROM b.orders_digest) \
+                OR (n.customers IS DISTINCT FROM b.customers) \
+                OR (n.customers_digest IS DISTINCT FROM b.customers_digest)"
+        );
+    }
+    let changed = engine::collect(ctx, &sql, "finding the changed customers").await?;
     let changed_schema = Arc::new(Schema::new(vec![Field::new(
         "customer_id",
-        partial_schema
-            .field_with_name("customer_id")
-            .map(|f| f.data_type().clone())
-            .unwrap_or(DataType::Utf8),
+        DataType::Utf8,
         true,
     )]));
+    let changed = changed
+        .iter()
+        .map(|b| {
+            let id = cast(b.column(0), &DataType::Utf8)
+                .map_err(|e| Error::engine("the changed customers", e.into()))?;
+            RecordBatch::try_new(Arc::clone(&changed_schema), vec![id])
+                .map_err(|e| Error::engine("the changed customers", e.into()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let changed_customers: u64 = changed.iter().map(|b| b.num_rows() as u64).sum();
     let changed_table =
         datafusion::datasource::MemTable::try_new(Arc::clone(&changed_schema), vec![changed])
@@ -379,9 +421,8 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         ),
     )?;
 
-    // A night that scores needs the changed customers' sessions only; a refit every session.
-    let engagement_kept = input.own_snapshot_only;
-    let sessions = if engagement_kept {
+    // A night that scores needs the changed customers' data only; a refit every session.
+    let sessions = if features_kept {
         let rows = engine::collect(
             ctx,
             "SELECT b.* FROM base_sessions b LEFT SEMI JOIN state_changed c \
@@ -393,18 +434,35 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
             datafusion::datasource::MemTable::try_new(Arc::clone(&partial_schema), vec![rows])
                 .map_err(|e| Error::engine("registering the changed customers' sessions", e))?;
         engine::replace_table(ctx, "base_changed_sessions", Arc::new(table))?;
+        let name = format!("{}/features-{days_after}.parquet", reference.dir);
         engine::replace_table(
             ctx,
-            "base_engagement",
+            "base_features",
             engine::parquet_table(
-                &[input.root.url_of(&format!(
-                    "{}/engagement-{days_after}.parquet",
-                    reference.dir
-                ))],
-                engagement_schema(ctx, input.root, &reference.dir, days_after).await?,
-                "the engagement base",
+                &[input.root.url_of(&name)],
+                file_schema(ctx, &input.root.url_of(&name)).await?,
+                "the base",
             )?,
         )?;
+        for table in INPUTS {
+            engine::create_view(
+                ctx,
+                &format!("{table}_all"),
+                &format!("SELECT * FROM {table}"),
+                "the base",
+            )
+            .await?;
+            engine::create_view(
+                ctx,
+                table,
+                &format!(
+                    "SELECT t.* FROM {table}_all t LEFT SEMI JOIN state_changed c \
+                     ON t.customer_id = c.customer_id"
+                ),
+                "the changed customers' rows",
+            )
+            .await?;
+        }
         "base_changed_sessions"
     } else {
         "base_sessions"
@@ -429,36 +487,88 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         days_after,
         new_rows,
         changed_customers,
-        engagement_kept,
+        features_kept,
     };
     Ok(BaseNight {
         sessions_sql,
-        engagement_kept,
+        features_kept,
         reference,
         report,
     })
 }
 
-/// The schema of a kept engagement file, as written.
-async fn engagement_schema(
-    ctx: &SessionContext,
-    root: &StoreRef,
-    dir: &str,
-    days: i64,
-) -> Result<datafusion::arrow::datatypes::SchemaRef> {
-    let url = root.url_of(&format!("{dir}/engagement-{days}.parquet"));
-    let df = ctx
-        .read_parquet(
-            url.as_str(),
-            datafusion::prelude::ParquetReadOptions::default(),
+/// The inputs a night restricts to the changed customers while it computes their features.
+const INPUTS: [&str; 2] = ["orders", "customers"];
+
+/// Gives `orders` and `customers` back all their rows after a night restricted them.
+pub async fn restore_inputs(ctx: &SessionContext) -> Result<()> {
+    for table in INPUTS {
+        engine::create_view(
+            ctx,
+            table,
+            &format!("SELECT * FROM {table}_all"),
+            "the inputs",
         )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The schema of a Parquet file the base wrote, as written.
+async fn file_schema(
+    ctx: &SessionContext,
+    url: &str,
+) -> Result<datafusion::arrow::datatypes::SchemaRef> {
+    let df = ctx
+        .read_parquet(url, datafusion::prelude::ParquetReadOptions::default())
         .await
         .map_err(|e| Error::engine(format!("reading {url}"), e))?;
     Ok(Arc::new(df.schema().as_arrow().clone()))
 }
 
-/// Merges every partial (`merged_sql`), keeps the sessions and reason rows before the cut-off
-/// and every customer's engagement at the next [`BASE_DAYS`] cut-offs.
+/// The digests' columns.
+fn digests_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, true),
+        Field::new("orders", DataType::Int64, true),
+        Field::new("orders_digest", DataType::UInt64, true),
+        Field::new("customers", DataType::Int64, true),
+        Field::new("customers_digest", DataType::UInt64, true),
+    ]))
+}
+
+/// Per customer, the count and `bit_xor` of `row_digest` of every column of its `orders` and
+/// `customers` rows, as this run sees them (cut, cleaned, erasures applied).
+async fn digests_sql(ctx: &SessionContext) -> Result<String> {
+    let mut parts = Vec::new();
+    for table in INPUTS {
+        let provider = ctx
+            .table_provider(table)
+            .await
+            .map_err(|e| Error::engine(format!("reading the columns of {table}"), e))?;
+        let columns: Vec<String> = provider
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| format!("\"{}\"", f.name().replace('"', "\"\"")))
+            .collect();
+        parts.push(format!(
+            "SELECT CAST(customer_id AS VARCHAR) AS customer_id, count(*) AS n, \
+             bit_xor(row_digest({})) AS d FROM {table} GROUP BY customer_id",
+            columns.join(", ")
+        ));
+    }
+    Ok(format!(
+        "SELECT coalesce(o.customer_id, c.customer_id) AS customer_id, \
+           CAST(o.n AS BIGINT) AS orders, o.d AS orders_digest, \
+           CAST(c.n AS BIGINT) AS customers, c.d AS customers_digest \
+         FROM ({}) o FULL JOIN ({}) c ON o.customer_id = c.customer_id",
+        parts[0], parts[1]
+    ))
+}
+
+/// Merges every partial (`merged_sql`), keeps the sessions and reason rows before the cut-off,
+/// every customer's digests and features at the next [`BASE_DAYS`] cut-offs.
 async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> Result<BaseRef> {
     let cut_micros = input.cutoff.0.and_utc().timestamp_micros();
     let partials: Vec<String> = input.index.files.iter().map(|e| e.key.clone()).collect();
@@ -491,40 +601,51 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     crate::outputs::write_parquet_groups(input.root, &format!("{dir}/reasons.parquet"), &reasons)
         .await?;
 
-    // queries/engagement.sql at each kept cut-off, over those sessions, for every customer.
-    let sub = engine::sibling(ctx);
+    // The features at each kept cut-off from the data of this one, for every customer:
+    // queries/features.sql over those sessions and this run's orders and customers.
     let ahead = Snapshots::ahead(input.cutoff, BASE_DAYS);
-    crate::features::register_snapshots(&sub, &ahead)?;
+    crate::features::register_snapshots(ctx, &ahead)?;
     engine::replace_table(
-        &sub,
+        ctx,
         "sessions",
         engine::parquet_table(
             &[input.root.url_of(&sessions_name)],
             Arc::clone(&schema),
-            "the engagement base",
+            "the base",
         )?,
     )?;
     let mut params = input.params.clone();
     params.insert("in_sample", "true".into());
-    let sql = crate::features::render_engagement(input.engagement_sql, &params, &ahead)?;
-    let what = "queries/engagement.sql (the engagement base)";
-    let mut running = engine::stream(&sub, &sql, what).await?;
+    let r = crate::features::render_features(
+        input.engagement_sql,
+        input.order_history_sql,
+        input.features_sql,
+        &params,
+        &ahead,
+    )?;
+    engine::create_view(ctx, "engagement", &r.engagement, "queries/engagement.sql").await?;
+    engine::create_view(
+        ctx,
+        "order_history",
+        &r.order_history,
+        "queries/order_history.sql",
+    )
+    .await?;
+    let what = "queries/features.sql (the base)";
+    let mut running = engine::stream(ctx, &r.features, what).await?;
     let out_schema = running.stream.schema();
     let mut sinks = (0..BASE_DAYS)
         .map(|j| {
             ParquetSink::open(
                 input.root,
-                &format!("{dir}/engagement-{j}.parquet"),
+                &format!("{dir}/features-{j}.parquet"),
                 Arc::clone(&out_schema),
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    let snapshot_at = out_schema.index_of("snapshot").map_err(|_| {
-        Error::config(
-            None,
-            "queries/engagement.sql must return a column `snapshot`",
-        )
-    })?;
+    let snapshot_at = out_schema
+        .index_of("snapshot")
+        .map_err(|_| Error::config(None, "queries/features.sql must return a column `snapshot`"))?;
     while let Some(batch) = running.stream.next().await {
         let batch = batch.map_err(|e| Error::engine(what, e))?;
         let ids = cast(batch.column(snapshot_at), &DataType::Int64)
@@ -552,6 +673,33 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     for sink in sinks {
         sink.close().await?;
     }
+    crate::features::register_snapshots(ctx, input.snapshots)?;
+
+    // Each customer's orders and customers rows as this run saw them.
+    let what = "digesting each customer's orders and customers rows";
+    let mut sink = ParquetSink::open(
+        input.root,
+        &format!("{dir}/digests.parquet"),
+        digests_schema(),
+    )?;
+    let mut running = engine::stream(ctx, &digests_sql(ctx).await?, what).await?;
+    while let Some(batch) = running.stream.next().await {
+        let batch = batch.map_err(|e| Error::engine(what, e))?;
+        let schema = digests_schema();
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(c, f)| cast(c, f.data_type()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::engine(what, e.into()))?;
+        let batch =
+            RecordBatch::try_new(schema, columns).map_err(|e| Error::engine(what, e.into()))?;
+        sink.write(&batch).await?;
+    }
+    running.done();
+    sink.close().await?;
+
     let open = input
         .index
         .files
@@ -564,7 +712,7 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
         run_date: input.run_date.to_string(),
         cutoff: cut_micros,
         days: BASE_DAYS,
-        engagement: digest,
+        queries: digest,
         partials,
         open,
         sessions,

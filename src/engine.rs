@@ -60,6 +60,7 @@ pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
 pub fn register_functions(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(SampleUnit::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(KeyHash::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(RowDigest::new()));
 }
 
 /// Registers `table` as `name` in `ctx`, replacing a table or view of that name.
@@ -238,6 +239,53 @@ impl ScalarUDFImpl for KeyHash {
     ) -> datafusion::common::Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let hashes = key_hashes(&arrays).map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        Ok(ColumnarValue::Array(Arc::new(
+            datafusion::arrow::array::UInt64Array::from(hashes),
+        )))
+    }
+}
+
+/// `row_digest(a, b, …)`: a 64-bit hash of the values (DataFusion's vectorised row hash with
+/// a fixed seed: the same within one build, not across releases). The engagement base
+/// compares each customer's rows by `bit_xor` and `count` of it (src/base.rs).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RowDigest {
+    signature: Signature,
+}
+
+impl RowDigest {
+    fn new() -> Self {
+        RowDigest {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for RowDigest {
+    fn name(&self) -> &str {
+        "row_digest"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::UInt64)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let rows = arrays.first().map_or(0, |a| a.len());
+        let mut hashes = vec![0u64; rows];
+        datafusion::common::hash_utils::create_hashes(
+            &arrays,
+            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+            &mut hashes,
+        )?;
         Ok(ColumnarValue::Array(Arc::new(
             datafusion::arrow::array::UInt64Array::from(hashes),
         )))

@@ -169,6 +169,16 @@ impl Snapshots {
         )
     }
 
+    /// How many snapshots.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: snapshot 0 is always there.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The cut-off of snapshot `id`.
     pub fn cutoff(&self, id: i32) -> Option<Cutoff> {
         self.0.iter().find(|(i, _)| *i == id).map(|(_, c)| *c)
@@ -266,11 +276,13 @@ pub async fn customer_features(
     register_snapshots(ctx, snapshots)?;
 
     let p = query_params(pipeline, sample_share, bounds);
-    let each = snapshots.params();
-    let history = render(&pipeline.order_history_sql, &p, "order_history")?;
-    engine::create_view(ctx, "order_history", &history, "queries/order_history.sql").await?;
-    let engagement = render_with(&pipeline.engagement_sql, &p, &each, "engagement")?;
-    let sql = render(&pipeline.features_sql, &p, "features")?;
+    let rendered = render_features(
+        &pipeline.engagement_sql,
+        &pipeline.order_history_sql,
+        &pipeline.features_sql,
+        &p,
+        snapshots,
+    )?;
     let sessions = render(&pipeline.sessions_sql, &p, "sessions")?;
     let files = inputs
         .events
@@ -288,7 +300,7 @@ pub async fn customer_features(
     });
     let mut rollup = crate::state::rollup(ctx, &sessions, cutoff, files, state).await?;
     let mut merged = rollup.sql.clone();
-    let mut kept_engagement = false;
+    let mut kept = false;
     if let (Some((root, previous)), Some(index)) = (base_inputs, rollup.index.as_ref()) {
         let night = crate::base::night(
             ctx,
@@ -301,18 +313,29 @@ pub async fn customer_features(
                 run_date: &cutoff.days_before(1).0.format("%Y-%m-%d").to_string(),
                 merged_sql: &rollup.sql,
                 engagement_sql: &pipeline.engagement_sql,
+                order_history_sql: &pipeline.order_history_sql,
+                features_sql: &pipeline.features_sql,
                 params: &p,
-                own_snapshot_only: snapshots.0.len() == 1,
+                snapshots,
             },
         )
         .await?;
         merged = night.sessions_sql;
-        kept_engagement = night.engagement_kept;
+        kept = night.features_kept;
         rollup.report.base = Some(night.report);
         if let Some(index) = rollup.index.as_mut() {
             index.base = Some(night.reference);
         }
     }
+    // Planned after the base, which may restrict `orders` and `customers` to the changed
+    // customers.
+    engine::create_view(
+        ctx,
+        "order_history",
+        &rendered.order_history,
+        "queries/order_history.sql",
+    )
+    .await?;
     let tee = engine::tee(
         ctx,
         &merged,
@@ -322,28 +345,31 @@ pub async fn customer_features(
     )
     .await?;
     let features = async {
-        if kept_engagement {
-            // The changed customers' engagement from their sessions, the others' kept
-            // (src/base.rs).
+        engine::create_view(
+            ctx,
+            "engagement",
+            &rendered.engagement,
+            "queries/engagement.sql",
+        )
+        .await?;
+        if kept {
+            // The changed customers' features from their data, the others' kept (src/base.rs).
             engine::create_view(
                 ctx,
-                "engagement_changed",
-                &engagement,
-                "queries/engagement.sql",
+                "features_changed",
+                &rendered.features,
+                "queries/features.sql",
             )
             .await?;
-            engine::create_view(
-                ctx,
-                "engagement",
-                "SELECT * FROM engagement_changed UNION ALL SELECT k.* FROM base_engagement k \
-                 LEFT ANTI JOIN state_changed c ON k.customer_id = c.customer_id",
-                "queries/engagement.sql (kept rows)",
-            )
-            .await?;
+            let sql = "SELECT * FROM features_changed UNION ALL SELECT k.* FROM base_features k \
+                       LEFT ANTI JOIN state_changed c ON k.customer_id = c.customer_id \
+                       ORDER BY snapshot, customer_id";
+            let tables = collect_by_snapshot(ctx, sql, snapshots).await;
+            crate::base::restore_inputs(ctx).await?;
+            tables
         } else {
-            engine::create_view(ctx, "engagement", &engagement, "queries/engagement.sql").await?;
+            collect_by_snapshot(ctx, &rendered.features, snapshots).await
         }
-        collect_by_snapshot(ctx, &sql, snapshots).await
     }
     .await;
     // Always finish the pass (its counts), even when the features failed.
@@ -366,13 +392,26 @@ pub(crate) fn register_snapshots(ctx: &SessionContext, snapshots: &Snapshots) ->
     engine::replace_table(ctx, "snapshots", std::sync::Arc::new(table))
 }
 
-/// queries/engagement.sql rendered for `snapshots` with parameters `p`.
-pub(crate) fn render_engagement(
-    sql: &str,
+/// The feature queries rendered for `snapshots` with parameters `p`.
+pub(crate) struct Rendered {
+    pub engagement: String,
+    pub order_history: String,
+    pub features: String,
+}
+
+/// Renders queries/engagement.sql, order_history.sql and features.sql.
+pub(crate) fn render_features(
+    engagement: &str,
+    order_history: &str,
+    features: &str,
     p: &HashMap<&'static str, String>,
     snapshots: &Snapshots,
-) -> Result<String> {
-    render_with(sql, p, &snapshots.params(), "engagement")
+) -> Result<Rendered> {
+    Ok(Rendered {
+        engagement: render_with(engagement, p, &snapshots.params(), "engagement")?,
+        order_history: render(order_history, p, "order_history")?,
+        features: render(features, p, "features")?,
+    })
 }
 
 /// The share of customers the earlier snapshots keep so that about `customers` remain: the

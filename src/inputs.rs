@@ -456,8 +456,12 @@ async fn clean_orders(
     bounds: &Bounds,
 ) -> Result<InputReport> {
     let reason = rules::reason_sql(Input::Orders, bounds);
+    // Distinct ids counted by their 64-bit digests, a set of integers rather than of strings
+    // (the string set's hash table took about 45 % of the inputs stage's CPU at 1,000,000
+    // customers, perf): as many digests as rows proves the ids distinct; fewer (duplicates,
+    // or a collision) are counted again exactly.
     let counts = format!(
-        "SELECT reason, count(*) AS n, count(DISTINCT order_id) AS ids \
+        "SELECT reason, count(*) AS n, count(DISTINCT row_digest(order_id)) AS ids \
          FROM (SELECT {reason} AS reason, order_id FROM orders_raw) GROUP BY reason"
     );
     let mut valid = (0, 0);
@@ -469,6 +473,11 @@ async fn clean_orders(
                 counted.insert(r, n);
             }
         }
+    }
+    if valid.0 > valid.1 {
+        let exact =
+            format!("SELECT count(DISTINCT order_id) FROM orders_raw WHERE ({reason}) IS NULL");
+        valid.1 = single_row_counts(ctx, &exact, "counting distinct order ids").await?[0];
     }
     let (rows, kept) = valid;
     let source = if rows > kept {

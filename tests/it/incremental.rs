@@ -194,7 +194,7 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
     assert_eq!(base["built"], false, "{base}");
     assert_eq!(base["run_date"], D, "{base}");
     assert_eq!(base["days_after"], 1, "{base}");
-    assert_eq!(base["engagement_kept"], true, "{base}");
+    assert_eq!(base["features_kept"], true, "{base}");
     let changed = base["changed_customers"].as_u64().unwrap();
     let customers = m["customers"].as_u64().unwrap();
     assert!(
