@@ -58,6 +58,9 @@ use crate::storage::StoreRef;
 /// Days of cut-offs a base keeps the engagement for (its own and the next six): a base is
 /// rebuilt at least weekly, as often as the models are refitted by default.
 pub const BASE_DAYS: i64 = 7;
+/// Rows (customers × cut-offs) of the base's features computed in one query at most
+/// (`SEGMENTER_BASE_BUCKET_ROWS` overrides it: lower for a smaller `engine.memory_limit`).
+const BUCKET_ROWS: u64 = 2_000_000;
 /// Version of the base's files: part of its digest.
 const BASE_FORMAT: u32 = 1;
 /// Where bases live, relative to the output root.
@@ -601,80 +604,6 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     crate::outputs::write_parquet_groups(input.root, &format!("{dir}/reasons.parquet"), &reasons)
         .await?;
 
-    // The features at each kept cut-off from the data of this one, for every customer:
-    // queries/features.sql over those sessions and this run's orders and customers.
-    let ahead = Snapshots::ahead(input.cutoff, BASE_DAYS);
-    crate::features::register_snapshots(ctx, &ahead)?;
-    engine::replace_table(
-        ctx,
-        "sessions",
-        engine::parquet_table(
-            &[input.root.url_of(&sessions_name)],
-            Arc::clone(&schema),
-            "the base",
-        )?,
-    )?;
-    let mut params = input.params.clone();
-    params.insert("in_sample", "true".into());
-    let r = crate::features::render_features(
-        input.engagement_sql,
-        input.order_history_sql,
-        input.features_sql,
-        &params,
-        &ahead,
-    )?;
-    engine::create_view(ctx, "engagement", &r.engagement, "queries/engagement.sql").await?;
-    engine::create_view(
-        ctx,
-        "order_history",
-        &r.order_history,
-        "queries/order_history.sql",
-    )
-    .await?;
-    let what = "queries/features.sql (the base)";
-    let mut running = engine::stream(ctx, &r.features, what).await?;
-    let out_schema = running.stream.schema();
-    let mut sinks = (0..BASE_DAYS)
-        .map(|j| {
-            ParquetSink::open(
-                input.root,
-                &format!("{dir}/features-{j}.parquet"),
-                Arc::clone(&out_schema),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let snapshot_at = out_schema
-        .index_of("snapshot")
-        .map_err(|_| Error::config(None, "queries/features.sql must return a column `snapshot`"))?;
-    while let Some(batch) = running.stream.next().await {
-        let batch = batch.map_err(|e| Error::engine(what, e))?;
-        let ids = cast(batch.column(snapshot_at), &DataType::Int64)
-            .map_err(|e| Error::engine(what, e.into()))?;
-        let ids = ids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-        for (j, sink) in sinks.iter_mut().enumerate() {
-            let mask: datafusion::arrow::array::BooleanArray =
-                ids.iter().map(|v| Some(v == Some(j as i64))).collect();
-            if mask.true_count() == 0 {
-                continue;
-            }
-            let rows =
-                filter_record_batch(&batch, &mask).map_err(|e| Error::engine(what, e.into()))?;
-            let zero = datafusion::arrow::array::Int64Array::from(vec![0i64; rows.num_rows()]);
-            let zero = cast(&zero, out_schema.field(snapshot_at).data_type())
-                .map_err(|e| Error::engine(what, e.into()))?;
-            let mut columns = rows.columns().to_vec();
-            columns[snapshot_at] = zero;
-            let rows = RecordBatch::try_new(Arc::clone(&out_schema), columns)
-                .map_err(|e| Error::engine(what, e.into()))?;
-            sink.write(&rows).await?;
-        }
-    }
-    running.done();
-    for sink in sinks {
-        sink.close().await?;
-    }
-    crate::features::register_snapshots(ctx, input.snapshots)?;
-
     // Each customer's orders and customers rows as this run saw them.
     let what = "digesting each customer's orders and customers rows";
     let mut sink = ParquetSink::open(
@@ -698,7 +627,132 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
         sink.write(&batch).await?;
     }
     running.done();
-    sink.close().await?;
+    let customers = sink.close().await?;
+
+    // The features at each kept cut-off from the data of this one, for every customer:
+    // queries/features.sql over those sessions and this run's orders and customers. In
+    // buckets of customers (by sample_unit), so that no join holds more than about
+    // BUCKET_ROWS rows: all the cut-offs of a million customers at once exceeded the default
+    // 2 GiB pool.
+    let ahead = Snapshots::ahead(input.cutoff, BASE_DAYS);
+    crate::features::register_snapshots(ctx, &ahead)?;
+    engine::replace_table(
+        ctx,
+        "base_built_sessions",
+        engine::parquet_table(
+            &[input.root.url_of(&sessions_name)],
+            Arc::clone(&schema),
+            "the base",
+        )?,
+    )?;
+    let mut params = input.params.clone();
+    params.insert("in_sample", "true".into());
+    let r = crate::features::render_features(
+        input.engagement_sql,
+        input.order_history_sql,
+        input.features_sql,
+        &params,
+        &ahead,
+    )?;
+    let per_query = std::env::var("SEGMENTER_BASE_BUCKET_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(BUCKET_ROWS);
+    let buckets = (customers * BASE_DAYS as u64).div_ceil(per_query).max(1);
+    let mut sinks = Vec::new();
+    let what = "queries/features.sql (the base)";
+    for bucket in 0..buckets {
+        let filter = if buckets == 1 {
+            String::new()
+        } else {
+            let (lo, hi) = (
+                bucket as f64 / buckets as f64,
+                (bucket + 1) as f64 / buckets as f64,
+            );
+            format!(
+                " WHERE sample_unit(customer_id) >= {lo:?} AND sample_unit(customer_id) < {hi:?}"
+            )
+        };
+        engine::create_view(
+            ctx,
+            "sessions",
+            &format!("SELECT * FROM base_built_sessions{filter}"),
+            "the base",
+        )
+        .await?;
+        for table in INPUTS {
+            if bucket == 0 {
+                engine::create_view(
+                    ctx,
+                    &format!("{table}_all"),
+                    &format!("SELECT * FROM {table}"),
+                    "the base",
+                )
+                .await?;
+            }
+            engine::create_view(
+                ctx,
+                table,
+                &format!("SELECT * FROM {table}_all{filter}"),
+                "the base",
+            )
+            .await?;
+        }
+        engine::create_view(ctx, "engagement", &r.engagement, "queries/engagement.sql").await?;
+        engine::create_view(
+            ctx,
+            "order_history",
+            &r.order_history,
+            "queries/order_history.sql",
+        )
+        .await?;
+        let mut running = engine::stream(ctx, &r.features, what).await?;
+        let out_schema = running.stream.schema();
+        if sinks.is_empty() {
+            sinks = (0..BASE_DAYS)
+                .map(|j| {
+                    ParquetSink::open(
+                        input.root,
+                        &format!("{dir}/features-{j}.parquet"),
+                        Arc::clone(&out_schema),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+        }
+        let snapshot_at = out_schema.index_of("snapshot").map_err(|_| {
+            Error::config(None, "queries/features.sql must return a column `snapshot`")
+        })?;
+        while let Some(batch) = running.stream.next().await {
+            let batch = batch.map_err(|e| Error::engine(what, e))?;
+            let ids = cast(batch.column(snapshot_at), &DataType::Int64)
+                .map_err(|e| Error::engine(what, e.into()))?;
+            let ids = ids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            for (j, sink) in sinks.iter_mut().enumerate() {
+                let mask: datafusion::arrow::array::BooleanArray =
+                    ids.iter().map(|v| Some(v == Some(j as i64))).collect();
+                if mask.true_count() == 0 {
+                    continue;
+                }
+                let rows = filter_record_batch(&batch, &mask)
+                    .map_err(|e| Error::engine(what, e.into()))?;
+                let zero = datafusion::arrow::array::Int64Array::from(vec![0i64; rows.num_rows()]);
+                let zero = cast(&zero, out_schema.field(snapshot_at).data_type())
+                    .map_err(|e| Error::engine(what, e.into()))?;
+                let mut columns = rows.columns().to_vec();
+                columns[snapshot_at] = zero;
+                let rows = RecordBatch::try_new(Arc::clone(&out_schema), columns)
+                    .map_err(|e| Error::engine(what, e.into()))?;
+                sink.write(&rows).await?;
+            }
+        }
+        running.done();
+    }
+    for sink in sinks {
+        sink.close().await?;
+    }
+    restore_inputs(ctx).await?;
+    crate::features::register_snapshots(ctx, input.snapshots)?;
 
     let open = input
         .index

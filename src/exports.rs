@@ -7,7 +7,7 @@
 //! customers row has `marketing_opt_in = true`. Every CSV starts with `customer_id`, except a
 //! customer-match list (hashed addresses only), so an erasure can scrub kept files.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -92,18 +92,23 @@ pub fn per_segment(
             .ok_or_else(|| Error::Model(format!("unknown segment id {}", seg_id.value(i))))?;
         let id = ids.value(i);
         let email = contacts.get(id).map(String::as_str).unwrap_or("");
-        let mut line = format!(
-            "{},{},{}",
-            csv_field(id),
-            csv_field(email),
-            csv_field(&names[seg])
-        );
-        for t in &text {
-            line.push(',');
-            line.push_str(t.as_string::<i32>().value(i));
+        let out = &mut files[seg];
+        for (k, field) in [id, email, names[seg].as_str()].into_iter().enumerate() {
+            if k > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(csv_field(field).as_bytes());
         }
-        line.push_str(&format!(",{:.6},{:.2}\n", churn.value(i), value.value(i)));
-        files[seg].extend_from_slice(line.as_bytes());
+        for t in &text {
+            out.push(b',');
+            out.extend_from_slice(t.as_string::<i32>().value(i).as_bytes());
+        }
+        // Writing into a Vec<u8> cannot fail.
+        std::io::Write::write_fmt(
+            out,
+            format_args!(",{:.6},{:.2}\n", churn.value(i), value.value(i)),
+        )
+        .unwrap_or_default();
     }
     Ok(names
         .iter()
@@ -136,8 +141,23 @@ pub async fn contacts(ctx: &SessionContext) -> Result<Contacts> {
 /// The ad platforms' normalisation and hash of an address: SHA-256 of the trimmed,
 /// lower-cased text, as lower-case hex.
 pub fn hashed_email(email: &str) -> String {
-    let digest = Sha256::digest(email.trim().to_lowercase().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&email_digest(email))
+}
+
+/// SHA-256 of the trimmed, lower-cased address.
+fn email_digest(email: &str) -> [u8; 32] {
+    Sha256::digest(email.trim().to_lowercase().as_bytes()).into()
+}
+
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// A configured export: its file stem and bytes, and its manifest record (whose `file` the
@@ -233,22 +253,24 @@ pub async fn configured(
                     .collect()
                     .await
                     .map_err(bad)?;
-                let (mut hashes, mut left_out) = (BTreeSet::new(), 0);
+                let (mut hashes, mut left_out) = (Vec::new(), 0);
                 for b in &batches {
                     let emails = cast(b.column(0), &DataType::Utf8)
                         .map_err(|e| Error::engine("hashing e-mails", e.into()))?;
                     for email in emails.as_string::<i32>() {
                         match email {
-                            Some(e) => {
-                                hashes.insert(hashed_email(e));
-                            }
+                            Some(e) => hashes.push(email_digest(e)),
                             None => left_out += 1,
                         }
                     }
                 }
-                let mut bytes = b"Email\n".to_vec();
+                // Sorted as their hex is (byte order), each once.
+                hashes.sort_unstable();
+                hashes.dedup();
+                let mut bytes = Vec::with_capacity(6 + 65 * hashes.len());
+                bytes.extend_from_slice(b"Email\n");
                 for h in &hashes {
-                    bytes.extend_from_slice(h.as_bytes());
+                    bytes.extend_from_slice(hex(h).as_bytes());
                     bytes.push(b'\n');
                 }
                 (bytes, hashes.len(), Some(left_out))

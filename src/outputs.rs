@@ -150,11 +150,11 @@ pub async fn write_bytes(root: &StoreRef, name: &str, data: Vec<u8>) -> Result<S
 }
 
 /// Quotes a CSV field when needed (RFC 4180).
-pub fn csv_field(s: &str) -> String {
+pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
+        std::borrow::Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
     } else {
-        s.to_string()
+        std::borrow::Cow::Borrowed(s)
     }
 }
 

@@ -221,11 +221,7 @@ pub fn states(batch: &RecordBatch) -> Result<Vec<(String, State)>> {
 
 /// Every customer's state in the published `customer_segments` of run `run_date`: only the
 /// files of its published attempt `run_id` (an earlier attempt's files may still be there).
-pub async fn customers(
-    root: &StoreRef,
-    run_date: &str,
-    run_id: &str,
-) -> Result<HashMap<String, State>> {
+pub async fn customers(root: &StoreRef, run_date: &str, run_id: &str) -> Result<ById> {
     let dir = format!("customer_segments/run_date={run_date}/");
     let files: Vec<ObjectPath> = root
         .store
@@ -238,7 +234,7 @@ pub async fn customers(
         .try_collect()
         .await
         .map_err(|e| Error::storage(format!("listing {}", root.url_of(&dir)), e))?;
-    let mut out = HashMap::new();
+    let mut out = ById::default();
     for path in files {
         let what = || format!("reading the previous run's {path}");
         let bytes: Bytes = root
@@ -267,6 +263,9 @@ pub async fn customers(
     }
     Ok(out)
 }
+
+/// The previous run's customers by id.
+pub type ById = HashMap<String, State, foldhash::fast::RandomState>;
 
 /// Per segment id: how this run's customers relate to the previous run's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -313,7 +312,7 @@ pub struct Transitions {
 /// longer present (to = null), plus the per-segment flows and the transition matrix.
 pub fn transitions(
     previous_date: &str,
-    previous: &HashMap<String, State>,
+    previous: &ById,
     current: &[(String, State)],
 ) -> Result<Transitions> {
     type Row<'a> = (&'a str, Option<&'a State>, Option<&'a State>);
@@ -321,7 +320,10 @@ pub fn transitions(
     let mut flows: BTreeMap<i32, Flow> = BTreeMap::new();
     let mut cells: BTreeMap<(Option<i32>, i32), Cell> = BTreeMap::new();
     let (mut both, mut kept) = (0usize, 0usize);
-    let mut seen = std::collections::HashSet::with_capacity(current.len());
+    // A fast hash: a million ids are looked up each night (SipHash was most of the segments
+    // stage at 1,000,000 customers, perf).
+    let mut seen: std::collections::HashSet<&str, foldhash::fast::RandomState> =
+        std::collections::HashSet::with_capacity_and_hasher(current.len(), Default::default());
     for (id, now) in current {
         seen.insert(id.as_str());
         let before = previous.get(id);
@@ -431,7 +433,7 @@ pub fn transitions(
 
 /// An empty `segment_transitions` batch (first run: nothing to compare with), same schema.
 pub fn no_transitions() -> Result<RecordBatch> {
-    let t = transitions("", &HashMap::new(), &[])?;
+    let t = transitions("", &ById::default(), &[])?;
     Ok(t.batch)
 }
 
@@ -465,7 +467,7 @@ mod tests {
 
     #[test]
     fn changes_new_and_gone_customers_with_flows() {
-        let previous: HashMap<String, State> = [
+        let previous: ById = [
             ("a", st(1, "growth", "low")),
             ("b", st(1, "growth", "low")),
             ("c", st(2, "decline", "high")),
