@@ -262,7 +262,7 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
                     .root
                     .url_of(&format!("{}/{name}.parquet", reference.dir))],
                 Arc::clone(&partial_schema),
-                "the engagement base",
+                "the base",
             )?,
         )
     };

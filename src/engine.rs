@@ -246,7 +246,7 @@ impl ScalarUDFImpl for KeyHash {
 }
 
 /// `row_digest(a, b, …)`: a 64-bit hash of the values (DataFusion's vectorised row hash with
-/// a fixed seed: the same within one build, not across releases). The engagement base
+/// a fixed seed: the same within one build, not across releases). The base
 /// compares each customer's rows by `bit_xor` and `count` of it (src/base.rs).
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct RowDigest {

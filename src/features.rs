@@ -160,7 +160,7 @@ impl Snapshots {
         Snapshots(v)
     }
 
-    /// Snapshot i at `cutoff + i days`, i = 0 … days − 1 (the engagement base's cut-offs).
+    /// Snapshot i at `cutoff + i days`, i = 0 … days − 1 (the base's cut-offs).
     pub fn ahead(cutoff: Cutoff, days: i64) -> Snapshots {
         Snapshots(
             (0..days)

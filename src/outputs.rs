@@ -92,7 +92,7 @@ pub async fn write_parquet_groups(
 }
 
 /// A Parquet file written as its batches come (multipart on object stores), for tables too
-/// large to hold whole (the engagement base's sessions).
+/// large to hold whole (the base's sessions).
 pub struct ParquetSink {
     writer: AsyncArrowWriter<BufWriter>,
     url: String,

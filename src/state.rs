@@ -298,7 +298,7 @@ impl Shape {
     /// Rows of the merge ([`Shape::merge_split_sql`]: one per session and per reason, no
     /// `day`) in the partials' schema, every row dated `day` (µs) and the sessions given their
     /// [`KEY_HASH`]: the reason rows other than `after_cutoff`, and the session rows. How the
-    /// engagement base keeps a merge as rows that merge again (src/base.rs).
+    /// base keeps a merge as rows that merge again (src/base.rs).
     pub(crate) fn merged_as_partial(
         &self,
         batch: &RecordBatch,
@@ -487,7 +487,7 @@ pub struct Entry {
     /// Rows in the partial.
     pub partial_rows: u64,
     /// The partial's latest `day` (µs since the epoch; None: no day, or not recorded by an
-    /// older index). The engagement base reads a base partial again only when this lies at
+    /// older index). The base reads one of its partials again only when this lies at
     /// or after its cut-off (src/base.rs).
     #[serde(default)]
     pub max_day: Option<i64>,
@@ -522,7 +522,7 @@ pub struct Index {
     /// Its rows.
     #[serde(default)]
     pub multi_rows: u64,
-    /// The engagement base these partials are merged into (src/base.rs), if any.
+    /// The base these partials are merged into (src/base.rs), if any.
     #[serde(default)]
     pub base: Option<crate::base::BaseRef>,
 }
@@ -558,7 +558,7 @@ pub struct Report {
     pub multi_keys: u64,
     /// The files read (the first 50).
     pub read: Vec<String>,
-    /// How the sessions and the engagement came from the engagement base (src/base.rs).
+    /// How the sessions and the features came from the base (src/base.rs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<crate::base::BaseReport>,
 }
