@@ -40,7 +40,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, UInt64Type};
 use datafusion::prelude::SessionContext;
@@ -254,16 +254,14 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
     );
     let partial_schema = input.shape.partial_schema();
     let table = |name: &str| -> Result<()> {
-        engine::replace_table(
+        engine::replace_parquet_table(
             ctx,
             &format!("base_{name}"),
-            engine::parquet_table(
-                &[input
-                    .root
-                    .url_of(&format!("{}/{name}.parquet", reference.dir))],
-                Arc::clone(&partial_schema),
-                "the base",
-            )?,
+            &[input
+                .root
+                .url_of(&format!("{}/{name}.parquet", reference.dir))],
+            Arc::clone(&partial_schema),
+            "the base",
         )
     };
     table("sessions")?;
@@ -290,18 +288,22 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         .collect();
     let mut arms = Vec::new();
     if !new.is_empty() {
-        engine::replace_table(
+        engine::replace_parquet_table(
             ctx,
             "state_new",
-            engine::parquet_table(&new, Arc::clone(&partial_schema), "the state")?,
+            &new,
+            Arc::clone(&partial_schema),
+            "the state",
         )?;
         arms.push("SELECT * FROM state_new".to_string());
     }
     if !reopened.is_empty() {
-        engine::replace_table(
+        engine::replace_parquet_table(
             ctx,
             "state_reopened",
-            engine::parquet_table(&reopened, Arc::clone(&partial_schema), "the state")?,
+            &reopened,
+            Arc::clone(&partial_schema),
+            "the state",
         )?;
         arms.push(format!(
             "SELECT * FROM state_reopened WHERE \"day\" >= {}",
@@ -346,17 +348,16 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
     let mut sql = format!(
         "SELECT DISTINCT customer_id FROM state_delta WHERE reason IS NULL AND \"day\" < {cut}"
     );
-    if features_kept {
-        engine::replace_table(
+    // A base built by this run digested the very rows this run sees: nothing to compare.
+    if features_kept && !built {
+        engine::replace_parquet_table(
             ctx,
             "base_digests",
-            engine::parquet_table(
-                &[input
-                    .root
-                    .url_of(&format!("{}/digests.parquet", reference.dir))],
-                digests_schema(),
-                "the base",
-            )?,
+            &[input
+                .root
+                .url_of(&format!("{}/digests.parquet", reference.dir))],
+            digests_schema(),
+            "the base",
         )?;
         engine::create_view(ctx, "state_digests", &digests_sql(ctx).await?, "digests").await?;
         sql = format!(
@@ -403,26 +404,7 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
                 .map(|i| hash.value(i)),
         );
     }
-    multi.sort_unstable();
-    multi.dedup();
-    let multi_schema = Arc::new(Schema::new(vec![Field::new(
-        "hash",
-        DataType::UInt64,
-        false,
-    )]));
-    let multi = RecordBatch::try_new(
-        Arc::clone(&multi_schema),
-        vec![Arc::new(datafusion::arrow::array::UInt64Array::from(multi)) as ArrayRef],
-    )
-    .map_err(|e| Error::engine("the new sessions' keys", e.into()))?;
-    engine::replace_table(
-        ctx,
-        "state_delta_multi",
-        Arc::new(
-            datafusion::datasource::MemTable::try_new(multi_schema, vec![vec![multi]])
-                .map_err(|e| Error::engine("registering the new sessions' keys", e))?,
-        ),
-    )?;
+    crate::state::register_multi(ctx, "state_delta_multi", multi)?;
 
     // A night that scores needs the changed customers' data only; a refit every session.
     let sessions = if features_kept {
@@ -438,34 +420,21 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
                 .map_err(|e| Error::engine("registering the changed customers' sessions", e))?;
         engine::replace_table(ctx, "base_changed_sessions", Arc::new(table))?;
         let name = format!("{}/features-{days_after}.parquet", reference.dir);
-        engine::replace_table(
+        engine::replace_parquet_table(
             ctx,
             "base_features",
-            engine::parquet_table(
-                &[input.root.url_of(&name)],
-                file_schema(ctx, &input.root.url_of(&name)).await?,
-                "the base",
-            )?,
+            &[input.root.url_of(&name)],
+            file_schema(ctx, &input.root.url_of(&name)).await?,
+            "the base",
         )?;
-        for table in INPUTS {
-            engine::create_view(
-                ctx,
-                &format!("{table}_all"),
-                &format!("SELECT * FROM {table}"),
-                "the base",
+        keep_inputs(ctx).await?;
+        restrict_inputs(ctx, |table| {
+            format!(
+                "SELECT t.* FROM {table}_all t LEFT SEMI JOIN state_changed c \
+                 ON t.customer_id = c.customer_id"
             )
-            .await?;
-            engine::create_view(
-                ctx,
-                table,
-                &format!(
-                    "SELECT t.* FROM {table}_all t LEFT SEMI JOIN state_changed c \
-                     ON t.customer_id = c.customer_id"
-                ),
-                "the changed customers' rows",
-            )
-            .await?;
-        }
+        })
+        .await?;
         "base_changed_sessions"
     } else {
         "base_sessions"
@@ -503,18 +472,32 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
 /// The inputs a night restricts to the changed customers while it computes their features.
 const INPUTS: [&str; 2] = ["orders", "customers"];
 
-/// Gives `orders` and `customers` back all their rows after a night restricted them.
-pub async fn restore_inputs(ctx: &SessionContext) -> Result<()> {
+/// Keeps `orders` and `customers` as they are under `<table>_all`, for
+/// [`restrict_inputs`] and [`restore_inputs`].
+async fn keep_inputs(ctx: &SessionContext) -> Result<()> {
     for table in INPUTS {
         engine::create_view(
             ctx,
-            table,
-            &format!("SELECT * FROM {table}_all"),
+            &format!("{table}_all"),
+            &format!("SELECT * FROM {table}"),
             "the inputs",
         )
         .await?;
     }
     Ok(())
+}
+
+/// Makes `orders` and `customers` the query `sql(table)` (over `<table>_all`).
+async fn restrict_inputs(ctx: &SessionContext, sql: impl Fn(&str) -> String) -> Result<()> {
+    for table in INPUTS {
+        engine::create_view(ctx, table, &sql(table), "the inputs").await?;
+    }
+    Ok(())
+}
+
+/// Gives `orders` and `customers` back all their rows after a night restricted them.
+pub async fn restore_inputs(ctx: &SessionContext) -> Result<()> {
+    restrict_inputs(ctx, |table| format!("SELECT * FROM {table}_all")).await
 }
 
 /// The schema of a Parquet file the base wrote, as written.
@@ -636,14 +619,12 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     // 2 GiB pool.
     let ahead = Snapshots::ahead(input.cutoff, BASE_DAYS);
     crate::features::register_snapshots(ctx, &ahead)?;
-    engine::replace_table(
+    engine::replace_parquet_table(
         ctx,
         "base_built_sessions",
-        engine::parquet_table(
-            &[input.root.url_of(&sessions_name)],
-            Arc::clone(&schema),
-            "the base",
-        )?,
+        &[input.root.url_of(&sessions_name)],
+        Arc::clone(&schema),
+        "the base",
     )?;
     let mut params = input.params.clone();
     params.insert("in_sample", "true".into());
@@ -681,24 +662,10 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
             "the base",
         )
         .await?;
-        for table in INPUTS {
-            if bucket == 0 {
-                engine::create_view(
-                    ctx,
-                    &format!("{table}_all"),
-                    &format!("SELECT * FROM {table}"),
-                    "the base",
-                )
-                .await?;
-            }
-            engine::create_view(
-                ctx,
-                table,
-                &format!("SELECT * FROM {table}_all{filter}"),
-                "the base",
-            )
-            .await?;
+        if bucket == 0 {
+            keep_inputs(ctx).await?;
         }
+        restrict_inputs(ctx, |table| format!("SELECT * FROM {table}_all{filter}")).await?;
         engine::create_view(ctx, "engagement", &r.engagement, "queries/engagement.sql").await?;
         engine::create_view(
             ctx,

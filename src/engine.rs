@@ -56,11 +56,11 @@ pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
     Ok(ctx)
 }
 
-/// Registers segmenter's SQL functions (`sample_unit`, `key_hash`) in `ctx`.
+/// Registers segmenter's SQL functions (`sample_unit`, `key_hash`, `row_digest`) in `ctx`.
 pub fn register_functions(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(SampleUnit::new()));
-    ctx.register_udf(ScalarUDF::new_from_impl(KeyHash::new()));
-    ctx.register_udf(ScalarUDF::new_from_impl(RowDigest::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(RowHash::key_hash()));
+    ctx.register_udf(ScalarUDF::new_from_impl(RowHash::row_digest()));
 }
 
 /// Registers `table` as `name` in `ctx`, replacing a table or view of that name.
@@ -100,6 +100,18 @@ pub fn parquet_table(
         .with_listing_options(options)
         .with_schema(schema);
     Ok(Arc::new(ListingTable::try_new(config).map_err(err)?))
+}
+
+/// Registers the Parquet files at `urls` as table `name` of `schema` ([`parquet_table`]),
+/// replacing a table or view of that name.
+pub fn replace_parquet_table(
+    ctx: &SessionContext,
+    name: &str,
+    urls: &[String],
+    schema: SchemaRef,
+    what: &str,
+) -> Result<()> {
+    replace_table(ctx, name, parquet_table(urls, schema, what)?)
 }
 
 /// A session with `ctx`'s settings, memory pool, object stores and functions but its own
@@ -180,24 +192,59 @@ impl ScalarUDFImpl for SampleUnit {
     }
 }
 
-/// `key_hash(a, b, …)`: a stable 64-bit FNV-1a hash of the values (text; NULL has its own
-/// marker), the same in SQL and in Rust ([`key_hashes`]). The incremental state names the
-/// sessions that may have several rows by it (src/state.rs): two keys sharing a hash are
-/// both grouped, which is only slower, so collisions cannot change a result.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct KeyHash {
+/// A variadic SQL function giving one 64-bit hash per row of its arguments:
+///
+/// - `key_hash(a, b, …)`: a stable FNV-1a hash of the values (text; NULL has its own marker),
+///   the same in SQL and in Rust ([`key_hashes`]). The incremental state names the sessions
+///   that may have several rows by it (src/state.rs): two keys sharing a hash are both
+///   grouped, which is only slower, so collisions cannot change a result.
+/// - `row_digest(a, b, …)`: DataFusion's vectorised row hash with a fixed seed ([`row_digests`]:
+///   the same within one build, not across releases). The base compares each customer's rows
+///   by `bit_xor` and `count` of it (src/base.rs).
+#[derive(Debug)]
+struct RowHash {
+    name: &'static str,
+    hash: fn(&[datafusion::arrow::array::ArrayRef]) -> Result<Vec<u64>>,
     signature: Signature,
 }
 
-impl KeyHash {
-    fn new() -> Self {
-        KeyHash {
+impl RowHash {
+    fn key_hash() -> Self {
+        Self::new("key_hash", key_hashes)
+    }
+
+    fn row_digest() -> Self {
+        Self::new("row_digest", row_digests)
+    }
+
+    fn new(
+        name: &'static str,
+        hash: fn(&[datafusion::arrow::array::ArrayRef]) -> Result<Vec<u64>>,
+    ) -> Self {
+        RowHash {
+            name,
+            hash,
             signature: Signature::variadic_any(Volatility::Immutable),
         }
     }
 }
 
-/// The [`KeyHash`] of every row of `columns` (cast to text).
+// A function is its name (the hash follows from it).
+impl PartialEq for RowHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for RowHash {}
+
+impl std::hash::Hash for RowHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+/// The `key_hash` of every row of `columns` (cast to text).
 pub fn key_hashes(columns: &[datafusion::arrow::array::ArrayRef]) -> Result<Vec<u64>> {
     let rows = columns.first().map_or(0, |c| c.len());
     let mut hashes = vec![0xcbf2_9ce4_8422_2325_u64; rows];
@@ -220,9 +267,22 @@ pub fn key_hashes(columns: &[datafusion::arrow::array::ArrayRef]) -> Result<Vec<
     Ok(hashes)
 }
 
-impl ScalarUDFImpl for KeyHash {
+/// The `row_digest` of every row of `columns`.
+fn row_digests(columns: &[datafusion::arrow::array::ArrayRef]) -> Result<Vec<u64>> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    let mut hashes = vec![0u64; rows];
+    datafusion::common::hash_utils::create_hashes(
+        columns,
+        &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+        &mut hashes,
+    )
+    .map_err(|e| Error::engine("digesting rows", e))?;
+    Ok(hashes)
+}
+
+impl ScalarUDFImpl for RowHash {
     fn name(&self) -> &str {
-        "key_hash"
+        self.name
     }
 
     fn signature(&self) -> &Signature {
@@ -238,54 +298,7 @@ impl ScalarUDFImpl for KeyHash {
         args: ScalarFunctionArgs,
     ) -> datafusion::common::Result<ColumnarValue> {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let hashes = key_hashes(&arrays).map_err(|e| DataFusionError::Execution(e.to_string()))?;
-        Ok(ColumnarValue::Array(Arc::new(
-            datafusion::arrow::array::UInt64Array::from(hashes),
-        )))
-    }
-}
-
-/// `row_digest(a, b, …)`: a 64-bit hash of the values (DataFusion's vectorised row hash with
-/// a fixed seed: the same within one build, not across releases). The base
-/// compares each customer's rows by `bit_xor` and `count` of it (src/base.rs).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct RowDigest {
-    signature: Signature,
-}
-
-impl RowDigest {
-    fn new() -> Self {
-        RowDigest {
-            signature: Signature::variadic_any(Volatility::Immutable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for RowDigest {
-    fn name(&self) -> &str {
-        "row_digest"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
-        Ok(DataType::UInt64)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::common::Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let rows = arrays.first().map_or(0, |a| a.len());
-        let mut hashes = vec![0u64; rows];
-        datafusion::common::hash_utils::create_hashes(
-            &arrays,
-            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
-            &mut hashes,
-        )?;
+        let hashes = (self.hash)(&arrays).map_err(|e| DataFusionError::Execution(e.to_string()))?;
         Ok(ColumnarValue::Array(Arc::new(
             datafusion::arrow::array::UInt64Array::from(hashes),
         )))

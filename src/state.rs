@@ -295,6 +295,20 @@ impl Shape {
         Arc::new(Schema::new(fields))
     }
 
+    /// The [`KEY_HASH`] of each of the session rows `sessions` (rollup columns).
+    fn session_key_hashes(&self, sessions: &RecordBatch) -> Result<Vec<u64>> {
+        let keys = self
+            .session_keys()
+            .iter()
+            .map(|k| {
+                sessions.column_by_name(k).cloned().ok_or_else(|| {
+                    Error::config(None, format!("queries/sessions.sql must return `{k}`"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        engine::key_hashes(&keys)
+    }
+
     /// Rows of the merge ([`Shape::merge_split_sql`]: one per session and per reason, no
     /// `day`) in the partials' schema, every row dated `day` (µs) and the sessions given their
     /// [`KEY_HASH`]: the reason rows other than `after_cutoff`, and the session rows. How the
@@ -338,16 +352,7 @@ impl Shape {
             .collect();
         let reasons = filter_record_batch(&all, &is_kept_reason).map_err(err)?;
         let sessions = filter_record_batch(&all, &is_session).map_err(err)?;
-        let keys = self
-            .session_keys()
-            .iter()
-            .map(|k| {
-                sessions.column_by_name(k).cloned().ok_or_else(|| {
-                    Error::config(None, format!("queries/sessions.sql must return `{k}`"))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let hashes: ArrayRef = Arc::new(UInt64Array::from(engine::key_hashes(&keys)?));
+        let hashes: ArrayRef = Arc::new(UInt64Array::from(self.session_key_hashes(&sessions)?));
         let mut columns = sessions.columns().to_vec();
         let last = columns.len() - 1;
         columns[last] = hashes;
@@ -369,16 +374,7 @@ impl Shape {
         let is_reason = datafusion::arrow::compute::not(&is_session).map_err(err)?;
         let sessions = filter_record_batch(batch, &is_session).map_err(err)?;
         let reasons = filter_record_batch(batch, &is_reason).map_err(err)?;
-        let columns = self
-            .session_keys()
-            .iter()
-            .map(|k| {
-                sessions.column_by_name(k).cloned().ok_or_else(|| {
-                    Error::config(None, format!("queries/sessions.sql must return `{k}`"))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let hashes = engine::key_hashes(&columns)?;
+        let hashes = self.session_key_hashes(&sessions)?;
         let schema = self.partial_schema();
         let with = |b: &RecordBatch, hash: ArrayRef| {
             let mut columns = b.columns().to_vec();
@@ -780,25 +776,23 @@ pub async fn rollup(
         .iter()
         .map(|e| store.root.url_of(&e.partial()))
         .collect();
-    engine::replace_table(
+    engine::replace_parquet_table(
         ctx,
         "session_partials",
-        engine::parquet_table(&urls, shape.partial_schema(), "the state")?,
+        &urls,
+        shape.partial_schema(),
+        "the state",
     )?;
-    let multi_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
-        datafusion::arrow::datatypes::Field::new("hash", DataType::UInt64, false),
-    ]));
-    let mut hashes = match previous_multi {
+    let multi_schema = multi_schema();
+    let hashes = match previous_multi {
         Some((old, rows)) if new_hashes.len() + rows as usize <= limit => {
             // A night: the new sessions may continue known ones; the known multi stay.
-            engine::replace_table(
+            engine::replace_parquet_table(
                 ctx,
                 "state_old_multi",
-                engine::parquet_table(
-                    &[store.root.url_of(&old)],
-                    Arc::clone(&multi_schema),
-                    "the state's multi keys",
-                )?,
+                &[store.root.url_of(&old)],
+                Arc::clone(&multi_schema),
+                "the state's multi keys",
             )?;
             let old = engine::collect(
                 ctx,
@@ -845,21 +839,7 @@ pub async fn rollup(
             repeated
         }
     };
-    hashes.sort_unstable();
-    hashes.dedup();
-    let multi = RecordBatch::try_new(
-        Arc::clone(&multi_schema),
-        vec![Arc::new(datafusion::arrow::array::UInt64Array::from(
-            hashes,
-        ))],
-    )
-    .map_err(|e| Error::engine("the state's multi keys", e.into()))?;
-    let table = datafusion::datasource::MemTable::try_new(
-        Arc::clone(&multi_schema),
-        vec![vec![multi.clone()]],
-    )
-    .map_err(|e| Error::engine("registering the multi keys", e))?;
-    engine::replace_table(ctx, "state_multi", Arc::new(table))?;
+    let multi = register_multi(ctx, "state_multi", hashes)?;
     let merge = shape.merge_split_sql("session_partials", "state_multi", cutoff);
     report.multi_keys = multi.num_rows() as u64;
     let rejects_table = if read_with_rejects.is_empty() {
@@ -884,6 +864,36 @@ pub async fn rollup(
         multi: Some(multi),
         shape,
     })
+}
+
+/// The schema of a set of session key hashes (`multi`): one UInt64 column `hash`.
+fn multi_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "hash",
+        DataType::UInt64,
+        false,
+    )]))
+}
+
+/// Registers `hashes`, sorted and each once, as table `name` of [`multi_schema`] (the
+/// sessions a merge groups, [`Shape::merge_split_sql`]); returns its rows.
+pub(crate) fn register_multi(
+    ctx: &SessionContext,
+    name: &str,
+    mut hashes: Vec<u64>,
+) -> Result<RecordBatch> {
+    hashes.sort_unstable();
+    hashes.dedup();
+    let multi = RecordBatch::try_new(
+        multi_schema(),
+        vec![Arc::new(UInt64Array::from(hashes)) as ArrayRef],
+    )
+    .map_err(|e| Error::engine(format!("the key hashes of {name}"), e.into()))?;
+    let table =
+        datafusion::datasource::MemTable::try_new(multi_schema(), vec![vec![multi.clone()]])
+            .map_err(|e| Error::engine(format!("registering {name}"), e))?;
+    engine::replace_table(ctx, name, Arc::new(table))?;
+    Ok(multi)
 }
 
 /// The keys of the partials present under `_state/sessions/` (a partial named by an index
