@@ -456,24 +456,9 @@ async fn clean_orders(
     bounds: &Bounds,
 ) -> Result<InputReport> {
     let reason = rules::reason_sql(Input::Orders, bounds);
-    // Distinct ids counted by their 64-bit digests, a set of integers rather than of strings
-    // (the string set's hash table took about 45 % of the inputs stage's CPU at 1,000,000
-    // customers, perf): as many digests as rows proves the ids distinct; fewer (duplicates,
-    // or a collision) are counted again exactly.
-    let counts = format!(
-        "SELECT reason, count(*) AS n, count(DISTINCT row_digest(order_id)) AS ids \
-         FROM (SELECT {reason} AS reason, order_id FROM orders_raw) GROUP BY reason"
-    );
-    let mut valid = (0, 0);
-    let mut counted = BTreeMap::new();
-    for (reason, n, ids) in reason_counts(ctx, &counts, "counting orders").await? {
-        match reason {
-            None => valid = (n, ids),
-            Some(r) => {
-                counted.insert(r, n);
-            }
-        }
-    }
+    let (counted_reasons, valid_rows, distinct) = order_counts(ctx, &reason).await?;
+    let mut counted = counted_reasons;
+    let mut valid = (valid_rows, distinct);
     if valid.0 > valid.1 {
         let exact =
             format!("SELECT count(DISTINCT order_id) FROM orders_raw WHERE ({reason}) IS NULL");
@@ -656,28 +641,46 @@ async fn clean_customers(
     Ok(report)
 }
 
-/// Rows of (reason, rows, distinct ids) from a counting query.
-async fn reason_counts(
+/// One pass over the orders: rows per rejection reason, the valid rows, and how many distinct
+/// 64-bit digests of their order_ids there are. As many digests as rows proves the ids
+/// distinct; fewer (duplicates, or a collision) are counted again exactly by the caller.
+/// The digests are sorted here rather than counted by `count(DISTINCT …)`, whose single group
+/// merged two hash sets of 4 M digests on one core: 3.1 s of a 4.2 s inputs stage at
+/// 1,000,000 customers (EXPLAIN ANALYZE, FinalPartitioned aggregation_time).
+async fn order_counts(
     ctx: &SessionContext,
-    sql: &str,
-    what: &str,
-) -> Result<Vec<(Option<String>, u64, u64)>> {
+    reason: &str,
+) -> Result<(BTreeMap<String, u64>, u64, u64)> {
     use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::Int64Type;
-    let batches = engine::collect(ctx, sql, what).await?;
-    let mut out = Vec::new();
-    for b in &batches {
-        let reasons = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)
-            .map_err(|e| Error::engine(what, e.into()))?;
-        let reasons = reasons.as_string::<i32>();
-        let counts = b.column(1).as_primitive::<Int64Type>();
-        let ids = b.column(2).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            let r = (!reasons.is_null(i)).then(|| reasons.value(i).to_string());
-            out.push((r, counts.value(i).max(0) as u64, ids.value(i).max(0) as u64));
+    use datafusion::arrow::datatypes::UInt64Type;
+    let what = "counting orders";
+    let sql = format!(
+        "SELECT arrow_cast({reason}, 'Utf8') AS reason, row_digest(order_id) AS h FROM orders_raw"
+    );
+    let mut running = engine::stream(ctx, &sql, what).await?;
+    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut digests: Vec<u64> = Vec::new();
+    while let Some(batch) = running.stream.next().await {
+        let batch = batch.map_err(|e| Error::engine(what, e))?;
+        let reasons = batch.column(0).as_string::<i32>();
+        let hashes = batch.column(1).as_primitive::<UInt64Type>().values();
+        if reasons.null_count() == reasons.len() {
+            digests.extend_from_slice(hashes);
+            continue;
+        }
+        for (i, h) in hashes.iter().enumerate() {
+            if reasons.is_null(i) {
+                digests.push(*h);
+            } else {
+                *counted.entry(reasons.value(i).to_string()).or_default() += 1;
+            }
         }
     }
-    Ok(out)
+    running.done();
+    let rows = digests.len() as u64;
+    digests.sort_unstable();
+    digests.dedup();
+    Ok((counted, rows, digests.len() as u64))
 }
 
 async fn single_row_counts(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<u64>> {
