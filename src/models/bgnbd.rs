@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::optimize::{minimize_sampled_then_full, start_stride, FitInfo, ModelError, NelderMead};
 use super::special::{ln_beta, ln_gamma, log_add_exp, CompensatedSum};
-use expectation::{expected_if_alive, expected_if_alive_many};
+use expectation::expected_if_alive;
 
 const MODEL: &str = "BG/NBD";
 /// Fewer customers than this: refuse to fit four parameters.
@@ -237,33 +237,40 @@ impl BgNbd {
             .min(horizon)
         };
         // Expected purchases up to the ends, computed a block of periods ahead with one shared
-        // series (expectation::expected_if_alive_many); the sum usually stops early only for
+        // series (expectation::expected_if_alive_lanes); the sum usually stops early only for
         // horizons of decades.
-        const BLOCK: usize = 16;
+        const BLOCK: usize = expectation::LANES;
         let p_alive = self.p_alive(c);
-        let mut ahead: std::collections::VecDeque<f64> = Default::default();
+        // The block's ends, and P(alive)·E at them; `next` of `filled` is the next to use.
+        let (mut block, mut ahead) = ([0.0; BLOCK], [0.0; BLOCK]);
+        let (mut next, mut filled) = (0, 0);
         let mut total = 0.0;
         let (mut start, mut before) = (0.0, 0.0);
         let mut k = 0;
         while start < horizon {
             k += 1;
             let end = end_of(k, start);
-            if ahead.is_empty() {
-                let mut block = vec![end];
-                while block.len() < BLOCK && block[block.len() - 1] < horizon {
-                    let last = block[block.len() - 1];
-                    block.push(end_of(k + block.len(), last));
+            if next == filled {
+                block[0] = end;
+                let mut len = 1;
+                while len < BLOCK && block[len - 1] < horizon {
+                    block[len] = end_of(k + len, block[len - 1]);
+                    len += 1;
                 }
-                let expected = expected_if_alive_many(
+                let expected = expectation::expected_if_alive_lanes(
                     self.r + c.x,
                     self.alpha + c.t,
                     self.a,
                     self.b + c.x,
-                    &block,
+                    &block[..len],
                 );
-                ahead.extend(expected.into_iter().map(|e| p_alive * e));
+                for (a, e) in ahead.iter_mut().zip(&expected[..len]) {
+                    *a = p_alive * e;
+                }
+                (next, filled) = (0, len);
             }
-            let at_end = ahead.pop_front().unwrap_or(f64::NAN);
+            let at_end = ahead[next];
+            next += 1;
             let after = if end >= horizon { undiscounted } else { at_end };
             let mid_in_periods = 0.5 * (start + end) / period;
             total += (after - before).max(0.0) * (-mid_in_periods * ln_discount).exp();

@@ -70,24 +70,33 @@ pub fn expected_if_alive(r: f64, alpha: f64, a: f64, b: f64, t: f64) -> f64 {
 /// the convergence test are per horizon. The discounted expectation needs a dozen horizons per
 /// customer, and these divisions were most of its time.
 pub fn expected_if_alive_many(r: f64, alpha: f64, a: f64, b: f64, ts: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(ts.len());
+    for chunk in ts.chunks(LANES) {
+        out.extend_from_slice(&expected_if_alive_lanes(r, alpha, a, b, chunk)[..chunk.len()]);
+    }
+    out
+}
+
+/// [`expected_if_alive_many`] for at most [`LANES`] horizons, without allocating: the first
+/// `ts.len()` values are the answers.
+pub fn expected_if_alive_lanes(r: f64, alpha: f64, a: f64, b: f64, ts: &[f64]) -> [f64; LANES] {
+    let mut out = [0.0; LANES];
     if a + b > POINT_MASS {
-        return ts
-            .iter()
-            .map(|&t| expected_if_alive(r, alpha, a, b, t))
-            .collect();
+        for (o, &t) in out.iter_mut().zip(ts) {
+            *o = expected_if_alive(r, alpha, a, b, t);
+        }
+        return out;
     }
     let mut series = Series::new(r, a, b, ts.iter().map(|&t| t / alpha));
     series.run();
-    ts.iter()
-        .zip(series.result())
-        .map(|(&t, e)| {
-            if t.is_nan() || t <= 0.0 || t == f64::INFINITY {
-                expected_if_alive(r, alpha, a, b, t)
-            } else {
-                e.unwrap_or_else(|| expected_if_alive_quadrature(r, a, b, t / alpha))
-            }
-        })
-        .collect()
+    for ((o, &t), e) in out.iter_mut().zip(ts).zip(series.result()) {
+        *o = if t.is_nan() || t <= 0.0 || t == f64::INFINITY {
+            expected_if_alive(r, alpha, a, b, t)
+        } else {
+            e.unwrap_or_else(|| expected_if_alive_quadrature(r, a, b, t / alpha))
+        };
+    }
+    out
 }
 
 /// The Euler-transformed closed form; `None` when it converges too slowly or cancels badly.
@@ -98,55 +107,69 @@ fn expected_if_alive_series(r: f64, a: f64, b: f64, s: f64) -> Option<f64> {
     e
 }
 
-/// The Euler-transformed series of [`expected_if_alive`] at one or more s = t/α, summed
-/// together: Σ uₙ with u₁ = (c−r)z and uₙ₊₁/uₙ = z · (c−r+n)/(c+n) · (a+n−1)/(n+1).
+/// Horizons one [`Series`] sums together. Fixed-size lanes (unused ones inert) let the
+/// per-term loop run without branches or allocation: in the 1,000,000-customer scoring night
+/// (perf), the discounted expectation was 64 % of the models stage, a fifth of it
+/// allocating, growing and freeing the series' per-horizon vectors, another fifth the
+/// branchy per-horizon loop.
+pub const LANES: usize = 16;
+
+/// The Euler-transformed series of [`expected_if_alive`] at up to [`LANES`] values of
+/// s = t/α, summed together: Σ uₙ with u₁ = (c−r)z and uₙ₊₁/uₙ = z · (c−r+n)/(c+n) · (a+n−1)/(n+1).
+/// Each horizon stops adding terms once its own bound is met, exactly as if it were alone.
 struct Series {
     r: f64,
     a: f64,
     c: f64,
+    /// Horizons in use (the first `len` lanes).
+    len: usize,
     /// Per horizon: c·(−L)·exprel((a−1)L), with L = ln(1−z).
-    head: Vec<f64>,
+    head: [f64; LANES],
     /// Per horizon: (1−z)^(a−1).
-    weight: Vec<f64>,
-    z: Vec<f64>,
-    term: Vec<f64>,
-    sum: Vec<f64>,
-    converged: Vec<bool>,
+    weight: [f64; LANES],
+    z: [f64; LANES],
+    term: [f64; LANES],
+    sum: [f64; LANES],
+    converged: [bool; LANES],
 }
 
 impl Series {
+    /// At most [`LANES`] horizons (more is a bug of the caller).
     fn new(r: f64, a: f64, b: f64, s: impl Iterator<Item = f64>) -> Series {
         let c = a + b - 1.0;
         let mut series = Series {
             r,
             a,
             c,
-            head: Vec::new(),
-            weight: Vec::new(),
-            z: Vec::new(),
-            term: Vec::new(),
-            sum: Vec::new(),
-            converged: Vec::new(),
+            len: 0,
+            head: [0.0; LANES],
+            weight: [0.0; LANES],
+            z: [0.0; LANES],
+            term: [0.0; LANES],
+            sum: [0.0; LANES],
+            converged: [true; LANES],
         };
-        for s in s {
+        for (k, s) in s.enumerate() {
+            assert!(k < LANES, "a series of more than {LANES} horizons");
             // ln(1−z) and z for z = s/(1+s), without forming 1−z.
             let ln_1mz = -s.ln_1p();
             let z = s / (1.0 + s);
             let term = (c - r) * z;
-            series.head.push(c * (-ln_1mz) * exprel((a - 1.0) * ln_1mz));
-            series.weight.push(((a - 1.0) * ln_1mz).exp());
-            series.z.push(z);
-            series.term.push(term);
-            series.sum.push(term);
+            series.head[k] = c * (-ln_1mz) * exprel((a - 1.0) * ln_1mz);
+            series.weight[k] = ((a - 1.0) * ln_1mz).exp();
+            series.z[k] = z;
+            series.term[k] = term;
+            series.sum[k] = term;
             // Horizons the caller answers without the series (t ≤ 0, NaN, +inf) are left out.
-            series
-                .converged
-                .push(term == 0.0 || !(s > 0.0 && s.is_finite()));
+            series.converged[k] = term == 0.0 || !(s > 0.0 && s.is_finite());
+            series.len = k + 1;
         }
         series
     }
 
     /// Adds terms until every horizon's series has converged or the term budget is spent.
+    /// Every lane is computed each term and a converged lane keeps its values (a select, not a
+    /// branch), so each horizon's sum is the one it would have alone.
     fn run(&mut self) {
         let (r, a, c) = (self.r, self.a, self.c);
         for n in 1..SERIES_MAX_TERMS {
@@ -163,30 +186,29 @@ impl Series {
             let f2_next = (a + nf) / (nf + 2.0);
             let bounded = f1_next > 0.0 && f2_next > 0.0;
             let growth = f1_next.max(1.0) * f2_next.max(1.0);
-            for k in 0..self.z.len() {
-                if self.converged[k] {
-                    continue;
-                }
+            for k in 0..LANES {
+                let active = !self.converged[k];
                 let z = self.z[k];
                 let term = self.term[k] * (z * f1 * f2);
-                self.term[k] = term;
-                self.sum[k] += term;
-                if term == 0.0 {
-                    self.converged[k] = true;
-                } else if bounded {
-                    // bound ≤ 1e-17·scale, multiplied through by 1−q > 0 (no division).
-                    let q = z * growth;
-                    let scale = self.head[k].abs().max(self.weight[k] * self.sum[k].abs());
-                    self.converged[k] =
-                        q < 1.0 && self.weight[k] * term.abs() * q <= 1e-17 * scale * (1.0 - q);
-                }
+                let sum = self.sum[k] + term;
+                // bound ≤ 1e-17·scale, multiplied through by 1−q > 0 (no division).
+                let q = z * growth;
+                let scale = self.head[k].abs().max(self.weight[k] * sum.abs());
+                // `&` and `|`, not `&&` and `||`: no branches, so the lanes vectorise.
+                let done = (term == 0.0)
+                    | (bounded
+                        & (q < 1.0)
+                        & (self.weight[k] * term.abs() * q <= 1e-17 * scale * (1.0 - q)));
+                self.term[k] = if active { term } else { self.term[k] };
+                self.sum[k] = if active { sum } else { self.sum[k] };
+                self.converged[k] = !active || done;
             }
         }
     }
 
     /// Per horizon, E or `None` where the series did not converge or cancels badly.
     fn result(&self) -> impl Iterator<Item = Option<f64>> + '_ {
-        (0..self.z.len()).map(|k| {
+        (0..self.len).map(|k| {
             if !self.converged[k] {
                 return None;
             }
