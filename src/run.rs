@@ -216,13 +216,6 @@ async fn run_locked(
         crate::outputs::write_parquet(root, &name, multi).await?;
         index.multi = Some(name);
     }
-    if let Some(index) = &rollup.index {
-        let name = names.state_index_file();
-        let json = serde_json::to_vec(index)
-            .map_err(|e| Error::Model(format!("serialising the state index: {e}")))?;
-        crate::outputs::write_bytes(root, &name, json).await?;
-        state_report.index = Some(name);
-    }
     tracing::info!(
         mode = state_report.mode,
         reused_files = state_report.reused_files,
@@ -252,7 +245,11 @@ async fn run_locked(
 
     let mut scored = None;
     if let (None, Some((stored, file))) = (&refit_reason, &decision.stored) {
-        match models::score_stored(pipeline, stored, &all)? {
+        let kept = kept_scores(ctx, root, &rollup, &state_report, file).await?;
+        let reuse = kept
+            .as_ref()
+            .map(|(kept, changed)| models::kept::Reuse { kept, changed });
+        match models::score_stored(pipeline, stored, &all, reuse.as_ref())? {
             Night::Scored(scores, drift) => {
                 let record = RefitRecord {
                     refitted: false,
@@ -298,8 +295,39 @@ async fn run_locked(
             (fit.scores, fit.drift, record, Some(fit.stored))
         }
     };
+    if let Some(base) = state_report.base.as_mut() {
+        base.scores_kept = scores.kept as u64;
+    }
     log_models(&scores.report, &refit_record);
     let features = all.current()?;
+    // The coming nights' scores of the customers whose data will not change (src/base.rs).
+    let scoring = to_store
+        .as_ref()
+        .or(decision.stored.as_ref().map(|(stored, _)| stored));
+    if let (Some(index), Some(report), Some(stored)) =
+        (rollup.index.as_mut(), state_report.base.as_ref(), scoring)
+    {
+        if let Some(base) = index.base.as_mut() {
+            let key = crate::base::models_key(&refit_record.model);
+            crate::base::score_ahead(
+                ctx,
+                root,
+                base,
+                report.days_after,
+                stored,
+                &key,
+                pipeline.model.monthly_discount_rate,
+            )
+            .await?;
+        }
+    }
+    if let Some(index) = &rollup.index {
+        let name = names.state_index_file();
+        let json = serde_json::to_vec(index)
+            .map_err(|e| Error::Model(format!("serialising the state index: {e}")))?;
+        crate::outputs::write_bytes(root, &name, json).await?;
+        state_report.index = Some(name);
+    }
     lap("models", timings);
 
     // Only a previous run whose manifest this build can read lends its model.
@@ -566,4 +594,31 @@ fn log_inputs(inputs: &inputs::Inputs) {
             );
         }
     }
+}
+
+/// The scores computed ahead for tonight, and the customers they do not hold: only on a
+/// night whose other customers' features came from a base built before it, which kept scores
+/// by the models tonight scores with.
+async fn kept_scores(
+    ctx: &SessionContext,
+    root: &storage::StoreRef,
+    rollup: &state::Rollup,
+    report: &state::Report,
+    models_file: &str,
+) -> Result<Option<(models::kept::Kept, std::collections::HashSet<String>)>> {
+    let (Some(base), Some(night)) = (
+        rollup.index.as_ref().and_then(|i| i.base.as_ref()),
+        report.base.as_ref(),
+    ) else {
+        return Ok(None);
+    };
+    if !night.features_kept || night.built {
+        return Ok(None);
+    }
+    let key = crate::base::models_key(models_file);
+    let Some(kept) = crate::base::kept_scores(ctx, root, base, night.days_after, &key).await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((kept, crate::base::changed_ids(ctx).await?)))
 }

@@ -25,6 +25,7 @@ pub mod design;
 pub mod drift;
 pub mod gamma_gamma;
 pub mod gbm;
+pub mod kept;
 pub mod metrics;
 pub mod optimize;
 pub mod parallel;
@@ -88,6 +89,8 @@ pub struct Scores {
     /// Days after the cut-off by which BG/NBD gives another purchase a 50 % chance (NaN: not
     /// within 365 days, or as above).
     pub next_order_days: Vec<f64>,
+    /// Customers whose scores were computed ahead by an earlier run ([`kept`]), not tonight.
+    pub kept: usize,
 }
 
 impl Scores {
@@ -99,6 +102,7 @@ impl Scores {
             p_alive: p.outputs.p_alive.clone(),
             expected_orders_365d: p.outputs.purchases_365d.clone(),
             next_order_days: p.outputs.next_purchase_days.clone(),
+            kept: 0,
         }
     }
 }
@@ -182,14 +186,33 @@ pub enum Night {
 
 /// Scores snapshot 0 with stored models, unless the feature list changed or a feature
 /// drifted past `model.max_feature_psi` (then [`Night::Refit`]).
+///
+/// With `reuse`, only the customers whose features are new tonight are scored; the others'
+/// classical outputs and scores are the kept ones ([`kept`]), the same numbers.
 pub fn score_stored(
     pipeline: &Pipeline,
     stored: &Stored,
     features: &SnapshotFeatures,
+    reuse: Option<&kept::Reuse<'_>>,
 ) -> Result<Night> {
     let now = features.current()?;
     let rate = pipeline.model.monthly_discount_rate;
-    let p = Prepared::with_classical(Cow::Borrowed(now), stored.classical.clone(), rate)?;
+    let mut computed = None;
+    let mut kept = 0;
+    let p = match reuse {
+        None => Prepared::with_classical(Cow::Borrowed(now), stored.classical.clone(), rate)?,
+        Some(reuse) => {
+            let (outputs, churn, value, scored) = kept::score_with(stored, now, rate, reuse)?;
+            tracing::info!(
+                scored,
+                kept = now.len() - scored,
+                "scored the changed customers; the others' scores were computed ahead"
+            );
+            computed = Some((churn, value));
+            kept = now.len() - scored;
+            Prepared::with_outputs(Cow::Borrowed(now), stored.classical.clone(), outputs)?
+        }
+    };
     if p.design.names != stored.features {
         let added: Vec<&str> = p
             .design
@@ -219,9 +242,15 @@ pub fn score_stored(
             drift.threshold
         )));
     }
-    let (churn, value) = score_prepared(stored, &p, rate)?;
+    let (churn, value) = match computed {
+        Some(scores) => scores,
+        None => score_prepared(stored, &p, rate)?,
+    };
     Ok(Night::Scored(
-        Scores::new(churn, value, stored.report.clone(), &p),
+        Scores {
+            kept,
+            ..Scores::new(churn, value, stored.report.clone(), &p)
+        },
         drift,
     ))
 }
@@ -317,15 +346,25 @@ impl<'a> Prepared<'a> {
         let fitted = clock.elapsed().as_secs_f64();
         let outputs = classical.outputs(&table, monthly_rate)?;
         let with_outputs = clock.elapsed().as_secs_f64();
-        let design = Design::new(&table, &outputs.columns())?;
+        let p = Self::with_outputs(table, classical, outputs)?;
         tracing::debug!(
-            customers = table.len(),
-            classical = %serde_json::to_string(&classical).unwrap_or_default(),
+            customers = p.table.len(),
+            classical = %serde_json::to_string(&p.classical).unwrap_or_default(),
             classical_fit_s = fitted,
             outputs_s = with_outputs - fitted,
             total_s = clock.elapsed().as_secs_f64(),
             "snapshot prepared"
         );
+        Ok(p)
+    }
+
+    /// With the classical models' outputs already computed (kept from an earlier run).
+    fn with_outputs(
+        table: Cow<'a, CustomerTable>,
+        classical: Classical,
+        outputs: Outputs,
+    ) -> Result<Prepared<'a>> {
+        let design = Design::new(&table, &outputs.columns())?;
         Ok(Prepared {
             ids: table.ids()?,
             table,

@@ -218,6 +218,12 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
         changed > 0 && changed * 5 < customers,
         "one day's visitors are a few of the customers: {changed} of {customers}"
     );
+    // D scored the base's coming cut-offs ahead: only the changed customers were scored.
+    assert_eq!(
+        base["scores_kept"].as_u64().unwrap() + changed,
+        customers,
+        "{base}"
+    );
 
     // A late file for an old day.
     let late = data.join("events/dt=2026-09-15/part-late.parquet");
@@ -249,9 +255,10 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
         names.iter().any(|n| n.ends_with(&replaced_name)),
         "{names:?}"
     );
-    // A file the base merged changed: a new base, from every partial.
+    // A file the base merged changed: a new base, from every partial, and everyone scored.
     let base = &m["state"]["base"];
     assert_eq!(base["built"], true, "{base}");
+    assert_eq!(base["scores_kept"], 0, "{base}");
     assert!(
         base["why"].as_str().unwrap().contains("no longer in use"),
         "{base}"
