@@ -14,6 +14,10 @@
 //!                      of its customers rows, as the run at C saw them
 //!  features-J.parquet  queries/features.sql at cut-off C + J days (J = 0 … BASE_DAYS − 1)
 //!                      from the data of C, every customer (snapshot set to 0)
+//!  scores-J-<models>.parquet
+//!                      features-J scored ahead by the models the coming nights use
+//!                      (src/models/kept.rs): written after the models stage by the run
+//!                      that built the base, or that first scored with new models
 //! ```
 //!
 //! A later run at cut-off C + J reads, besides them, only the partial rows the base does not
