@@ -420,17 +420,14 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
 
     // A night that scores needs the changed customers' data only; a refit every session.
     let sessions = if features_kept {
-        let rows = engine::collect(
+        engine::collect_into_table(
             ctx,
+            "base_changed_sessions",
             "SELECT b.* FROM base_sessions b LEFT SEMI JOIN state_changed c \
              ON b.customer_id = c.customer_id",
             "reading the changed customers' sessions",
         )
         .await?;
-        let table =
-            datafusion::datasource::MemTable::try_new(Arc::clone(&partial_schema), vec![rows])
-                .map_err(|e| Error::engine("registering the changed customers' sessions", e))?;
-        engine::replace_table(ctx, "base_changed_sessions", Arc::new(table))?;
         let name = format!("{}/features-{days_after}.parquet", reference.dir);
         engine::replace_parquet_table(
             ctx,
@@ -449,15 +446,7 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
                  ON t.customer_id = c.customer_id"
             );
             let what = format!("reading the changed customers' {table}");
-            let plan = ctx
-                .sql(&sql)
-                .await
-                .map_err(|e| Error::engine(format!("planning {what}"), e))?;
-            let schema = Arc::new(plan.schema().as_arrow().clone());
-            let rows = engine::collect(ctx, &sql, &what).await?;
-            let table_rows = datafusion::datasource::MemTable::try_new(schema, vec![rows])
-                .map_err(|e| Error::engine(what.clone(), e))?;
-            engine::replace_table(ctx, table, Arc::new(table_rows))?;
+            engine::collect_into_table(ctx, table, &sql, &what).await?;
         }
         "base_changed_sessions"
     } else {

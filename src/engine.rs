@@ -496,6 +496,26 @@ pub async fn collect(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<
         .map_err(|e| Error::engine(what, e))
 }
 
+/// Runs `sql` and registers its rows, held in memory, as table `name` (planned once; the
+/// table keeps the query's schema when no row comes back).
+pub async fn collect_into_table(
+    ctx: &SessionContext,
+    name: &str,
+    sql: &str,
+    what: &str,
+) -> Result<()> {
+    explain_if_asked(ctx, sql, what).await?;
+    let df = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| Error::engine(format!("planning {what}"), e))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let rows = df.collect().await.map_err(|e| Error::engine(what, e))?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![rows])
+        .map_err(|e| Error::engine(what, e))?;
+    replace_table(ctx, name, Arc::new(table))
+}
+
 /// A query running as a stream of batches, consumed by the caller as they come.
 pub struct Running {
     plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
