@@ -101,16 +101,29 @@ pub struct Reuse<'a> {
     pub changed: &'a HashSet<String>,
 }
 
+/// Every row's classical outputs and scores, part kept, part computed tonight.
+pub(super) struct Merged {
+    /// The customer ids, in the table's row order.
+    pub ids: Vec<String>,
+    /// The classical outputs.
+    pub outputs: Outputs,
+    /// Churn scores.
+    pub churn: Vec<f64>,
+    /// Value scores.
+    pub value: Vec<f64>,
+    /// Rows scored tonight (the others were kept).
+    pub scored: usize,
+}
+
 /// Scores with `stored` the customers of `table` whose features are new tonight (changed,
-/// or missing from the kept scores), takes the others' from `reuse`, and returns the classical
-/// outputs and the churn and value scores of every row in `table`'s order, and how many
-/// rows were scored.
+/// or missing from the kept scores) and takes the others' from `reuse`, every row in
+/// `table`'s order.
 pub(super) fn score_with(
     stored: &Stored,
     table: &CustomerTable,
     rate: f64,
     reuse: &Reuse<'_>,
-) -> Result<(Outputs, Vec<f64>, Vec<f64>, usize)> {
+) -> Result<Merged> {
     let ids = table.ids()?;
     let kept: Vec<Option<&Row>> = ids
         .iter()
@@ -152,7 +165,13 @@ pub(super) fn score_with(
         next_purchase_days: column(),
     };
     let (churn, value) = (column(), column());
-    Ok((outputs, churn, value, new_rows.len()))
+    Ok(Merged {
+        ids,
+        outputs,
+        churn,
+        value,
+        scored: new_rows.len(),
+    })
 }
 
 /// Scores every customer of `table` (a base's features at a coming cut-off) with `stored`:

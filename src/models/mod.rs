@@ -202,15 +202,20 @@ pub fn score_stored(
     let p = match reuse {
         None => Prepared::with_classical(Cow::Borrowed(now), stored.classical.clone(), rate)?,
         Some(reuse) => {
-            let (outputs, churn, value, scored) = kept::score_with(stored, now, rate, reuse)?;
+            let merged = kept::score_with(stored, now, rate, reuse)?;
+            kept = now.len() - merged.scored;
             tracing::info!(
-                scored,
-                kept = now.len() - scored,
+                scored = merged.scored,
+                kept,
                 "scored the changed customers; the others' scores were computed ahead"
             );
-            computed = Some((churn, value));
-            kept = now.len() - scored;
-            Prepared::with_outputs(Cow::Borrowed(now), stored.classical.clone(), outputs)?
+            computed = Some((merged.churn, merged.value));
+            Prepared::with_outputs(
+                Cow::Borrowed(now),
+                stored.classical.clone(),
+                merged.outputs,
+                merged.ids,
+            )?
         }
     };
     if p.design.names != stored.features {
@@ -346,7 +351,8 @@ impl<'a> Prepared<'a> {
         let fitted = clock.elapsed().as_secs_f64();
         let outputs = classical.outputs(&table, monthly_rate)?;
         let with_outputs = clock.elapsed().as_secs_f64();
-        let p = Self::with_outputs(table, classical, outputs)?;
+        let ids = table.ids()?;
+        let p = Self::with_outputs(table, classical, outputs, ids)?;
         tracing::debug!(
             customers = p.table.len(),
             classical = %serde_json::to_string(&p.classical).unwrap_or_default(),
@@ -358,15 +364,17 @@ impl<'a> Prepared<'a> {
         Ok(p)
     }
 
-    /// With the classical models' outputs already computed (kept from an earlier run).
+    /// With the classical models' outputs already computed (kept from an earlier run) and
+    /// the table's customer ids, in its row order.
     fn with_outputs(
         table: Cow<'a, CustomerTable>,
         classical: Classical,
         outputs: Outputs,
+        ids: Vec<String>,
     ) -> Result<Prepared<'a>> {
         let design = Design::new(&table, &outputs.columns())?;
         Ok(Prepared {
-            ids: table.ids()?,
+            ids,
             table,
             classical,
             outputs,
