@@ -359,6 +359,7 @@ pub async fn tee(
         running: Running {
             plan,
             what: what.to_string(),
+            started: std::time::Instant::now(),
             stream: Box::pin(RecordBatchStreamAdapter::new(
                 Arc::clone(&schema),
                 futures::stream::empty(),
@@ -488,12 +489,26 @@ pub async fn create_view(ctx: &SessionContext, name: &str, sql: &str, what: &str
 /// the query twice: for tuning queries/*.sql, not for production).
 pub async fn collect(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<RecordBatch>> {
     explain_if_asked(ctx, sql, what).await?;
-    ctx.sql(sql)
+    let started = std::time::Instant::now();
+    let rows = ctx
+        .sql(sql)
         .await
         .map_err(|e| Error::engine(format!("planning {what}"), e))?
         .collect()
         .await
-        .map_err(|e| Error::engine(what, e))
+        .map_err(|e| Error::engine(what, e))?;
+    log_query(what, &rows, started);
+    Ok(rows)
+}
+
+/// Logs (at debug) how long a query took and how many rows it returned.
+fn log_query(what: &str, rows: &[RecordBatch], started: std::time::Instant) {
+    tracing::debug!(
+        query = what,
+        rows = rows.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        seconds = started.elapsed().as_secs_f64(),
+        "query done"
+    );
 }
 
 /// Runs `sql` and registers its rows, held in memory, as table `name` (planned once; the
@@ -505,12 +520,14 @@ pub async fn collect_into_table(
     what: &str,
 ) -> Result<()> {
     explain_if_asked(ctx, sql, what).await?;
+    let started = std::time::Instant::now();
     let df = ctx
         .sql(sql)
         .await
         .map_err(|e| Error::engine(format!("planning {what}"), e))?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let rows = df.collect().await.map_err(|e| Error::engine(what, e))?;
+    log_query(what, &rows, started);
     let table = datafusion::datasource::MemTable::try_new(schema, vec![rows])
         .map_err(|e| Error::engine(what, e))?;
     replace_table(ctx, name, Arc::new(table))
@@ -520,6 +537,7 @@ pub async fn collect_into_table(
 pub struct Running {
     plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
     what: String,
+    started: std::time::Instant,
     /// The batches.
     pub stream: SendableRecordBatchStream,
 }
@@ -541,19 +559,27 @@ async fn physical_plan(
 /// Starts `sql` as a stream. With `SEGMENTER_EXPLAIN_ANALYZE` set, [`Running::done`] logs
 /// the plan with the metrics of this very execution (the query runs once).
 pub async fn stream(ctx: &SessionContext, sql: &str, what: &str) -> Result<Running> {
+    let started = std::time::Instant::now();
     let plan = physical_plan(ctx, sql, what).await?;
     let stream = datafusion::physical_plan::execute_stream(Arc::clone(&plan), ctx.task_ctx())
         .map_err(|e| Error::engine(what, e))?;
     Ok(Running {
         plan,
         what: what.to_string(),
+        started,
         stream,
     })
 }
 
 impl Running {
-    /// Call when the stream is finished: logs the executed plan's metrics if asked.
+    /// Call when the stream is finished: logs (at debug) how long it ran, and the executed
+    /// plan's metrics if asked.
     pub fn done(self) {
+        tracing::debug!(
+            query = self.what,
+            seconds = self.started.elapsed().as_secs_f64(),
+            "query streamed"
+        );
         if std::env::var_os("SEGMENTER_EXPLAIN_ANALYZE").is_some() {
             let text = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
                 self.plan.as_ref(),

@@ -223,7 +223,7 @@ pub fn states(batch: &RecordBatch) -> Result<Vec<(String, State)>> {
 /// files of its published attempt `run_id` (an earlier attempt's files may still be there).
 pub async fn customers(root: &StoreRef, run_date: &str, run_id: &str) -> Result<ById> {
     let dir = format!("customer_segments/run_date={run_date}/");
-    let files: Vec<ObjectPath> = root
+    let mut files: Vec<ObjectPath> = root
         .store
         .list(Some(&root.key(&dir)))
         .map_ok(|m| m.location)
@@ -234,7 +234,8 @@ pub async fn customers(root: &StoreRef, run_date: &str, run_id: &str) -> Result<
         .try_collect()
         .await
         .map_err(|e| Error::storage(format!("listing {}", root.url_of(&dir)), e))?;
-    let mut out = ById::default();
+    files.sort();
+    let mut out = Vec::new();
     for path in files {
         let what = || format!("reading the previous run's {path}");
         let bytes: Bytes = root
@@ -261,11 +262,21 @@ pub async fn customers(root: &StoreRef, run_date: &str, run_id: &str) -> Result<
             out.extend(states(&batch)?);
         }
     }
-    Ok(out)
+    Ok(by_id(out))
 }
 
-/// The previous run's customers by id.
-pub type ById = HashMap<String, State, foldhash::fast::RandomState>;
+/// Customers' states in ascending order of id, one per id (the first of a repeated id).
+pub type ById = Vec<(String, State)>;
+
+/// `states` in ascending order of id, one per id: as customer_segments is written, so
+/// usually only checked, not sorted.
+pub fn by_id(mut states: Vec<(String, State)>) -> ById {
+    if !states.is_sorted_by(|a, b| a.0 < b.0) {
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states.dedup_by(|later, first| later.0 == first.0);
+    }
+    states
+}
 
 /// Per segment id: how this run's customers relate to the previous run's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -309,24 +320,41 @@ pub struct Transitions {
 
 /// Customers whose segment, lifecycle stage or churn band changed between `previous` (run
 /// `previous_date`) and `current`, customers new since then (from = null) and customers no
-/// longer present (to = null), plus the per-segment flows and the transition matrix.
-pub fn transitions(
-    previous_date: &str,
-    previous: &ById,
-    current: &[(String, State)],
-) -> Result<Transitions> {
+/// longer present (to = null), plus the per-segment flows and the transition matrix. Both
+/// sides are in ascending order of id ([`by_id`]): one merge, rows in id order.
+pub fn transitions(previous_date: &str, previous: &ById, current: &ById) -> Result<Transitions> {
     type Row<'a> = (&'a str, Option<&'a State>, Option<&'a State>);
     let mut rows: Vec<Row> = Vec::new();
     let mut flows: BTreeMap<i32, Flow> = BTreeMap::new();
     let mut cells: BTreeMap<(Option<i32>, i32), Cell> = BTreeMap::new();
     let (mut both, mut kept) = (0usize, 0usize);
-    // A fast hash: a million ids are looked up each night (SipHash was most of the segments
-    // stage at 1,000,000 customers, perf).
-    let mut seen: std::collections::HashSet<&str, foldhash::fast::RandomState> =
-        std::collections::HashSet::with_capacity_and_hasher(current.len(), Default::default());
-    for (id, now) in current {
-        seen.insert(id.as_str());
-        let before = previous.get(id);
+    fn gone<'a>(
+        id: &'a str,
+        b: &'a State,
+        rows: &mut Vec<Row<'a>>,
+        flows: &mut BTreeMap<i32, Flow>,
+    ) {
+        flows.entry(b.segment_id).or_default().left += 1;
+        rows.push((id, Some(b), None));
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < current.len() {
+        let (id, now) = (&current[i].0, &current[i].1);
+        if let Some((p, b)) = previous.get(j) {
+            if p < id {
+                gone(p, b, &mut rows, &mut flows);
+                j += 1;
+                continue;
+            }
+        }
+        i += 1;
+        let before = match previous.get(j) {
+            Some((p, b)) if p == id => {
+                j += 1;
+                Some(b)
+            }
+            _ => None,
+        };
         let cell = cells
             .entry((before.map(|b| b.segment_id), now.segment_id))
             .or_insert_with(|| Cell {
@@ -357,16 +385,9 @@ pub fn transitions(
             }
         }
     }
-    let mut gone: Vec<(&String, &State)> = previous
-        .iter()
-        .filter(|(id, _)| !seen.contains(id.as_str()))
-        .collect();
-    gone.sort_by(|a, b| a.0.cmp(b.0));
-    for (id, b) in gone {
-        flows.entry(b.segment_id).or_default().left += 1;
-        rows.push((id, Some(b), None));
+    for (p, b) in &previous[j..] {
+        gone(p, b, &mut rows, &mut flows);
     }
-    rows.sort_by(|a, b| a.0.cmp(b.0));
 
     let from: Vec<Option<&State>> = rows.iter().map(|r| r.1).collect();
     let to: Vec<Option<&State>> = rows.iter().map(|r| r.2).collect();
@@ -433,7 +454,7 @@ pub fn transitions(
 
 /// An empty `segment_transitions` batch (first run: nothing to compare with), same schema.
 pub fn no_transitions() -> Result<RecordBatch> {
-    let t = transitions("", &ById::default(), &[])?;
+    let t = transitions("", &ById::new(), &ById::new())?;
     Ok(t.batch)
 }
 
@@ -467,21 +488,25 @@ mod tests {
 
     #[test]
     fn changes_new_and_gone_customers_with_flows() {
-        let previous: ById = [
-            ("a", st(1, "growth", "low")),
-            ("b", st(1, "growth", "low")),
-            ("c", st(2, "decline", "high")),
-            ("gone", st(2, "decline", "high")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let current = vec![
+        // Out of order on purpose: by_id sorts.
+        let previous = by_id(
+            [
+                ("gone", st(2, "decline", "high")),
+                ("a", st(1, "growth", "low")),
+                ("c", st(2, "decline", "high")),
+                ("b", st(1, "growth", "low")),
+                ("0", st(2, "decline", "high")), // gone, before every current id
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        );
+        let current = by_id(vec![
             ("a".to_string(), st(1, "growth", "low")), // unchanged: no row
-            ("b".to_string(), st(1, "maturity", "low")), // lifecycle changed
-            ("c".to_string(), st(1, "growth", "low")), // segment 2 → 1
             ("new".to_string(), st(2, "potential", "high")),
-        ];
+            ("b".to_string(), st(1, "maturity", "low")), // lifecycle changed
+            ("c".to_string(), st(1, "growth", "low")),   // segment 2 → 1
+        ]);
         let t = transitions("2026-01-01", &previous, &current).unwrap();
         let ids: Vec<&str> = t
             .batch
@@ -490,7 +515,7 @@ mod tests {
             .iter()
             .flatten()
             .collect();
-        assert_eq!(ids, vec!["b", "c", "gone", "new"]);
+        assert_eq!(ids, vec!["0", "b", "c", "gone", "new"]);
         let seg_changed = t
             .batch
             .column_by_name("segment_changed")
@@ -499,14 +524,15 @@ mod tests {
             .clone();
         assert_eq!(
             seg_changed.iter().collect::<Vec<_>>(),
-            vec![Some(false), Some(true), Some(true), Some(true)]
+            vec![Some(true), Some(false), Some(true), Some(true), Some(true)]
         );
-        assert!(t.batch.column_by_name("to_segment_id").unwrap().is_null(2));
+        assert!(t.batch.column_by_name("to_segment_id").unwrap().is_null(0));
+        assert!(t.batch.column_by_name("to_segment_id").unwrap().is_null(3));
         assert!(t
             .batch
             .column_by_name("from_segment_id")
             .unwrap()
-            .is_null(3));
+            .is_null(4));
         assert_eq!(
             t.flows[&1],
             Flow {
@@ -522,7 +548,7 @@ mod tests {
                 stayed: 0,
                 joined: 0,
                 new: 1,
-                left: 2
+                left: 3
             }
         );
         assert!((t.kept_segment_share - 2.0 / 3.0).abs() < 1e-12);

@@ -193,22 +193,50 @@ impl Attempt {
     }
 }
 
-/// Writes the attempt's files: each table as one Parquet file, the exports (name, CSV) and
-/// the segment model, each named with the run id. Returns their URLs by table, for the
-/// manifest. The test hook pauses after the tables and exports (`write`) and after the model
-/// (`model`).
+/// The attempt's tables being written on a task of their own ([`spawn_tables`]); dropped
+/// unfinished (the run failed meanwhile), the task is stopped.
+pub struct TablesWriting(tokio::task::JoinHandle<Result<BTreeMap<&'static str, Vec<String>>>>);
+
+impl Drop for TablesWriting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts writing each table as one Parquet file named with the run id, on a task of its
+/// own: encoding a million customers' rows takes a core for about a second, which the
+/// caller's exports (CSV formatting) run beside. [`write_attempt`] waits for it.
+pub fn spawn_tables(
+    root: &StoreRef,
+    attempt: &Attempt,
+    tables: Vec<(&'static str, RecordBatch)>,
+) -> TablesWriting {
+    let root = root.clone();
+    let names: Vec<String> = tables.iter().map(|(t, _)| attempt.table_file(t)).collect();
+    TablesWriting(tokio::spawn(async move {
+        let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        for ((table, batch), name) in tables.iter().zip(&names) {
+            let url = outputs::write_parquet(&root, name, batch).await?;
+            files.entry(table).or_default().push(url);
+        }
+        Ok(files)
+    }))
+}
+
+/// Writes the attempt's files: waits for the tables ([`spawn_tables`]), then writes the
+/// exports (name, CSV) and the segment model, each named with the run id. Returns their URLs
+/// by table, for the manifest. The test hook pauses after the tables and exports (`write`)
+/// and after the model (`model`).
 pub async fn write_attempt(
     root: &StoreRef,
     attempt: &Attempt,
-    tables: &[(&'static str, &RecordBatch)],
+    mut tables: TablesWriting,
     exports: Vec<(String, Vec<u8>)>,
     model: &SegmentModel,
 ) -> Result<BTreeMap<&'static str, Vec<String>>> {
-    let mut files: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
-    for &(table, batch) in tables {
-        let url = outputs::write_parquet(root, &attempt.table_file(table), batch).await?;
-        files.entry(table).or_default().push(url);
-    }
+    let mut files = (&mut tables.0)
+        .await
+        .map_err(|e| Error::Model(format!("writing the tables: {e}")))??;
     for (name, csv) in exports {
         let url = outputs::write_bytes(root, &attempt.export_file(&name), csv).await?;
         files.entry("exports").or_default().push(url);

@@ -359,9 +359,9 @@ async fn run_locked(
         (Some(d), Some(p)) => {
             let mut before = previous::customers(root, d, &p.run_id).await?;
             if let Some(e) = &erasure {
-                before.retain(|id, _| !e.listed(id));
+                before.retain(|(id, _)| !e.listed(id));
             }
-            let now = previous::states(&segments_batch)?;
+            let now = previous::by_id(previous::states(&segments_batch)?);
             Some(previous::transitions(d, &before, &now)?)
         }
         _ => None,
@@ -388,6 +388,15 @@ async fn run_locked(
     };
     lap("segments", timings);
 
+    let tables = publish::spawn_tables(
+        root,
+        &names,
+        vec![
+            ("customer_segments", segments_batch.clone()),
+            ("segment_summary", summary_batch.clone()),
+            ("segment_transitions", transitions_batch),
+        ],
+    );
     let contacts = exports::contacts(ctx).await?;
     let mut exports = exports::per_segment(&segments_batch, &segmentation, &contacts)?;
     let configured = exports::configured(
@@ -406,18 +415,8 @@ async fn run_locked(
         export_records.push(record);
         exports.push((w.name, w.bytes));
     }
-    let mut files = publish::write_attempt(
-        root,
-        &names,
-        &[
-            ("customer_segments", &segments_batch),
-            ("segment_summary", &summary_batch),
-            ("segment_transitions", &transitions_batch),
-        ],
-        exports,
-        &segmentation.model,
-    )
-    .await?;
+    let mut files =
+        publish::write_attempt(root, &names, tables, exports, &segmentation.model).await?;
     if let Some(stored) = &to_store {
         let json = serde_json::to_vec(stored)
             .map_err(|e| Error::Model(format!("serialising the scoring models: {e}")))?;
