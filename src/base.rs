@@ -55,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::features::{Cutoff, Snapshots};
+use crate::inputs::SourceFile;
 use crate::outputs::ParquetSink;
 use crate::state::{sha256_hex, Index, Shape};
 use crate::storage::StoreRef;
@@ -94,6 +95,30 @@ pub struct BaseRef {
     /// ([`models_key`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scores: Option<String>,
+    /// The orders and customers files it digested (a base from before they were recorded has
+    /// none: its nights compare every row's digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<InputFiles>,
+}
+
+/// The orders and customers files a base saw, by identity ([`SourceFile::identity`]): a night
+/// whose files only gained new ones (a daily export) finds the customers whose orders or
+/// customers rows changed from those files alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct InputFiles {
+    /// The orders files.
+    pub orders: Vec<String>,
+    /// The customers files.
+    pub customers: Vec<String>,
+}
+
+impl InputFiles {
+    fn of(orders: &[SourceFile], customers: &[SourceFile]) -> InputFiles {
+        InputFiles {
+            orders: orders.iter().map(SourceFile::identity).collect(),
+            customers: customers.iter().map(SourceFile::identity).collect(),
+        }
+    }
 }
 
 /// What the manifest says about the base (`state.base`).
@@ -119,6 +144,12 @@ pub struct BaseReport {
     /// Customers whose scores came from the base (scored ahead by an earlier run with the
     /// same models; the changed customers were scored tonight).
     pub scores_kept: u64,
+    /// How the customers whose orders or customers rows changed were found: `added files`
+    /// (the base's files are all still there, unchanged, and no order id has several rows:
+    /// the customers in the files added since and those with rows dated since the base's
+    /// cut-off) or `row digests` (every row's digest against the base's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs_compared_by: Option<&'static str>,
 }
 
 /// The sessions of a run, from a base: what the features read.
@@ -161,6 +192,13 @@ pub struct BaseInputs<'a> {
     /// The run's snapshots; only its own (a night that scores with stored models) lets the
     /// base serve the features.
     pub snapshots: &'a Snapshots,
+    /// The orders files this run reads.
+    pub orders_files: &'a [SourceFile],
+    /// The customers files this run reads (none when not configured).
+    pub customers_files: &'a [SourceFile],
+    /// Whether some order id has several valid rows tonight (then a file added can change
+    /// which row an older order keeps: rows are compared by digest).
+    pub order_duplicates: bool,
 }
 
 /// Digest of the feature queries and the parameters they may use.
@@ -361,7 +399,18 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         "SELECT DISTINCT customer_id FROM state_delta WHERE reason IS NULL AND \"day\" < {cut}"
     );
     // A base built by this run digested the very rows this run sees: nothing to compare.
+    let mut inputs_compared_by = None;
     if features_kept && !built {
+        if let Some(added) = appended(&reference, &input) {
+            inputs_compared_by = Some("added files");
+            sql = format!(
+                "{sql} UNION {}",
+                added_customers_sql(ctx, &added, base_cut, input.cutoff).await?
+            );
+        }
+    }
+    if features_kept && !built && inputs_compared_by.is_none() {
+        inputs_compared_by = Some("row digests");
         engine::replace_parquet_table(
             ctx,
             "base_digests",
@@ -474,6 +523,7 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         changed_customers,
         features_kept,
         scores_kept: 0,
+        inputs_compared_by,
     };
     Ok(BaseNight {
         sessions_sql,
@@ -481,6 +531,68 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         reference,
         report,
     })
+}
+
+/// The orders and customers files added since `base`, when those are the only change to
+/// them: every file the base saw is still there, unchanged, and no order id has several valid
+/// rows tonight (a new row for an old order id could displace another customer's row). None
+/// when rows must be compared by digest.
+fn appended(base: &BaseRef, input: &BaseInputs<'_>) -> Option<InputFiles> {
+    let seen = base.inputs.as_ref()?;
+    if input.order_duplicates {
+        return None;
+    }
+    let added = |before: &[String], now: &[SourceFile]| -> Option<Vec<String>> {
+        let now: HashMap<String, &SourceFile> = now.iter().map(|f| (f.identity(), f)).collect();
+        if before.iter().any(|id| !now.contains_key(id)) {
+            return None;
+        }
+        let before: std::collections::HashSet<&str> = before.iter().map(String::as_str).collect();
+        let mut urls: Vec<String> = now
+            .iter()
+            .filter(|(id, _)| !before.contains(id.as_str()))
+            .map(|(_, f)| f.url.clone())
+            .collect();
+        urls.sort();
+        Some(urls)
+    };
+    Some(InputFiles {
+        orders: added(&seen.orders, input.orders_files)?,
+        customers: added(&seen.customers, input.customers_files)?,
+    })
+}
+
+/// The customers whose orders or customers rows may differ from the base's when files were
+/// only added (`added`, URLs): every customer in the added files, and every customer with an
+/// order or sign-up dated from the base's cut-off to this run's (rows of older files the base's
+/// cut-off left out). A superset is harmless: a customer taken as changed has its features
+/// computed from its data, the same as the kept ones.
+async fn added_customers_sql(
+    ctx: &SessionContext,
+    added: &InputFiles,
+    base_cut: Cutoff,
+    cut: Cutoff,
+) -> Result<String> {
+    let (from, to) = (base_cut.sql(), cut.sql());
+    let mut arms = vec![
+        format!("SELECT customer_id FROM orders_raw WHERE order_ts >= {from} AND order_ts < {to}"),
+        format!(
+            "SELECT customer_id FROM customers_raw WHERE signup_ts >= {from} AND signup_ts < {to}"
+        ),
+    ];
+    if !added.orders.is_empty() {
+        crate::inputs::register_order_files(ctx, "base_added_orders", &added.orders).await?;
+        arms.push("SELECT customer_id FROM base_added_orders".into());
+    }
+    if !added.customers.is_empty() {
+        crate::inputs::register_customer_files(ctx, "base_added_customers", &added.customers)
+            .await?;
+        arms.push("SELECT customer_id FROM base_added_customers".into());
+    }
+    Ok(format!(
+        "SELECT customer_id FROM ({}) WHERE customer_id IS NOT NULL",
+        arms.join(" UNION ALL ")
+    ))
 }
 
 /// The inputs a night restricts to the changed customers while it computes their features.
@@ -752,6 +864,7 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
         open,
         sessions,
         scores: None,
+        inputs: Some(InputFiles::of(input.orders_files, input.customers_files)),
     })
 }
 

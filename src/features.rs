@@ -317,6 +317,16 @@ pub async fn customer_features(
                 features_sql: &pipeline.features_sql,
                 params: &p,
                 snapshots,
+                orders_files: &inputs.orders.sources,
+                customers_files: inputs
+                    .customers
+                    .as_ref()
+                    .map(|c| c.sources.as_slice())
+                    .unwrap_or_default(),
+                order_duplicates: inputs
+                    .orders
+                    .rejected
+                    .contains_key(crate::rules::DUPLICATE_ORDER_ID),
             },
         )
         .await?;

@@ -123,6 +123,20 @@ pub struct SourceFile {
     pub rows: u64,
 }
 
+impl SourceFile {
+    /// Its identity: URL, size, e-tag and last-modified time (a file rewritten in place gets
+    /// another).
+    pub fn identity(&self) -> String {
+        format!(
+            "{}\t{}\t{}\t{}",
+            self.url,
+            self.meta.size,
+            self.meta.e_tag.as_deref().unwrap_or("-"),
+            self.meta.last_modified.to_rfc3339()
+        )
+    }
+}
+
 impl InputReport {
     /// Rows the run looked at: every row in the files before the cut-off.
     pub fn rows_before_cutoff(&self) -> u64 {
@@ -335,6 +349,22 @@ async fn register_files(
         engine::replace_table(ctx, name, table)?;
     }
     Ok(())
+}
+
+/// Registers orders files (URLs of single files) as table `name`, as [`register`] registers
+/// `orders_raw`: the canonical schema, erased customers left out.
+pub async fn register_order_files(ctx: &SessionContext, name: &str, urls: &[String]) -> Result<()> {
+    register_files(ctx, name, urls, ORDERS).await
+}
+
+/// Registers customers files (URLs of single files) as table `name`, as [`register`]
+/// registers `customers_raw`.
+pub async fn register_customer_files(
+    ctx: &SessionContext,
+    name: &str,
+    urls: &[String],
+) -> Result<()> {
+    register_files(ctx, name, urls, CUSTOMERS).await
 }
 
 /// Registers event files (URLs of single files) as table `name`, as [`register`] registers
