@@ -7,7 +7,7 @@
 //! trees, the calibration, the fallbacks), so scoring a customer alone or among a million gives
 //! the same numbers, and a night that takes kept scores equals one that scores everyone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray};
@@ -46,10 +46,24 @@ pub fn schema() -> SchemaRef {
 /// One customer's row of [`COLUMNS`].
 pub type Row = [f64; 9];
 
-/// Kept scores by customer id.
-#[derive(Debug, Default)]
+/// Kept scores: a scores file's customer ids and columns, in its row order, and that order
+/// sorted by id (the file is written in the base's features order, usually the ids' own).
+#[derive(Debug)]
 pub struct Kept {
-    rows: HashMap<String, Row>,
+    ids: StringArray,
+    columns: Vec<Float64Array>,
+    /// Row indices in ascending order of id; None when the rows already are.
+    order: Option<Vec<u32>>,
+}
+
+impl Default for Kept {
+    fn default() -> Self {
+        Kept {
+            ids: StringArray::from(Vec::<&str>::new()),
+            columns: vec![Float64Array::from(Vec::<f64>::new()); COLUMNS.len()],
+            order: None,
+        }
+    }
 }
 
 impl Kept {
@@ -57,39 +71,105 @@ impl Kept {
     pub fn from_batches(batches: &[RecordBatch]) -> Result<Kept> {
         let what =
             |e: datafusion::arrow::error::ArrowError| Error::engine("the kept scores", e.into());
-        let mut rows = HashMap::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
-        for b in batches {
-            let ids = cast(b.column(0), &DataType::Utf8).map_err(what)?;
-            let ids = ids.as_string::<i32>();
-            let columns = (1..=COLUMNS.len())
-                .map(|c| cast(b.column(c), &DataType::Float64).map_err(what))
-                .collect::<Result<Vec<_>>>()?;
-            let columns: Vec<&Float64Array> = columns
-                .iter()
-                .map(|c| c.as_primitive::<Float64Type>())
-                .collect();
-            for i in 0..b.num_rows() {
-                let mut row = [f64::NAN; 9];
-                for (v, c) in row.iter_mut().zip(&columns) {
-                    if c.is_valid(i) {
-                        *v = c.value(i);
-                    }
-                }
-                rows.insert(ids.value(i).to_string(), row);
-            }
+        if batches.is_empty() {
+            return Ok(Kept::default());
         }
-        Ok(Kept { rows })
+        let column = |c: usize, to: &DataType| -> Result<ArrayRef> {
+            let parts = batches
+                .iter()
+                .map(|b| cast(b.column(c), to).map_err(what))
+                .collect::<Result<Vec<_>>>()?;
+            let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            datafusion::arrow::compute::concat(&parts).map_err(what)
+        };
+        let ids = column(0, &DataType::Utf8)?.as_string::<i32>().clone();
+        let columns = (1..=COLUMNS.len())
+            .map(|c| {
+                Ok(column(c, &DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let order = (!ids.iter().is_sorted()).then(|| sorted_order(&ids));
+        Ok(Kept {
+            ids,
+            columns,
+            order,
+        })
     }
 
     /// Customers held.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.ids.len()
     }
 
     /// Whether none are held.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.ids.is_empty()
     }
+
+    /// The kept row of the `k`-th customer in order of id.
+    fn row_at(&self, k: usize) -> usize {
+        self.order.as_ref().map_or(k, |o| o[k] as usize)
+    }
+
+    /// Value `c` ([`COLUMNS`]) of row `row`; NaN where the file has none.
+    fn value(&self, c: usize, row: usize) -> f64 {
+        let col = &self.columns[c];
+        if col.is_valid(row) {
+            col.value(row)
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// The row indices of `ids` in ascending order of id (nulls first).
+fn sorted_order(ids: &StringArray) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        let id = |i: u32| ids.is_valid(i as usize).then(|| ids.value(i as usize));
+        id(a).cmp(&id(b))
+    });
+    order
+}
+
+/// For each of `ids`: the row of `kept` with the same id, unless the customer is `changed`
+/// or not kept (None: scored tonight). One merge of the three in order of id; `ids` are
+/// sorted here only when they are not already.
+fn kept_rows(ids: &[String], kept: &Kept, changed: &HashSet<String>) -> Vec<Option<usize>> {
+    let order: Option<Vec<usize>> = (!ids.is_sorted()).then(|| {
+        let mut o: Vec<usize> = (0..ids.len()).collect();
+        o.sort_by(|&a, &b| ids[a].cmp(&ids[b]));
+        o
+    });
+    let mut changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+    changed.sort_unstable();
+    let mut pick = vec![None; ids.len()];
+    let (mut k, mut g) = (0, 0);
+    for n in 0..ids.len() {
+        let i = order.as_ref().map_or(n, |o| o[n]);
+        let id = ids[i].as_str();
+        while g < changed.len() && changed[g] < id {
+            g += 1;
+        }
+        if changed.get(g) == Some(&id) {
+            continue;
+        }
+        while k < kept.len() && kept_id(kept, k).is_none_or(|x| x < id) {
+            k += 1;
+        }
+        if k < kept.len() && kept_id(kept, k) == Some(id) {
+            pick[i] = Some(kept.row_at(k));
+        }
+    }
+    pick
+}
+
+/// The id of the `k`-th kept customer in order of id.
+fn kept_id(kept: &Kept, k: usize) -> Option<&str> {
+    let row = kept.row_at(k);
+    kept.ids.is_valid(row).then(|| kept.ids.value(row))
 }
 
 /// What a night takes from kept scores: the scores, and the customers they do not hold
@@ -125,34 +205,26 @@ pub(super) fn score_with(
     reuse: &Reuse<'_>,
 ) -> Result<Merged> {
     let ids = table.ids()?;
-    let kept: Vec<Option<&Row>> = ids
-        .iter()
-        .map(|id| {
-            if reuse.changed.contains(id) {
-                None
-            } else {
-                reuse.kept.rows.get(id)
-            }
-        })
-        .collect();
+    let kept = kept_rows(&ids, reuse.kept, reuse.changed);
     let new_rows: Vec<usize> = (0..ids.len()).filter(|&i| kept[i].is_none()).collect();
     let sub = table.take(&new_rows)?;
     let p = Prepared::with_classical(std::borrow::Cow::Owned(sub), stored.classical.clone(), rate)?;
     let (churn, value) = score_prepared(stored, &p, rate)?;
     let computed = rows_of(&p.outputs, &churn, &value);
-    let mut columns: Vec<Vec<f64>> = vec![Vec::with_capacity(ids.len()); COLUMNS.len()];
-    let mut next = computed.iter();
-    for k in &kept {
-        let row = match k {
-            Some(row) => *row,
-            None => next
-                .next()
-                .ok_or_else(|| Error::Model("kept scores: a row went missing".into()))?,
-        };
-        for (c, v) in columns.iter_mut().zip(row) {
-            c.push(*v);
-        }
-    }
+    let columns: Vec<Vec<f64>> = (0..COLUMNS.len())
+        .map(|c| {
+            let mut next = computed.iter();
+            kept.iter()
+                .map(|k| match k {
+                    Some(row) => Ok(reuse.kept.value(c, *row)),
+                    None => next
+                        .next()
+                        .map(|r| r[c])
+                        .ok_or_else(|| Error::Model("kept scores: a row went missing".into())),
+                })
+                .collect::<Result<Vec<f64>>>()
+        })
+        .collect::<Result<_>>()?;
     let mut columns = columns.into_iter();
     let mut column = || columns.next().unwrap_or_default();
     let outputs = Outputs {
@@ -211,4 +283,48 @@ fn rows_of(o: &Outputs, churn: &[f64], value: &[f64]) -> Vec<Row> {
             ]
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(ids: &[&str]) -> Kept {
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(ids.to_vec()))];
+        for c in 0..COLUMNS.len() {
+            columns.push(Arc::new(Float64Array::from_iter(
+                (0..ids.len()).map(|i| (c != 1 || i != 0).then_some((10 * i + c) as f64)),
+            )));
+        }
+        let batch = RecordBatch::try_new(schema(), columns).unwrap();
+        // Two batches, as a file read in parts comes.
+        Kept::from_batches(&[batch.slice(0, 2), batch.slice(2, ids.len() - 2)]).unwrap()
+    }
+
+    #[test]
+    fn kept_rows_match_by_id_in_any_order_and_leave_out_the_changed() {
+        for ids in [["a", "b", "c", "d"], ["c", "a", "d", "b"]] {
+            let k = kept(&ids);
+            assert_eq!(k.len(), 4);
+            let row = |id: &str| ids.iter().position(|x| *x == id);
+            let changed: HashSet<String> = ["b".to_string(), "zz".to_string()].into();
+            for night in [
+                vec!["a", "b", "c", "e"],
+                vec!["e", "c", "b", "a"],
+                vec!["0", "d"],
+            ] {
+                let night: Vec<String> = night.into_iter().map(String::from).collect();
+                let pick = kept_rows(&night, &k, &changed);
+                let want: Vec<Option<usize>> = night
+                    .iter()
+                    .map(|id| if id == "b" { None } else { row(id) })
+                    .collect();
+                assert_eq!(pick, want, "kept {ids:?}, night {night:?}");
+            }
+            // A missing value reads as NaN.
+            let first = row("a").unwrap();
+            assert!(k.value(1, first).is_nan() == (first == 0));
+            assert_eq!(k.value(2, first), (10 * first + 2) as f64);
+        }
+    }
 }
