@@ -23,9 +23,11 @@
 //! A later run at cut-off C + J reads, besides them, only the partial rows the base does not
 //! hold: those of files new since the base (a new day, a late file for an old day) and those
 //! of the base's files at or after C (a month's file still growing). A customer is *changed*
-//! with a session in those rows before the run's cut-off, or when the digests of its orders
-//! or customers rows differ from the base's (a new order, a return, an edited address, a new
-//! sign-up). The changed customers' features are computed as usual, from their sessions (their
+//! with a session in those rows before the run's cut-off, or when its orders or customers rows
+//! may differ from the base's (a new order, a return, an edited address, a new sign-up): when
+//! the orders and customers files only gained new ones since the base (the base records them
+//! by identity) and no order id has several rows, the customers in the added files and those
+//! with rows dated from C to the cut-off; otherwise those whose rows' digests differ. The changed customers' features are computed as usual, from their sessions (their
 //! base sessions merged with the new rows), orders and customers rows. Every other customer's
 //! data before the cut-off is the base's, so its features at C + J are the kept
 //! `features-J` row. The reject counts are the base's reason rows merged with the new ones.
@@ -401,34 +403,18 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
     // A base built by this run digested the very rows this run sees: nothing to compare.
     let mut inputs_compared_by = None;
     if features_kept && !built {
-        if let Some(added) = appended(&reference, &input) {
-            inputs_compared_by = Some("added files");
-            sql = format!(
-                "{sql} UNION {}",
-                added_customers_sql(ctx, &added, base_cut, input.cutoff).await?
-            );
-        }
-    }
-    if features_kept && !built && inputs_compared_by.is_none() {
-        inputs_compared_by = Some("row digests");
-        engine::replace_parquet_table(
-            ctx,
-            "base_digests",
-            &[input
-                .root
-                .url_of(&format!("{}/digests.parquet", reference.dir))],
-            digests_schema(),
-            "the base",
-        )?;
-        engine::create_view(ctx, "state_digests", &digests_sql(ctx).await?, "digests").await?;
-        sql = format!(
-            "{sql} UNION SELECT coalesce(n.customer_id, b.customer_id) AS customer_id \
-             FROM state_digests n FULL JOIN base_digests b ON n.customer_id = b.customer_id \
-             WHERE (n.orders IS DISTINCT FROM b.orders) \
-                OR (n.orders_digest IS DISTINCT FROM b.orders_digest) \
-                OR (n.customers IS DISTINCT FROM b.customers) \
-                OR (n.customers_digest IS DISTINCT FROM b.customers_digest)"
-        );
+        let (by, changed_inputs) = match appended(&reference, &input) {
+            Some(added) => (
+                "added files",
+                added_customers_sql(ctx, &added, base_cut, input.cutoff).await?,
+            ),
+            None => (
+                "row digests",
+                digests_differ_sql(ctx, &input, &reference).await?,
+            ),
+        };
+        inputs_compared_by = Some(by);
+        sql = format!("{sql} UNION {changed_inputs}");
     }
     let changed = engine::collect(ctx, &sql, "finding the changed customers").await?;
     let changed_schema = Arc::new(Schema::new(vec![Field::new(
@@ -533,11 +519,43 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
     })
 }
 
+/// The customers whose orders or customers rows' digests differ from the base's (every row of
+/// both read).
+async fn digests_differ_sql(
+    ctx: &SessionContext,
+    input: &BaseInputs<'_>,
+    base: &BaseRef,
+) -> Result<String> {
+    engine::replace_parquet_table(
+        ctx,
+        "base_digests",
+        &[input.root.url_of(&format!("{}/digests.parquet", base.dir))],
+        digests_schema(),
+        "the base",
+    )?;
+    engine::create_view(ctx, "state_digests", &digests_sql(ctx).await?, "digests").await?;
+    Ok(
+        "SELECT coalesce(n.customer_id, b.customer_id) AS customer_id \
+        FROM state_digests n FULL JOIN base_digests b ON n.customer_id = b.customer_id \
+        WHERE (n.orders IS DISTINCT FROM b.orders) \
+           OR (n.orders_digest IS DISTINCT FROM b.orders_digest) \
+           OR (n.customers IS DISTINCT FROM b.customers) \
+           OR (n.customers_digest IS DISTINCT FROM b.customers_digest)"
+            .to_string(),
+    )
+}
+
+/// The URLs of the orders and customers files added since a base.
+struct Added {
+    orders: Vec<String>,
+    customers: Vec<String>,
+}
+
 /// The orders and customers files added since `base`, when those are the only change to
 /// them: every file the base saw is still there, unchanged, and no order id has several valid
 /// rows tonight (a new row for an old order id could displace another customer's row). None
 /// when rows must be compared by digest.
-fn appended(base: &BaseRef, input: &BaseInputs<'_>) -> Option<InputFiles> {
+fn appended(base: &BaseRef, input: &BaseInputs<'_>) -> Option<Added> {
     let seen = base.inputs.as_ref()?;
     if input.order_duplicates {
         return None;
@@ -556,7 +574,7 @@ fn appended(base: &BaseRef, input: &BaseInputs<'_>) -> Option<InputFiles> {
         urls.sort();
         Some(urls)
     };
-    Some(InputFiles {
+    Some(Added {
         orders: added(&seen.orders, input.orders_files)?,
         customers: added(&seen.customers, input.customers_files)?,
     })
@@ -569,7 +587,7 @@ fn appended(base: &BaseRef, input: &BaseInputs<'_>) -> Option<InputFiles> {
 /// computed from its data, the same as the kept ones.
 async fn added_customers_sql(
     ctx: &SessionContext,
-    added: &InputFiles,
+    added: &Added,
     base_cut: Cutoff,
     cut: Cutoff,
 ) -> Result<String> {
