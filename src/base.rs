@@ -560,19 +560,22 @@ fn appended(base: &BaseRef, input: &BaseInputs<'_>) -> Option<Added> {
     if input.order_duplicates {
         return None;
     }
+    // The URLs of the files in `now` (in listing order) that `before` lacks; None when a
+    // file of `before` is gone or changed.
     let added = |before: &[String], now: &[SourceFile]| -> Option<Vec<String>> {
-        let now: HashMap<String, &SourceFile> = now.iter().map(|f| (f.identity(), f)).collect();
-        if before.iter().any(|id| !now.contains_key(id)) {
+        let now: Vec<(String, &SourceFile)> = now.iter().map(|f| (f.identity(), f)).collect();
+        let present: std::collections::HashSet<&str> =
+            now.iter().map(|(id, _)| id.as_str()).collect();
+        if before.iter().any(|id| !present.contains(id.as_str())) {
             return None;
         }
         let before: std::collections::HashSet<&str> = before.iter().map(String::as_str).collect();
-        let mut urls: Vec<String> = now
-            .iter()
-            .filter(|(id, _)| !before.contains(id.as_str()))
-            .map(|(_, f)| f.url.clone())
-            .collect();
-        urls.sort();
-        Some(urls)
+        Some(
+            now.iter()
+                .filter(|(id, _)| !before.contains(id.as_str()))
+                .map(|(_, f)| f.url.clone())
+                .collect(),
+        )
     };
     Some(Added {
         orders: added(&seen.orders, input.orders_files)?,
