@@ -363,33 +363,23 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         ));
     }
     let delta = if arms.is_empty() {
-        engine::replace_table(
-            ctx,
-            "state_delta",
-            Arc::new(
-                datafusion::datasource::MemTable::try_new(
-                    Arc::clone(&partial_schema),
-                    vec![vec![]],
-                )
-                .map_err(|e| Error::engine("registering the state's new rows", e))?,
-            ),
-        )?;
         Vec::new()
     } else {
-        let rows = engine::collect(
+        engine::collect(
             ctx,
             &arms.join(" UNION ALL "),
             "reading the state's new rows",
         )
-        .await?;
-        let table = datafusion::datasource::MemTable::try_new(
-            Arc::clone(&partial_schema),
-            vec![rows.clone()],
-        )
-        .map_err(|e| Error::engine("registering the state's new rows", e))?;
-        engine::replace_table(ctx, "state_delta", Arc::new(table))?;
-        rows
+        .await?
     };
+    engine::register_batches(
+        ctx,
+        "state_delta",
+        Arc::clone(&partial_schema),
+        delta.clone(),
+        "the state's new rows",
+    )
+    .await?;
     let new_rows: u64 = delta.iter().map(|b| b.num_rows() as u64).sum();
 
     // Customers with a session in the new rows before the cut-off, or whose orders or
@@ -432,10 +422,14 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         })
         .collect::<Result<Vec<_>>>()?;
     let changed_customers: u64 = changed.iter().map(|b| b.num_rows() as u64).sum();
-    let changed_table =
-        datafusion::datasource::MemTable::try_new(Arc::clone(&changed_schema), vec![changed])
-            .map_err(|e| Error::engine("registering the changed customers", e))?;
-    engine::replace_table(ctx, "state_changed", Arc::new(changed_table))?;
+    engine::register_batches(
+        ctx,
+        "state_changed",
+        changed_schema,
+        changed,
+        "the changed customers",
+    )
+    .await?;
     let mut multi = Vec::new();
     for b in &delta {
         let reason = b
@@ -451,7 +445,7 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
                 .map(|i| hash.value(i)),
         );
     }
-    crate::state::register_multi(ctx, "state_delta_multi", multi)?;
+    crate::state::register_multi(ctx, "state_delta_multi", multi).await?;
 
     // A night that scores needs the changed customers' data only; a refit every session.
     let sessions = if features_kept {
@@ -765,7 +759,7 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     // BUCKET_ROWS rows: all the cut-offs of a million customers at once exceeded the default
     // 2 GiB pool.
     let ahead = Snapshots::ahead(input.cutoff, BASE_DAYS);
-    crate::features::register_snapshots(ctx, &ahead)?;
+    crate::features::register_snapshots(ctx, &ahead).await?;
     engine::replace_parquet_table(
         ctx,
         "base_built_sessions",
@@ -866,7 +860,7 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
         sink.close().await?;
     }
     restore_inputs(ctx).await?;
-    crate::features::register_snapshots(ctx, input.snapshots)?;
+    crate::features::register_snapshots(ctx, input.snapshots).await?;
 
     let open = input
         .index

@@ -772,6 +772,25 @@ pub struct EngineParams {
     pub memory_limit: Option<String>,
     /// Parallelism; default: the number of cores.
     pub target_partitions: Option<usize>,
+    /// `"local"` (default): the SQL runs in this process; `"ballista"`: on the Apache
+    /// DataFusion Ballista cluster whose scheduler is at `url` (needs the `ballista` feature).
+    pub kind: Option<String>,
+    /// The Ballista scheduler, `df://HOST:PORT` (port 50050 when left out).
+    pub url: Option<String>,
+}
+
+/// Where the SQL runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineKind {
+    /// In this process.
+    Local,
+    /// On a Ballista cluster: the scheduler's `host:port` and the URL as written.
+    Ballista {
+        /// `host:port` of the scheduler's gRPC endpoint.
+        scheduler: String,
+        /// `engine.url` as written, for messages.
+        url: String,
+    },
 }
 
 /// A checked storage location: always a URL (plain paths become absolute `file://` URLs).
@@ -903,6 +922,8 @@ pub struct Pipeline {
     pub memory_limit_bytes: Option<usize>,
     /// Parallelism.
     pub target_partitions: usize,
+    /// Where the SQL runs (`engine.kind`, `engine.url`).
+    pub engine_kind: EngineKind,
     /// Quality gates.
     pub quality: QualityParams,
     /// `quality.earliest_date`, parsed.
@@ -1102,6 +1123,45 @@ fn expand_str(
 }
 
 impl RawPipeline {
+    /// `engine.kind` and `engine.url`, checked; the problem as a message.
+    fn engine_kind(&self) -> std::result::Result<EngineKind, String> {
+        match (self.engine.kind.as_deref().unwrap_or("local"), &self.engine.url) {
+            ("local", None) => Ok(EngineKind::Local),
+            ("local", Some(_)) => Err(
+                "`engine.url` is set but `engine.kind` is \"local\"; set `engine.kind = \"ballista\"` \
+                 to run on that cluster, or remove `engine.url`"
+                    .into(),
+            ),
+            ("ballista", None) => Err(
+                "`engine.kind` = \"ballista\" needs `engine.url`, the scheduler (e.g. \"df://scheduler:50050\")"
+                    .into(),
+            ),
+            ("ballista", Some(text)) => {
+                let bad = |why: &str| {
+                    format!("`engine.url` = \"{text}\": {why}; write df://HOST:PORT (e.g. df://scheduler:50050)")
+                };
+                let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+                if url.scheme() != "df" {
+                    return Err(bad("the scheme must be df://"));
+                }
+                let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
+                let port = url.port().unwrap_or(50050);
+                if !cfg!(feature = "ballista") {
+                    return Err("`engine.kind` = \"ballista\": this segmenter was built without Ballista; \
+                         build it with `cargo build --release --features ballista`"
+                        .into());
+                }
+                Ok(EngineKind::Ballista {
+                    scheduler: format!("{host}:{port}"),
+                    url: text.clone(),
+                })
+            }
+            (other, _) => Err(format!(
+                "`engine.kind` = \"{other}\" is not known; use \"local\" or \"ballista\""
+            )),
+        }
+    }
+
     /// Checks everything and resolves paths; reports all problems at once.
     pub fn validate(self, source: &str, base_dir: &Path) -> Result<Pipeline> {
         let mut problems = Vec::new();
@@ -1253,6 +1313,42 @@ impl RawPipeline {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(2, |n| n.get()),
         };
+        let engine_kind = match self.engine_kind() {
+            Ok(kind) => kind,
+            Err(problem) => {
+                problems.push(problem);
+                EngineKind::Local
+            }
+        };
+        if engine_kind != EngineKind::Local {
+            let locations = [
+                ("inputs.orders", orders.as_ref()),
+                ("inputs.events", events.as_ref().and_then(Option::as_ref)),
+                (
+                    "inputs.customers",
+                    customers.as_ref().and_then(Option::as_ref),
+                ),
+                ("output.root", output_root.as_ref()),
+            ];
+            for (key, loc) in locations {
+                if let Some(loc) = loc.filter(|l| l.url().scheme() == "memory") {
+                    problems.push(format!(
+                        "`{key}` = \"{}\": a Ballista cluster cannot read this process's memory; \
+                         use a location its executors can read (s3://, gs://, az://, or a path \
+                         on a filesystem they share)",
+                        loc.as_str()
+                    ));
+                }
+            }
+            if self.privacy.erased_customers.is_some() {
+                problems.push(
+                    "`privacy.erased_customers` is not supported with `engine.kind` = \"ballista\" \
+                     yet (the erasure filter runs in this process); run the erasure nights with \
+                     `engine.kind` = \"local\""
+                        .into(),
+                );
+            }
+        }
 
         if !problems.is_empty() {
             return Err(Error::Config {
@@ -1286,6 +1382,7 @@ impl RawPipeline {
             exports,
             memory_limit_bytes,
             target_partitions,
+            engine_kind,
             quality: self.quality.clone(),
             earliest_date,
             effective: self,
@@ -1446,7 +1543,8 @@ fn check_loyalty(l: &LoyaltyRules, problems: &mut Vec<String>) {
 }
 
 /// Physical memory in bytes (Linux `/proc/meminfo`), if known.
-fn physical_memory() -> Option<usize> {
+#[doc(hidden)]
+pub fn physical_memory() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -1461,7 +1559,8 @@ fn physical_memory() -> Option<usize> {
 pub const DEFAULT_MEMORY_LIMIT: usize = 2 << 30;
 
 /// Parses `"8GiB"`, `"512MiB"`, `"2GB"`, `"60%"` (of `physical`) into bytes.
-fn parse_memory(text: &str, physical: Option<usize>) -> std::result::Result<usize, String> {
+#[doc(hidden)]
+pub fn parse_memory(text: &str, physical: Option<usize>) -> std::result::Result<usize, String> {
     let t = text.trim();
     if let Some(p) = t.strip_suffix('%') {
         let pct: f64 = p

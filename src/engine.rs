@@ -16,16 +16,51 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
-use crate::config::Pipeline;
+use crate::config::{EngineKind, Pipeline};
 use crate::error::{Error, Result};
 use crate::models::design::id_hash;
+use crate::storage::StoreRef;
 
 /// A query engine configured for the pipeline: bounded memory (spilling to disk), parallelism,
-/// and Parquet reading that keeps strings as Utf8 and lists files in subdirectories.
+/// and Parquet reading that keeps strings as Utf8 and lists files in subdirectories. With
+/// `engine.kind = "ballista"`, its queries run on the cluster (src/cluster.rs) and the tables
+/// this process holds in memory are written under the output root's scratch prefix first
+/// ([`Scratch`]).
 pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
+    match &pipeline.engine_kind {
+        EngineKind::Local => local_session(pipeline),
+        #[cfg(feature = "ballista")]
+        EngineKind::Ballista { scheduler, url } => {
+            let scratch = Scratch::new(pipeline)?;
+            let config = session_config(pipeline)?.with_extension(Arc::new(scratch));
+            let ctx = crate::cluster::client(config, runtime(pipeline)?, scheduler, url)?;
+            register_functions(&ctx);
+            Ok(ctx)
+        }
+        #[cfg(not(feature = "ballista"))]
+        EngineKind::Ballista { url, .. } => Err(Error::config(
+            Some(&pipeline.source),
+            format!(
+                "`engine.url` = \"{url}\": this segmenter was built without Ballista; build it \
+                 with `--features ballista`"
+            ),
+        )),
+    }
+}
+
+/// A session that runs every query in this process, whatever `engine.kind` says: for reading
+/// the published tables (`segmenter query`).
+pub fn local_session(pipeline: &Pipeline) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config_rt(session_config(pipeline)?, runtime(pipeline)?);
+    register_functions(&ctx);
+    Ok(ctx)
+}
+
+/// The session settings every engine kind shares.
+pub(crate) fn session_config(pipeline: &Pipeline) -> Result<SessionConfig> {
     // DATAFUSION_* environment variables (e.g. DATAFUSION_EXECUTION_BATCH_SIZE) tune the
     // engine as they do in datafusion-cli; the settings below take precedence.
     let mut config = SessionConfig::from_env()
@@ -36,6 +71,11 @@ pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
     opts.execution.parquet.schema_force_view_types = false;
     opts.execution.parquet.pushdown_filters = true;
     opts.execution.listing_table_ignore_subdirectory = false;
+    Ok(config)
+}
+
+/// The memory pool `engine.memory_limit` asks for.
+fn runtime(pipeline: &Pipeline) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(bytes) = pipeline.memory_limit_bytes {
         // Fair, not greedy: the session rollup's aggregations can spill, the joins cannot;
@@ -48,19 +88,117 @@ pub fn session(pipeline: &Pipeline) -> Result<SessionContext> {
             five,
         )));
     }
-    let runtime = runtime
+    runtime
         .build_arc()
-        .map_err(|e| Error::engine("starting the query engine", e))?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    register_functions(&ctx);
-    Ok(ctx)
+        .map_err(|e| Error::engine("starting the query engine", e))
 }
 
-/// Registers segmenter's SQL functions (`sample_unit`, `key_hash`, `row_digest`) in `ctx`.
+/// A session with `ctx`'s settings and runtime that runs its queries in this process even when
+/// `ctx`'s run on a cluster: for queries over what the driver holds in memory (the exports).
+pub fn in_process(ctx: &SessionContext) -> SessionContext {
+    let config = SessionConfig::from(ctx.state().config().options().as_ref().clone())
+        .with_create_default_catalog_and_schema(true);
+    let local = SessionContext::new_with_config_rt(config, ctx.runtime_env());
+    register_functions(&local);
+    local
+}
+
+/// Where the tables this process holds in memory go when its queries run on a cluster, whose
+/// executors cannot read this process's memory: Parquet files under
+/// `output.root/_scratch/<uuid>/`, removed at the end of the run ([`remove_scratch`]).
+#[derive(Debug)]
+pub struct Scratch {
+    root: StoreRef,
+    dir: String,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Scratch {
+    /// A scratch prefix of its own under the pipeline's output root.
+    #[cfg_attr(not(feature = "ballista"), allow(dead_code))]
+    fn new(pipeline: &Pipeline) -> Result<Scratch> {
+        Ok(Scratch {
+            root: crate::storage::store(&pipeline.output_root, &pipeline.storage)?,
+            dir: format!("{SCRATCH_DIR}/{}", uuid::Uuid::new_v4()),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+}
+
+/// The prefix under `output.root` of the tables a cluster run writes for its executors.
+pub const SCRATCH_DIR: &str = "_scratch";
+
+/// Registers `batches` (of `schema`) as table `name`, replacing one of that name: held in
+/// memory, or, when the session's queries run on a cluster, written under its [`Scratch`]
+/// prefix first. `what` names the table in errors.
+pub async fn register_batches(
+    ctx: &SessionContext,
+    name: &str,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    what: &str,
+) -> Result<()> {
+    let scratch = ctx.state().config().get_extension::<Scratch>();
+    let Some(scratch) = scratch else {
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(|e| Error::engine(format!("registering {what}"), e))?;
+        return replace_table(ctx, name, Arc::new(table));
+    };
+    let n = scratch
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = format!("{}/{name}-{n}.parquet", scratch.dir);
+    let url =
+        crate::outputs::write_parquet_schema(&scratch.root, &file, Arc::clone(&schema), &batches)
+            .await?;
+    replace_parquet_table(ctx, name, &[url], schema, what)
+}
+
+/// Removes the run's [`Scratch`] files, if it wrote any (a failure is only logged: they are
+/// never read again).
+pub async fn remove_scratch(ctx: &SessionContext) {
+    let Some(scratch) = ctx.state().config().get_extension::<Scratch>() else {
+        return;
+    };
+    if scratch.next.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return;
+    }
+    let prefix = scratch.root.key(&scratch.dir);
+    let listed = scratch
+        .root
+        .store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location)
+        .boxed();
+    let removed = scratch
+        .root
+        .store
+        .delete_stream(listed)
+        .try_collect::<Vec<_>>()
+        .await;
+    if let Err(e) = removed {
+        tracing::warn!(
+            prefix = %scratch.root.url_of(&scratch.dir),
+            error = %e,
+            "could not remove the run's scratch files"
+        );
+    }
+}
+
+/// Registers segmenter's SQL functions ([`functions`]) in `ctx`.
 pub fn register_functions(ctx: &SessionContext) {
-    ctx.register_udf(ScalarUDF::new_from_impl(SampleUnit::new()));
-    ctx.register_udf(ScalarUDF::new_from_impl(RowHash::key_hash()));
-    ctx.register_udf(ScalarUDF::new_from_impl(RowHash::row_digest()));
+    for udf in functions() {
+        ctx.register_udf(udf);
+    }
+}
+
+/// segmenter's SQL functions: `sample_unit`, `key_hash`, `row_digest`.
+pub fn functions() -> [ScalarUDF; 3] {
+    [
+        ScalarUDF::new_from_impl(SampleUnit::new()),
+        ScalarUDF::new_from_impl(RowHash::key_hash()),
+        ScalarUDF::new_from_impl(RowHash::row_digest()),
+    ]
 }
 
 /// Registers `table` as `name` in `ctx`, replacing a table or view of that name.
@@ -118,12 +256,15 @@ pub fn replace_parquet_table(
 /// tables: for queries that bind a table name (`events_raw`) to something else, side by side
 /// with `ctx`.
 pub fn sibling(ctx: &SessionContext) -> SessionContext {
-    let state = ctx.state();
-    let sub = SessionContext::new_with_config_rt(state.config().clone(), ctx.runtime_env());
-    for udf in state.scalar_functions().values() {
-        sub.register_udf(udf.as_ref().clone());
-    }
-    sub
+    use datafusion::catalog::MemoryCatalogProviderList;
+    use datafusion::execution::SessionStateBuilder;
+    // Everything of `ctx`'s state (settings and their extensions, runtime, functions, the
+    // query planner that sends queries to a cluster) but a catalog of its own.
+    let mut builder = SessionStateBuilder::new_from_existing(ctx.state())
+        .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()));
+    let config = builder.config().take().unwrap_or_default();
+    *builder.config() = Some(config.with_create_default_catalog_and_schema(true));
+    SessionContext::new_with_state(builder.build())
 }
 
 /// `sample_unit(customer_id)`: a number in [0, 1) fixed for each customer id (the high bits of
@@ -315,7 +456,10 @@ pub struct Tee {
     /// The table's partitions, to close those no query read.
     partitions: Vec<Arc<ChannelPartition>>,
     /// The plan, for its metrics.
-    running: Running,
+    running: Option<Running>,
+    /// On a cluster, which cannot read this process's channels: the table is a view of the
+    /// main rows, and this query reads the side rows when the table's readers are done.
+    side_query: Option<(String, String)>,
 }
 
 /// Starts `sql` and registers its main rows as table `table` (see [`Tee`]).
@@ -326,6 +470,20 @@ pub async fn tee(
     table: &str,
     side: &str,
 ) -> Result<Tee> {
+    if ctx.state().config().get_extension::<Scratch>().is_some() {
+        let view = format!("SELECT * FROM ({sql}) WHERE {side} IS NULL");
+        create_view(ctx, table, &view, what).await?;
+        return Ok(Tee {
+            table: table.to_string(),
+            pumps: Vec::new(),
+            partitions: Vec::new(),
+            running: None,
+            side_query: Some((
+                format!("SELECT * FROM ({sql}) WHERE {side} IS NOT NULL"),
+                what.to_string(),
+            )),
+        });
+    }
     let plan = physical_plan(ctx, sql, what).await?;
     let schema: SchemaRef = plan.schema();
     let side_index = schema
@@ -356,7 +514,7 @@ pub async fn tee(
         table: table.to_string(),
         pumps,
         partitions,
-        running: Running {
+        running: Some(Running {
             plan,
             what: what.to_string(),
             started: std::time::Instant::now(),
@@ -364,7 +522,8 @@ pub async fn tee(
                 Arc::clone(&schema),
                 futures::stream::empty(),
             )),
-        },
+        }),
+        side_query: None,
     })
 }
 
@@ -375,6 +534,9 @@ impl Tee {
     pub async fn finish(self, ctx: &SessionContext) -> Result<Vec<RecordBatch>> {
         ctx.deregister_table(&self.table)
             .map_err(|e| Error::engine(format!("releasing {}", self.table), e))?;
+        if let Some((sql, what)) = &self.side_query {
+            return collect(ctx, sql, what).await;
+        }
         // A partition no query read (a view may still hold the table) would block its pump
         // forever: dropping its receiver makes the pump read on for the side rows only.
         for p in &self.partitions {
@@ -389,7 +551,9 @@ impl Tee {
                 .map_err(|e| Error::Model(format!("reading {}: {e}", self.table)))??;
             side.extend(rows);
         }
-        self.running.done();
+        if let Some(running) = self.running {
+            running.done();
+        }
         Ok(side)
     }
 }
@@ -528,9 +692,7 @@ pub async fn collect_into_table(
     let schema = Arc::new(df.schema().as_arrow().clone());
     let rows = df.collect().await.map_err(|e| Error::engine(what, e))?;
     log_query(what, &rows, started);
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![rows])
-        .map_err(|e| Error::engine(what, e))?;
-    replace_table(ctx, name, Arc::new(table))
+    register_batches(ctx, name, schema, rows, what).await
 }
 
 /// A query running as a stream of batches, consumed by the caller as they come.

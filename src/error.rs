@@ -49,6 +49,9 @@ pub enum Error {
         #[source]
         source: datafusion::parquet::errors::ParquetError,
     },
+    /// The Ballista cluster could not be reached or stopped serving (exit 4).
+    #[error("{0}")]
+    Cluster(String),
     /// A model or the clustering could not be fitted (exit 4).
     #[error("model error: {0}")]
     Model(String),
@@ -89,6 +92,7 @@ impl Error {
             | Error::Engine { .. }
             | Error::Parquet { .. }
             | Error::Model(_)
+            | Error::Cluster(_)
             | Error::Io { .. } => 4,
             Error::Locked { .. } => 5,
         }

@@ -186,6 +186,8 @@ pub async fn configured(
     if specs.is_empty() {
         return Ok(Vec::new());
     }
+    // Over what this process holds: in process even when the run's SQL runs on a cluster.
+    let ctx = &crate::engine::in_process(ctx);
     // customer_segments as it is in memory, and beside it the same columns (shared, not
     // copied) plus `email`, looked up once: every export reads these two tables.
     let what = "registering customer_segments for the exports";

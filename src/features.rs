@@ -273,7 +273,7 @@ pub async fn customer_features(
 ) -> Result<(SnapshotFeatures, Rollup)> {
     let sample_share = sample_share(ctx, pipeline.model.training_sample).await?;
     let bounds = &inputs.bounds;
-    register_snapshots(ctx, snapshots)?;
+    register_snapshots(ctx, snapshots).await?;
 
     let p = query_params(pipeline, sample_share, bounds);
     let rendered = render_features(
@@ -395,11 +395,9 @@ pub async fn customer_features(
 }
 
 /// Registers `snapshots` as table `snapshots` in `ctx`.
-pub(crate) fn register_snapshots(ctx: &SessionContext, snapshots: &Snapshots) -> Result<()> {
+pub(crate) async fn register_snapshots(ctx: &SessionContext, snapshots: &Snapshots) -> Result<()> {
     let batch = snapshots.batch()?;
-    let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])
-        .map_err(|e| Error::engine("registering snapshots", e))?;
-    engine::replace_table(ctx, "snapshots", std::sync::Arc::new(table))
+    engine::register_batches(ctx, "snapshots", batch.schema(), vec![batch], "snapshots").await
 }
 
 /// The feature queries rendered for `snapshots` with parameters `p`.

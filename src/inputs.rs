@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use datafusion::arrow::compute::can_cast_types;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::datasource::MemTable;
 // ParquetObjectReader is deprecated in parquet 59 in favour of a hand-written AsyncFileReader;
 // it still does exactly what we need (footer only), so we keep it until DataFusion moves on.
 #[allow(deprecated)]
@@ -458,8 +457,8 @@ fn check_schema(file: &str, schema: &Schema, cols: &[Col]) -> std::result::Resul
 
 fn register_empty(ctx: &SessionContext, name: &str, cols: &[Col]) -> Result<()> {
     let schema = schema_of(cols);
-    let table = MemTable::try_new(schema, vec![vec![]])
-        .map_err(|e| Error::engine(format!("creating empty {name}"), e))?;
+    // An EmptyTable, not a MemTable: a cluster can be sent one.
+    let table = datafusion::datasource::empty::EmptyTable::new(schema);
     ctx.register_table(name, Arc::new(table))
         .map_err(|e| Error::engine(format!("registering {name}"), e))?;
     Ok(())

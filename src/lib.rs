@@ -13,6 +13,8 @@
 #![deny(missing_docs)]
 
 pub mod base;
+#[cfg(feature = "ballista")]
+pub mod cluster;
 pub mod clustering;
 pub mod config;
 pub mod engine;

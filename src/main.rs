@@ -165,6 +165,50 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..=365))]
         campaign_days: u32,
     },
+    /// Serve as the scheduler of an Apache DataFusion Ballista cluster that runs segmenter's
+    /// SQL (`engine.kind = "ballista"`); runs until stopped.
+    #[cfg(feature = "ballista")]
+    Scheduler {
+        /// Address to listen on (drivers, executors, and the REST API at /api/...).
+        #[arg(long, default_value = "0.0.0.0:50050")]
+        bind: std::net::SocketAddr,
+        /// Host name executors reach this scheduler at.
+        #[arg(long, default_value = "localhost")]
+        external_host: String,
+        /// Seconds without a heartbeat before an executor is taken for dead and its tasks run
+        /// on the others.
+        #[arg(long, default_value_t = 180)]
+        executor_timeout_seconds: u64,
+    },
+    /// Serve as an executor of a Ballista cluster (see `scheduler`); runs until stopped.
+    #[cfg(feature = "ballista")]
+    Executor {
+        /// The scheduler, HOST:PORT.
+        #[arg(long, default_value = "localhost:50050")]
+        scheduler: String,
+        /// Host to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind_host: String,
+        /// Host name the scheduler and drivers reach this executor at (default: the address
+        /// the scheduler sees it connect from).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// Arrow Flight port: shuffle reads and query results.
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// gRPC port the scheduler sends tasks to.
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Tasks at once (default: the number of cores).
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Memory the tasks may use before spilling, e.g. 8GiB (default: 70 % of the machine's).
+        #[arg(long)]
+        memory_limit: Option<String>,
+        /// Directory for shuffle files and spills (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
 }
 
 /// The demo pipeline, also usable as `segmenter run --pipeline pipelines/demo.toml`.
@@ -280,6 +324,10 @@ fn yesterday() -> NaiveDate {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Query plans are encoded, decoded and planned recursively (a Ballista scheduler
+        // overflowed the default 2 MiB on the features query's plan); the stack is only
+        // reserved, not used, until a deep plan needs it.
+        .thread_stack_size(32 << 20)
         .build()
         .context("starting the async runtime")
 }
@@ -447,6 +495,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     opts.out.join(segmenter::generate::DEFECTS_FILE).display()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "ballista")]
+        Command::Scheduler {
+            bind,
+            external_host,
+            executor_timeout_seconds,
+        } => {
+            let options = segmenter::cluster::SchedulerOptions {
+                bind,
+                external_host,
+                executor_timeout_seconds,
+            };
+            runtime()?.block_on(segmenter::cluster::scheduler(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "ballista")]
+        Command::Executor {
+            scheduler,
+            bind_host,
+            external_host,
+            port,
+            grpc_port,
+            cores,
+            memory_limit,
+            work_dir,
+        } => {
+            let memory_limit = memory_limit
+                .map(|text| {
+                    segmenter::config::parse_memory(&text, segmenter::config::physical_memory())
+                        .map(|b| b as u64)
+                        .map_err(|e| Error::config(None, format!("--memory-limit {text}: {e}")))
+                })
+                .transpose()?;
+            let options = segmenter::cluster::ExecutorOptions {
+                scheduler,
+                bind_host,
+                external_host,
+                port,
+                grpc_port,
+                cores,
+                memory_limit,
+                work_dir: work_dir.map(|d| d.display().to_string()),
+            };
+            runtime()?.block_on(segmenter::cluster::executor(options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {

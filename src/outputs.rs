@@ -65,17 +65,30 @@ pub async fn write_parquet_groups(
     name: &str,
     batches: &[RecordBatch],
 ) -> Result<String> {
+    let Some(first) = batches.first() else {
+        return Err(Error::Model(format!(
+            "nothing to write at {}",
+            root.url_of(name)
+        )));
+    };
+    write_parquet_schema(root, name, first.schema(), batches).await
+}
+
+/// [`write_parquet_groups`] of `schema`, which may have no batch (a file with no rows).
+pub async fn write_parquet_schema(
+    root: &StoreRef,
+    name: &str,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<String> {
     let key = root.key(name);
     let url = root.url_of(name);
-    let Some(first) = batches.first() else {
-        return Err(Error::Model(format!("nothing to write at {url}")));
-    };
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(1 << 20))
         .build();
     let writer = BufWriter::new(Arc::clone(&root.store), key);
-    let mut w = AsyncArrowWriter::try_new(writer, first.schema(), Some(props))
+    let mut w = AsyncArrowWriter::try_new(writer, schema, Some(props))
         .map_err(|e| Error::parquet(format!("opening {url}"), e))?;
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
         w.write(batch)

@@ -112,6 +112,7 @@ pub async fn run(pipeline: &Pipeline, date: NaiveDate, options: RunOptions) -> R
     .await;
     drop(watchdog);
     crate::progress::finish();
+    engine::remove_scratch(&ctx).await;
     lock.release().await;
     result
 }
@@ -545,8 +546,9 @@ pub async fn evaluate(pipeline: &Pipeline, date: NaiveDate) -> Result<models::Mo
     erasure(&ctx, pipeline).await?;
     let mut inputs = inputs::register(&ctx, pipeline, &cutoff.sql()).await?;
     let snapshots = models::snapshots(cutoff);
-    let (all, _) =
-        features::customer_features(&ctx, pipeline, &snapshots, &mut inputs, None).await?;
+    let features = features::customer_features(&ctx, pipeline, &snapshots, &mut inputs, None).await;
+    engine::remove_scratch(&ctx).await;
+    let (all, _) = features?;
     log_inputs(&inputs);
     let fit = models::fit(
         pipeline,

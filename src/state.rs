@@ -839,7 +839,7 @@ pub async fn rollup(
             repeated
         }
     };
-    let multi = register_multi(ctx, "state_multi", hashes)?;
+    let multi = register_multi(ctx, "state_multi", hashes).await?;
     let merge = shape.merge_split_sql("session_partials", "state_multi", cutoff);
     report.multi_keys = multi.num_rows() as u64;
     let rejects_table = if read_with_rejects.is_empty() {
@@ -877,7 +877,7 @@ fn multi_schema() -> SchemaRef {
 
 /// Registers `hashes`, sorted and each once, as table `name` of [`multi_schema`] (the
 /// sessions a merge groups, [`Shape::merge_split_sql`]); returns its rows.
-pub(crate) fn register_multi(
+pub(crate) async fn register_multi(
     ctx: &SessionContext,
     name: &str,
     mut hashes: Vec<u64>,
@@ -889,10 +889,7 @@ pub(crate) fn register_multi(
         vec![Arc::new(UInt64Array::from(hashes)) as ArrayRef],
     )
     .map_err(|e| Error::engine(format!("the key hashes of {name}"), e.into()))?;
-    let table =
-        datafusion::datasource::MemTable::try_new(multi_schema(), vec![vec![multi.clone()]])
-            .map_err(|e| Error::engine(format!("registering {name}"), e))?;
-    engine::replace_table(ctx, name, Arc::new(table))?;
+    engine::register_batches(ctx, name, multi_schema(), vec![multi.clone()], name).await?;
     Ok(multi)
 }
 

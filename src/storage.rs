@@ -67,9 +67,15 @@ pub fn open(
     location: &Location,
     settings: &StorageParams,
 ) -> Result<StoreRef> {
+    let store = store(location, settings)?;
+    ctx.register_object_store(&store_root(location.url()), Arc::clone(&store.store));
+    Ok(store)
+}
+
+/// Builds (or reuses) the store for a location, for this process's own reads and writes.
+pub fn store(location: &Location, settings: &StorageParams) -> Result<StoreRef> {
     let url = location.url();
     let store = build_store(url, settings)?;
-    ctx.register_object_store(&store_root(url), Arc::clone(&store));
     let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| {
         Error::config(
             None,
@@ -81,6 +87,61 @@ pub fn open(
         prefix,
         location: location.clone(),
     })
+}
+
+/// The object stores of a process that serves queries for others (a Ballista scheduler or
+/// executor): whatever `file://`, `s3://`, `gs://` or `az://` URL a query names, its store is
+/// built on first use from the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), as the run's own
+/// stores are, and kept.
+#[derive(Debug, Default)]
+pub struct StoresOnDemand {
+    settings: StorageParams,
+    stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl StoresOnDemand {
+    /// Stores with `settings`' retries and timeouts.
+    pub fn new(settings: StorageParams) -> StoresOnDemand {
+        StoresOnDemand {
+            settings,
+            stores: Mutex::default(),
+        }
+    }
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for StoresOnDemand {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        stores.insert(store_root(url).to_string(), store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> datafusion::common::Result<Arc<dyn ObjectStore>> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        stores.remove(store_root(url).as_str()).ok_or_else(|| {
+            datafusion::common::DataFusionError::Execution(format!("no store for {url}"))
+        })
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::common::Result<Arc<dyn ObjectStore>> {
+        let root = store_root(url);
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(store) = stores.get(root.as_str()) {
+            return Ok(Arc::clone(store));
+        }
+        if url.scheme() == "memory" {
+            return Err(datafusion::common::DataFusionError::Execution(format!(
+                "{url}: this process cannot read another process's memory:// store"
+            )));
+        }
+        let store = build_store(url, &self.settings)
+            .map_err(|e| datafusion::common::DataFusionError::Execution(e.to_string()))?;
+        stores.insert(root.to_string(), Arc::clone(&store));
+        Ok(store)
+    }
 }
 
 /// `scheme://bucket` — the key DataFusion's registry uses for a store.

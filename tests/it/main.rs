@@ -1,5 +1,7 @@
 //! Integration tests: drive the real `segmenter` binary on data generated inside each test.
 
+#[cfg(feature = "ballista")]
+mod ballista;
 mod cli;
 mod cloud;
 mod common;
