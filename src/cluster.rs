@@ -189,7 +189,7 @@ pub async fn scheduler(options: SchedulerOptions) -> Result<()> {
         bind_port: options.bind.port(),
         external_host: options.external_host.clone(),
         executor_timeout_seconds: options.executor_timeout_seconds,
-        expire_dead_executor_interval_seconds: options.executor_timeout_seconds.clamp(1, 15),
+        expire_dead_executor_interval_seconds: (options.executor_timeout_seconds / 3).clamp(1, 15),
         no_executors_grace_period_seconds: options.executor_timeout_seconds,
         ..SchedulerConfig::default()
     }

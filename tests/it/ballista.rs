@@ -322,10 +322,22 @@ fn an_executor_killed_mid_run_is_survived_or_exit_4_with_nothing_published() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let out = run.wait_with_output().unwrap();
-    let published = root.join(format!("_runs/{D}/manifest.json")).exists();
+    let is_published = root.join(format!("_runs/{D}/manifest.json")).exists();
     match status.code() {
-        Some(0) => assert!(published, "exit 0 but nothing published"),
-        Some(4) => assert!(!published, "exit 4 but {D} was published"),
+        Some(0) => {
+            assert!(is_published, "exit 0 but nothing published");
+            // Survived: what it published is what a local run publishes.
+            let local = dir.join("local");
+            std::fs::create_dir_all(dir.join("pl")).unwrap();
+            let pl = pipeline(&dir.join("pl"), shop(), &local, "");
+            let out = run_pipeline(&pl, D, &[]);
+            assert!(out.status.success(), "local: {}", describe(&out));
+            assert!(
+                published(&local) == published(&root),
+                "the run that survived its executor published other outputs than a local run"
+            );
+        }
+        Some(4) => assert!(!is_published, "exit 4 but {D} was published"),
         other => panic!(
             "exit {other:?}: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
