@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, describe, pipeline, run_pipeline, shop};
+use crate::common::{bin, describe, pipeline, published, run_pipeline, shop};
 
 const D: &str = "2026-10-31";
 
@@ -177,33 +177,6 @@ fn executors_listed(port: u16) -> usize {
     api(port, "/api/executors").matches("\"last_seen\"").count()
 }
 
-fn manifest(root: &Path) -> serde_json::Value {
-    let text = std::fs::read(root.join(format!("_runs/{D}/manifest.json"))).unwrap();
-    serde_json::from_slice(&text).unwrap()
-}
-
-/// The published tables and exports of `D`, by name without the run id.
-fn published(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let m = manifest(root);
-    let run_id = m["run_id"].as_str().unwrap().to_string();
-    let mut files = Vec::new();
-    for table in [
-        "customer_segments",
-        "segment_summary",
-        "segment_transitions",
-        "exports",
-    ] {
-        for url in m["outputs"][table].as_array().unwrap() {
-            let path = url.as_str().unwrap().trim_start_matches("file://");
-            let name = path.rsplit('/').next().unwrap().replace(&run_id, "RUN");
-            files.push((format!("{table}/{name}"), std::fs::read(path).unwrap()));
-        }
-    }
-    files.sort();
-    assert!(files.len() >= 4, "{files:?}");
-    files
-}
-
 fn cluster_pipeline(dir: &Path, root: &Path, url: &str) -> PathBuf {
     let sub = dir.join(root.file_name().unwrap());
     std::fs::create_dir_all(&sub).unwrap();
@@ -233,7 +206,7 @@ fn a_run_on_a_ballista_cluster_publishes_what_a_local_run_does() {
         describe(&out),
         cluster.logs()
     );
-    let (x, y) = (published(&local), published(&remote));
+    let (x, y) = (published(&local, D), published(&remote, D));
     assert_eq!(
         x.iter().map(|f| &f.0).collect::<Vec<_>>(),
         y.iter().map(|f| &f.0).collect::<Vec<_>>()
@@ -333,7 +306,7 @@ fn an_executor_killed_mid_run_is_survived_or_exit_4_with_nothing_published() {
             let out = run_pipeline(&pl, D, &[]);
             assert!(out.status.success(), "local: {}", describe(&out));
             assert!(
-                published(&local) == published(&root),
+                published(&local, D) == published(&root, D),
                 "the run that survived its executor published other outputs than a local run"
             );
         }

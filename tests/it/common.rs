@@ -181,3 +181,31 @@ pub fn read_table(dir: &Path) -> RecordBatch {
     assert!(!batches.is_empty(), "no rows under {}", dir.display());
     concat_batches(&batches[0].schema(), &batches).unwrap()
 }
+
+/// The published manifest of `date` under the output root `root`.
+pub fn manifest(root: &Path, date: &str) -> serde_json::Value {
+    let text = std::fs::read(root.join(format!("_runs/{date}/manifest.json"))).unwrap();
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// The published files of `date` that must be identical, by name without the run id.
+pub fn published(root: &Path, date: &str) -> Vec<(String, Vec<u8>)> {
+    let m = manifest(root, date);
+    let run_id = m["run_id"].as_str().unwrap().to_string();
+    let mut files = Vec::new();
+    for table in [
+        "customer_segments",
+        "segment_summary",
+        "segment_transitions",
+        "exports",
+    ] {
+        for url in m["outputs"][table].as_array().unwrap() {
+            let path = url.as_str().unwrap().trim_start_matches("file://");
+            let name = path.rsplit('/').next().unwrap().replace(&run_id, "RUN");
+            files.push((format!("{table}/{name}"), std::fs::read(path).unwrap()));
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    files
+}

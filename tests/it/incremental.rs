@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{describe, pipeline, run_pipeline, segmenter};
+use crate::common::{describe, manifest, pipeline, published, run_pipeline, segmenter};
 
 const D: &str = "2026-10-30";
 const D1: &str = "2026-10-31";
@@ -74,33 +74,6 @@ fn two_roots(dir: &Path, data: &Path, extra: &str) -> (PathBuf, PathBuf, PathBuf
     let pb = files.pop().unwrap();
     let pa = files.pop().unwrap();
     (a, b, pa, pb)
-}
-
-fn manifest(root: &Path, date: &str) -> serde_json::Value {
-    let text = std::fs::read(root.join(format!("_runs/{date}/manifest.json"))).unwrap();
-    serde_json::from_slice(&text).unwrap()
-}
-
-/// The published files of `date` that must be identical, by name without the run id.
-fn published(root: &Path, date: &str) -> Vec<(String, Vec<u8>)> {
-    let m = manifest(root, date);
-    let run_id = m["run_id"].as_str().unwrap().to_string();
-    let mut files = Vec::new();
-    for table in [
-        "customer_segments",
-        "segment_summary",
-        "segment_transitions",
-        "exports",
-    ] {
-        for url in m["outputs"][table].as_array().unwrap() {
-            let path = url.as_str().unwrap().trim_start_matches("file://");
-            let name = path.rsplit('/').next().unwrap().replace(&run_id, "RUN");
-            files.push((format!("{table}/{name}"), std::fs::read(path).unwrap()));
-        }
-    }
-    files.sort();
-    assert!(files.len() >= 4, "{files:?}");
-    files
 }
 
 fn copy_tree(from: &Path, to: &Path) {
