@@ -1340,14 +1340,6 @@ impl RawPipeline {
                     ));
                 }
             }
-            if self.privacy.erased_customers.is_some() {
-                problems.push(
-                    "`privacy.erased_customers` is not supported with `engine.kind` = \"ballista\" \
-                     yet (the erasure filter runs in this process); run the erasure nights with \
-                     `engine.kind` = \"local\""
-                        .into(),
-                );
-            }
         }
 
         if !problems.is_empty() {

@@ -154,6 +154,11 @@ pub async fn register_batches(
     replace_parquet_table(ctx, name, &[url], schema, what)
 }
 
+/// Whether `ctx`'s queries run on a cluster (it has a [`Scratch`] prefix).
+pub fn is_cluster(ctx: &SessionContext) -> bool {
+    ctx.state().config().get_extension::<Scratch>().is_some()
+}
+
 /// Removes the run's [`Scratch`] files, if it wrote any (a failure is only logged: they are
 /// never read again).
 pub async fn remove_scratch(ctx: &SessionContext) {

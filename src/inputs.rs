@@ -333,19 +333,18 @@ async fn register_files(
     urls: &[String],
     cols: &[Col],
 ) -> Result<()> {
-    let table = engine::parquet_table(urls, schema_of(cols), name)?;
-    if erased_filter(ctx) {
-        // The erased customers leave here, before anything reads the input (src/privacy.rs).
-        let files = format!("{name}_files");
-        engine::replace_table(ctx, &files, table)?;
-        ctx.deregister_table(name)
-            .map_err(|e| Error::engine(format!("registering {name}"), e))?;
-        let view = format!(
-            "SELECT * FROM {files} WHERE customer_id IS NULL OR NOT is_erased(customer_id)"
-        );
-        engine::create_view(ctx, name, &view, "leaving out the erased customers").await?;
-    } else {
-        engine::replace_table(ctx, name, table)?;
+    let schema = schema_of(cols);
+    let table = engine::parquet_table(urls, Arc::clone(&schema), name)?;
+    let files = format!("{name}_files");
+    match crate::privacy::filtered_view(ctx, &files, &schema, urls) {
+        Some(view) => {
+            // The erased customers leave here, before anything reads the input.
+            engine::replace_table(ctx, &files, table)?;
+            ctx.deregister_table(name)
+                .map_err(|e| Error::engine(format!("registering {name}"), e))?;
+            engine::create_view(ctx, name, &view, "leaving out the erased customers").await?;
+        }
+        None => engine::replace_table(ctx, name, table)?,
     }
     Ok(())
 }
@@ -377,11 +376,6 @@ pub fn register_no_events(ctx: &SessionContext) -> Result<()> {
     ctx.deregister_table("events_raw")
         .map_err(|e| Error::engine("registering events_raw", e))?;
     register_empty(ctx, "events_raw", EVENTS)
-}
-
-/// Whether an erasure list is in force: the run registered `is_erased` (src/privacy.rs).
-fn erased_filter(ctx: &SessionContext) -> bool {
-    datafusion::execution::FunctionRegistry::udf(ctx, "is_erased").is_ok()
 }
 
 /// Why a file cannot be used.

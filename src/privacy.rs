@@ -8,14 +8,22 @@
 //! transitions (the previous run's customers are filtered too). Then the exports of earlier
 //! dates that retention still keeps are rewritten without their rows. The manifest's `privacy`
 //! counts what was removed; it never lists the ids.
+//!
+//! In local mode the filter is `is_erased(customer_id)`, a function over the ids this process
+//! holds. A cluster's executors cannot call it: there the ids travel in the plan itself, as
+//! `customer_id NOT IN ('…', …)` ([`OnCluster`]), which DataFusion evaluates with a hash set,
+//! row by row where the input is read. (An anti-join with the list as a table would be a
+//! sort-merge join under Ballista's settings: every input sorted by customer.) Which erased
+//! ids the inputs held is then one more query at the end of the run ([`count_found`]) over the
+//! files the run read.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::TryStreamExt;
@@ -23,6 +31,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use crate::config::Location;
+use crate::engine;
 use crate::error::{Error, Result};
 use crate::storage::StoreRef;
 
@@ -141,6 +150,33 @@ impl Erasure {
         )
     }
 
+    /// Puts the filter in force in `ctx` for the inputs registered after it
+    /// ([`filtered_view`]): `is_erased` in local mode, the ids in the plans on a cluster
+    /// ([`OnCluster`]). Nothing when the list is empty.
+    pub fn install(self: &Arc<Self>, ctx: &SessionContext) {
+        if self.is_empty() {
+            return;
+        }
+        if !engine::is_cluster(ctx) {
+            ctx.register_udf(self.udf());
+            return;
+        }
+        let mut ids: Vec<&str> = self.ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        let quoted: Vec<String> = ids
+            .iter()
+            .map(|id| format!("'{}'", id.replace('\'', "''")))
+            .collect();
+        let on_cluster = OnCluster {
+            erasure: Arc::clone(self),
+            in_list: format!("({})", quoted.join(",")),
+            read: Mutex::default(),
+        };
+        let state = ctx.state_ref();
+        let mut state = state.write();
+        state.config_mut().set_extension(Arc::new(on_cluster));
+    }
+
     /// The run's last erasure step, once its own files are written: the exports of earlier
     /// dates are scrubbed ([`Erasure::scrub_exports`]); returns the manifest's counts.
     pub async fn scrub(&self, root: &StoreRef, run_date: &str) -> Result<ErasureReport> {
@@ -229,6 +265,93 @@ impl Erasure {
         }
         Ok((rows, files, lists))
     }
+}
+
+/// The erasure list of a run on a cluster, kept in its session's settings (so that the
+/// sessions made from it find it too): the ids as an SQL list, and the input files the run
+/// filtered, by schema, for [`count_found`].
+#[derive(Debug)]
+pub struct OnCluster {
+    erasure: Arc<Erasure>,
+    /// `('id1','id2',…)`, sorted, quotes doubled.
+    in_list: String,
+    read: Mutex<Vec<(SchemaRef, BTreeSet<String>)>>,
+}
+
+impl OnCluster {
+    /// Notes that the run reads `urls` (of `schema`).
+    fn note(&self, schema: &SchemaRef, urls: &[String]) {
+        let Ok(mut read) = self.read.lock() else {
+            return;
+        };
+        match read.iter_mut().find(|(s, _)| s == schema) {
+            Some((_, set)) => set.extend(urls.iter().cloned()),
+            None => read.push((Arc::clone(schema), urls.iter().cloned().collect())),
+        }
+    }
+}
+
+/// With an erasure list in force in `ctx`, the SQL of a view of `files` (an input of
+/// `schema`, read from `urls`) that leaves the erased customers out; None without one.
+/// Rows without a customer id are kept (the quality gate rejects them later, and counts them).
+pub fn filtered_view(
+    ctx: &SessionContext,
+    files: &str,
+    schema: &SchemaRef,
+    urls: &[String],
+) -> Option<String> {
+    let on_cluster = ctx.state_ref().read().config().get_extension::<OnCluster>();
+    if let Some(on) = on_cluster {
+        on.note(schema, urls);
+        return Some(format!(
+            "SELECT * FROM {files} WHERE customer_id IS NULL OR customer_id NOT IN {}",
+            on.in_list
+        ));
+    }
+    if datafusion::execution::FunctionRegistry::udf(ctx, "is_erased").is_ok() {
+        return Some(format!(
+            "SELECT * FROM {files} WHERE customer_id IS NULL OR NOT is_erased(customer_id)"
+        ));
+    }
+    None
+}
+
+/// On a cluster, finds which erased ids the files the run read hold (one query over their
+/// `customer_id` columns) and counts them as removed; nothing in local mode, where
+/// `is_erased` counted them as it filtered.
+pub async fn count_found(ctx: &SessionContext) -> Result<()> {
+    let on_cluster = ctx.state_ref().read().config().get_extension::<OnCluster>();
+    let Some(on) = on_cluster else {
+        return Ok(());
+    };
+    let read = on.read.lock().map(|r| r.clone()).unwrap_or_default();
+    if read.is_empty() {
+        return Ok(());
+    }
+    let sub = engine::sibling(ctx);
+    let mut arms = Vec::new();
+    for (i, (schema, urls)) in read.into_iter().enumerate() {
+        let name = format!("read_{i}");
+        let urls: Vec<String> = urls.into_iter().collect();
+        engine::replace_parquet_table(&sub, &name, &urls, schema, "the inputs read")?;
+        arms.push(format!(
+            "SELECT customer_id FROM {name} WHERE customer_id IN {}",
+            on.in_list
+        ));
+    }
+    let sql = format!(
+        "SELECT DISTINCT customer_id FROM ({}) found",
+        arms.join(" UNION ALL ")
+    );
+    let batches = engine::collect(&sub, &sql, "finding the erased customers in the inputs").await?;
+    for b in &batches {
+        let ids = cast(b.column(0), &DataType::Utf8)
+            .map_err(|e| Error::engine("finding the erased customers", e.into()))?;
+        for id in ids.as_string::<i32>().iter().flatten() {
+            on.erasure.contains(id);
+        }
+    }
+    Ok(())
 }
 
 /// The records of an RFC 4180 text, each with its line ending (a quoted field may hold one).

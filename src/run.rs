@@ -428,7 +428,10 @@ async fn run_locked(
         files.insert("_rejected", rejected_files);
     }
     let privacy = match &erasure {
-        Some(e) => Some(e.scrub(root, run_date).await?),
+        Some(e) => {
+            crate::privacy::count_found(ctx).await?;
+            Some(e.scrub(root, run_date).await?)
+        }
         None => None,
     };
     lap("write", timings);
@@ -502,17 +505,15 @@ async fn run_locked(
     })
 }
 
-/// Reads `privacy.erased_customers`, if set, and registers `is_erased` for the inputs when
-/// the list has ids (src/privacy.rs).
+/// Reads `privacy.erased_customers`, if set, and puts its filter in force for the inputs
+/// (src/privacy.rs).
 async fn erasure(ctx: &SessionContext, pipeline: &Pipeline) -> Result<Option<Arc<Erasure>>> {
     let Some(location) = &pipeline.erased_customers else {
         return Ok(None);
     };
     storage::open(ctx, location, &pipeline.storage)?;
     let erasure = Erasure::load(ctx, location).await?;
-    if !erasure.is_empty() {
-        ctx.register_udf(erasure.udf());
-    }
+    erasure.install(ctx);
     Ok(Some(erasure))
 }
 

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, describe, pipeline, published, run_pipeline, shop};
+use crate::common::{
+    bin, describe, manifest, pipeline, published, read_table, run_pipeline, shop, write_ids,
+};
 
 const D: &str = "2026-10-31";
 
@@ -238,6 +240,67 @@ fn a_run_on_a_ballista_cluster_publishes_what_a_local_run_does() {
         scratch.display()
     );
     drop(cluster);
+}
+
+#[test]
+fn erased_customers_leave_a_cluster_run_as_they_leave_a_local_one() {
+    let dir = tempdir("erased");
+    let cluster = Cluster::start(&dir);
+    // Three customers of the shop and an id it never had.
+    let customers = read_table(&shop().join("customers"));
+    let ids = datafusion::arrow::array::AsArray::as_string::<i32>(
+        customers.column_by_name("customer_id").unwrap().as_ref(),
+    )
+    .clone();
+    let mut erased: Vec<String> = [0, 7, 42]
+        .iter()
+        .map(|&i| ids.value(i).to_string())
+        .collect();
+    erased.push("never-a-customer".into());
+    let list = dir.join("erasures");
+    write_ids(&list.join("part-0.parquet"), &erased);
+    let privacy = format!("[privacy]\nerased_customers = \"{}\"\n", list.display());
+
+    let (local, remote) = (dir.join("local"), dir.join("remote"));
+    std::fs::create_dir_all(dir.join("pl")).unwrap();
+    let pl = pipeline(&dir.join("pl"), shop(), &local, &privacy);
+    let out = run_pipeline(&pl, D, &[]);
+    assert!(out.status.success(), "local: {}", describe(&out));
+    let sub = dir.join("pr");
+    std::fs::create_dir_all(&sub).unwrap();
+    let engine = format!(
+        "[engine]\nkind = \"ballista\"\nurl = \"{}\"\n",
+        cluster.url()
+    );
+    let pr = pipeline(&sub, shop(), &remote, &format!("{privacy}{engine}"));
+    let out = run_pipeline(&pr, D, &[]);
+    assert!(
+        out.status.success(),
+        "cluster: {}\n{}",
+        describe(&out),
+        cluster.logs()
+    );
+    let (x, y) = (published(&local, D), published(&remote, D));
+    assert_eq!(x.len(), y.len());
+    for ((name, a), (_, b)) in x.iter().zip(&y) {
+        assert!(
+            a == b,
+            "{name} differs between the local and the cluster run"
+        );
+    }
+    let (ml, mr) = (manifest(&local, D), manifest(&remote, D));
+    assert_eq!(ml["privacy"], mr["privacy"]);
+    assert_eq!(mr["privacy"]["erased_ids_listed"], 4, "{:#}", mr["privacy"]);
+    assert_eq!(mr["privacy"]["customers_removed"], 3, "{:#}", mr["privacy"]);
+    let segments = read_table(&remote.join(format!("customer_segments/run_date={D}")));
+    let kept = datafusion::arrow::array::AsArray::as_string::<i32>(
+        segments.column_by_name("customer_id").unwrap().as_ref(),
+    )
+    .clone();
+    assert!(segments.num_rows() > 500);
+    for id in kept.iter().flatten() {
+        assert!(!erased.iter().any(|e| e == id), "{id} was erased");
+    }
 }
 
 #[test]

@@ -209,3 +209,16 @@ pub fn published(root: &Path, date: &str) -> Vec<(String, Vec<u8>)> {
     assert!(files.len() >= 4, "{files:?}");
     files
 }
+
+/// Writes a Parquet file with one `customer_id` column.
+pub fn write_ids(path: &Path, ids: &[String]) {
+    use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let col: ArrayRef = std::sync::Arc::new(StringArray::from(ids.to_vec()));
+    let batch = RecordBatch::try_from_iter([("customer_id", col)]).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}

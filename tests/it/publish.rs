@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use crate::common::{bin, describe, pipeline, run_pipeline, shop};
+use crate::common::{bin, describe, pipeline, run_pipeline, shop, write_ids};
 
 const DATE: &str = "2026-10-31";
 
@@ -607,19 +607,6 @@ fn retention_removes_old_exports_and_lost_attempts_but_keeps_published_tables() 
         files_in("exports/run_date=2026-10-30") > 0,
         "recent exports kept"
     );
-}
-
-/// Writes a Parquet file with one `customer_id` column.
-fn write_ids(path: &Path, ids: &[String]) {
-    use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let col: ArrayRef = std::sync::Arc::new(StringArray::from(ids.to_vec()));
-    let batch = RecordBatch::try_from_iter([("customer_id", col)]).unwrap();
-    let file = std::fs::File::create(path).unwrap();
-    let mut w =
-        datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
 }
 
 #[test]
