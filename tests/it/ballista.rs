@@ -243,6 +243,56 @@ fn a_run_on_a_ballista_cluster_publishes_what_a_local_run_does() {
 }
 
 #[test]
+fn an_incremental_night_on_a_cluster_publishes_what_a_local_night_does() {
+    use crate::incremental::{add_day, shop_until_d, D as DAY0, D1 as DAY1};
+    let dir = tempdir("night");
+    let cluster = Cluster::start(&dir);
+    let data = shop_until_d(&dir);
+    let (local, remote) = (dir.join("local"), dir.join("remote"));
+    std::fs::create_dir_all(dir.join("pl")).unwrap();
+    let pl = pipeline(&dir.join("pl"), &data, &local, "");
+    let sub = dir.join("pr");
+    std::fs::create_dir_all(&sub).unwrap();
+    let engine = format!(
+        "[engine]\nkind = \"ballista\"\nurl = \"{}\"\n",
+        cluster.url()
+    );
+    let pr = pipeline(&sub, &data, &remote, &engine);
+    // D (the refit night), then D+1 after the next day's files arrive: the night reuses D's
+    // state, base and stored models, and scores the day's visitors, buyers and sign-ups
+    // (those with neither orders nor sessions too).
+    for (day, add) in [(DAY0, false), (DAY1, true)] {
+        if add {
+            add_day(&data, DAY1);
+        }
+        for (p, what) in [(&pl, "local"), (&pr, "cluster")] {
+            let out = run_pipeline(p, day, &[]);
+            assert!(
+                out.status.success(),
+                "{what} {day}: {}\n{}",
+                describe(&out),
+                cluster.logs()
+            );
+        }
+        let (x, y) = (published(&local, day), published(&remote, day));
+        assert_eq!(x.len(), y.len());
+        for ((name, a), (_, b)) in x.iter().zip(&y) {
+            assert!(
+                a == b,
+                "{day}: {name} differs between the local and the cluster run"
+            );
+        }
+    }
+    let m = manifest(&remote, DAY1);
+    assert_eq!(m["state"]["mode"], "incremental", "{:#}", m["state"]);
+    assert_eq!(
+        m["state"]["base"]["features_kept"], true,
+        "{:#}",
+        m["state"]
+    );
+}
+
+#[test]
 fn erased_customers_leave_a_cluster_run_as_they_leave_a_local_one() {
     let dir = tempdir("erased");
     let cluster = Cluster::start(&dir);

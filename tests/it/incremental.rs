@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::common::{describe, manifest, pipeline, published, run_pipeline, segmenter};
 
-const D: &str = "2026-10-30";
-const D1: &str = "2026-10-31";
+pub(crate) const D: &str = "2026-10-30";
+pub(crate) const D1: &str = "2026-10-31";
 
 fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("segmenter-it-incr-{tag}-{}", std::process::id()));
@@ -20,7 +20,7 @@ fn tempdir(tag: &str) -> PathBuf {
 
 /// A 600-customer shop with daily clickstream partitions as it stood at the end of `D`
 /// (the world ends at `D1`, so `--add-day D1` adds the next night).
-fn shop_until_d(dir: &Path) -> PathBuf {
+pub(crate) fn shop_until_d(dir: &Path) -> PathBuf {
     let data = dir.join("data");
     let out = segmenter(&[
         "generate",
@@ -40,7 +40,7 @@ fn shop_until_d(dir: &Path) -> PathBuf {
     data
 }
 
-fn add_day(data: &Path, day: &str) {
+pub(crate) fn add_day(data: &Path, day: &str) {
     let out = segmenter(&[
         "generate",
         "--out",
