@@ -12,10 +12,10 @@
 //! In local mode the filter is `is_erased(customer_id)`, a function over the ids this process
 //! holds. A cluster's executors cannot call it: there the ids travel in the plan itself, as
 //! `customer_id NOT IN ('…', …)` ([`OnCluster`]), which DataFusion evaluates with a hash set,
-//! row by row where the input is read. (An anti-join with the list as a table would be a
-//! sort-merge join under Ballista's settings: every input sorted by customer.) Which erased
-//! ids the inputs held is then one more query at the end of the run ([`count_found`]) over the
-//! files the run read.
+//! row by row where the input is read. (An anti-join with the list as a table would put a
+//! join, shipped or shuffled, in front of every input scan, and under Ballista's default
+//! sort-merge joins sort every input by customer.) Which erased ids the inputs held is then
+//! one more query at the end of the run ([`count_found`]) over the files the run read.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
