@@ -63,12 +63,27 @@ def manifest_of(root, date):
         return json.load(f)
 
 
+def night_manifest(a):
+    """The reported night's manifest: the median run's when the night was repeated."""
+    if a.night_manifest:
+        with open(a.night_manifest, encoding="utf-8") as f:
+            return json.load(f)
+    return manifest_of(a.seg_out, a.date)
+
+
+def median_index(paths):
+    """1-based index of the run with the median wall time (the lower median of an even count)."""
+    walls = [parse_time_v(path)["wall"] for path in paths]
+    order = sorted(range(len(walls)), key=lambda i: walls[i])
+    return order[(len(order) - 1) // 2] + 1
+
+
 def nights(a, seg, peer, p):
     """The incremental night beside the refit before it and a --full run of the same night."""
     first, full = parse_time_v(a.first_time), parse_time_v(a.full_time)
     runs = [
         (f"{a.night_of} refit", first, manifest_of(a.seg_out, a.night_of)),
-        (f"{a.date} incremental", seg, manifest_of(a.seg_out, a.date)),
+        (f"{a.date} incremental", seg, night_manifest(a)),
         (f"{a.date} --full", full, manifest_of(a.full_out, a.date)),
     ]
     p(f"{'segmenter run':<26}{'wall s':>9}{'x peer':>8}{'peak MiB':>10}  state")
@@ -84,6 +99,10 @@ def nights(a, seg, peer, p):
     for s in stages:
         p(f"{s:<12}" + "".join(f"{m['timings'].get(s, float('nan')):>24.3f}" for _, _, m in runs))
     p("")
+    if a.seg_runs and len(a.seg_runs) > 1:
+        walls = lambda paths: " ".join(f"{parse_time_v(x)['wall']:.2f}" for x in paths)
+        p(f"wall s of every run (the median is reported): night {walls(a.seg_runs)}; "
+          f"peer {walls(a.peer_runs)}")
     p(f"outputs of the incremental night vs --full: {a.identical}")
     with open(a.peer_log, encoding="utf-8", errors="replace") as f:
         peer_line = [line for line in f if line.startswith("peer:")]
@@ -92,6 +111,9 @@ def nights(a, seg, peer, p):
 
 
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--median":
+        print(median_index(sys.argv[2:]))
+        return
     ap = argparse.ArgumentParser()
     for a in ("--n", "--date", "--as-of", "--threads", "--data", "--seg-time", "--peer-time",
               "--seg-out", "--peer-out", "--peer-log"):
@@ -100,6 +122,9 @@ def main():
     for a in ("--night-of", "--first-time", "--full-time", "--full-out"):
         ap.add_argument(a)
     ap.add_argument("--identical", default="not compared")
+    ap.add_argument("--night-manifest")
+    ap.add_argument("--seg-runs", nargs="*")
+    ap.add_argument("--peer-runs", nargs="*")
     a = ap.parse_args()
 
     seg, peer = parse_time_v(a.seg_time), parse_time_v(a.peer_time)

@@ -68,8 +68,11 @@ pub const BASE_DAYS: i64 = 7;
 /// Rows (customers × cut-offs) of the base's features computed in one query at most
 /// (`SEGMENTER_BASE_BUCKET_ROWS` overrides it: lower for a smaller `engine.memory_limit`).
 const BUCKET_ROWS: u64 = 2_000_000;
-/// Version of the base's files: part of its digest.
-const BASE_FORMAT: u32 = 1;
+/// Version of the base's files: part of its digest (2: sessions in customer order, indexed).
+const BASE_FORMAT: u32 = 2;
+/// Each customer's run of rows in the base's sessions.parquet: `customer_id`, `first_row`,
+/// `rows`.
+const SESSIONS_INDEX: &str = "sessions-index.parquet";
 /// Where bases live, relative to the output root.
 const BASE_DIR: &str = "_state/base";
 
@@ -276,9 +279,10 @@ async fn unusable(
 }
 
 /// The files of a base a run `days` after it reads.
-fn files(dir: &str, days: i64) -> [String; 4] {
+fn files(dir: &str, days: i64) -> [String; 5] {
     [
         format!("{dir}/sessions.parquet"),
+        format!("{dir}/{SESSIONS_INDEX}"),
         format!("{dir}/reasons.parquet"),
         format!("{dir}/digests.parquet"),
         format!("{dir}/features-{days}.parquet"),
@@ -449,12 +453,13 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
 
     // A night that scores needs the changed customers' data only; a refit every session.
     let sessions = if features_kept {
-        engine::collect_into_table(
+        let (schema, batches) = changed_sessions(ctx, input.root, &reference.dir).await?;
+        engine::register_batches(
             ctx,
             "base_changed_sessions",
-            "SELECT b.* FROM base_sessions b LEFT SEMI JOIN state_changed c \
-             ON b.customer_id = c.customer_id",
-            "reading the changed customers' sessions",
+            schema,
+            batches,
+            "the changed customers' sessions",
         )
         .await?;
         let name = format!("{}/features-{days_after}.parquet", reference.dir);
@@ -711,15 +716,23 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     let schema = input.shape.partial_schema();
     let what = "merging the state into a base";
 
-    // The sessions and reason rows, dated the day before the cut-off.
+    // The sessions and reason rows, dated the day before the cut-off. The sessions in
+    // customer order, each customer's rows one run that sessions-index.parquet locates: a
+    // night reads its changed customers' runs alone ([`changed_sessions`]).
     let day = cut_micros - 86_400_000_000;
     let sessions_name = format!("{dir}/sessions.parquet");
     let mut sink = ParquetSink::open(input.root, &sessions_name, Arc::clone(&schema))?;
     let mut reasons = vec![RecordBatch::new_empty(Arc::clone(&schema))];
-    let mut running = engine::stream(ctx, input.merged_sql, what).await?;
+    let mut runs = Runs::default();
+    let sorted = format!(
+        "SELECT * FROM ({}) ORDER BY customer_id, session_id",
+        input.merged_sql
+    );
+    let mut running = engine::stream(ctx, &sorted, what).await?;
     while let Some(batch) = running.stream.next().await {
         let batch = batch.map_err(|e| Error::engine(what, e))?;
         let (r, s) = input.shape.merged_as_partial(&batch, day)?;
+        runs.add(&s)?;
         sink.write(&s).await?;
         reasons.push(r);
     }
@@ -727,6 +740,12 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     let sessions = sink.close().await?;
     crate::outputs::write_parquet_groups(input.root, &format!("{dir}/reasons.parquet"), &reasons)
         .await?;
+    crate::outputs::write_parquet(
+        input.root,
+        &format!("{dir}/{SESSIONS_INDEX}"),
+        &runs.batch()?,
+    )
+    .await?;
 
     // Each customer's orders and customers rows as this run saw them.
     let what = "digesting each customer's orders and customers rows";
@@ -883,6 +902,178 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     })
 }
 
+/// The runs of rows of each customer in sessions written in customer order, as they are
+/// written: [`SESSIONS_INDEX`].
+#[derive(Default)]
+struct Runs {
+    ids: Vec<String>,
+    first_rows: Vec<u64>,
+    rows: Vec<u64>,
+    /// Rows seen so far.
+    seen: u64,
+    /// Whether the last row seen had the last run's customer (a row without a customer ends a
+    /// run).
+    open: bool,
+}
+
+impl Runs {
+    /// Adds the next rows written.
+    fn add(&mut self, sessions: &RecordBatch) -> Result<()> {
+        let what = "indexing the base's sessions";
+        let ids = sessions
+            .column_by_name("customer_id")
+            .ok_or_else(|| Error::Model("the merged sessions lack `customer_id`".into()))?;
+        let ids = cast(ids, &DataType::Utf8).map_err(|e| Error::engine(what, e.into()))?;
+        let ids = ids.as_string::<i32>();
+        for i in 0..ids.len() {
+            if ids.is_null(i) {
+                self.open = false;
+            } else if self.open && self.ids.last().map(String::as_str) == Some(ids.value(i)) {
+                *self.rows.last_mut().expect("an open run") += 1;
+            } else {
+                self.ids.push(ids.value(i).to_string());
+                self.first_rows.push(self.seen + i as u64);
+                self.rows.push(1);
+                self.open = true;
+            }
+        }
+        self.seen += ids.len() as u64;
+        Ok(())
+    }
+
+    fn batch(self) -> Result<RecordBatch> {
+        RecordBatch::try_new(
+            runs_schema(),
+            vec![
+                Arc::new(datafusion::arrow::array::StringArray::from(self.ids)),
+                Arc::new(datafusion::arrow::array::UInt64Array::from(self.first_rows)),
+                Arc::new(datafusion::arrow::array::UInt64Array::from(self.rows)),
+            ],
+        )
+        .map_err(|e| Error::engine("indexing the base's sessions", e.into()))
+    }
+}
+
+fn runs_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("first_row", DataType::UInt64, false),
+        Field::new("rows", DataType::UInt64, false),
+    ]))
+}
+
+/// The base's sessions of the changed customers (table `state_changed`): their runs, found in
+/// [`SESSIONS_INDEX`], read from sessions.parquet as a row selection, in parallel parts of about
+/// equal rows. Only those rows are decoded (and only the pages holding them fetched): the
+/// semi-join this replaces decoded and hashed every kept session's customer id, 0.89 s of a
+/// 3.3 s night at 200,000 customers.
+async fn changed_sessions(
+    ctx: &SessionContext,
+    root: &StoreRef,
+    dir: &str,
+) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+    use datafusion::parquet::arrow::arrow_reader::{
+        ArrowReaderMetadata, ArrowReaderOptions, RowSelection,
+    };
+    #[allow(deprecated)]
+    use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
+    use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+    use datafusion::parquet::file::metadata::PageIndexPolicy;
+    use futures::TryStreamExt;
+
+    let what = "reading the changed customers' sessions";
+    engine::replace_parquet_table(
+        ctx,
+        "base_sessions_index",
+        &[root.url_of(&format!("{dir}/{SESSIONS_INDEX}"))],
+        runs_schema(),
+        "the base",
+    )?;
+    let found = engine::collect(
+        ctx,
+        "SELECT i.first_row, i.\"rows\" FROM base_sessions_index i \
+         LEFT SEMI JOIN state_changed c ON i.customer_id = c.customer_id ORDER BY i.first_row",
+        "finding the changed customers' sessions",
+    )
+    .await?;
+    let mut runs = Vec::new();
+    for b in &found {
+        let first = b.column(0).as_primitive::<UInt64Type>();
+        let rows = b.column(1).as_primitive::<UInt64Type>();
+        runs.extend(
+            (0..b.num_rows())
+                .map(|i| first.value(i) as usize..(first.value(i) + rows.value(i)) as usize),
+        );
+    }
+
+    let name = format!("{dir}/sessions.parquet");
+    let url = root.url_of(&name);
+    let parquet = |e| Error::parquet(format!("reading {url}"), e);
+    let meta = root
+        .store
+        .head(&root.key(&name))
+        .await
+        .map_err(|e| Error::storage(format!("reading {url}"), e))?;
+    #[allow(deprecated)]
+    let mut reader =
+        ParquetObjectReader::new(Arc::clone(&root.store), meta.location).with_file_size(meta.size);
+    let metadata = ArrowReaderMetadata::load_async(
+        &mut reader,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional),
+    )
+    .await
+    .map_err(parquet)?;
+    let schema = Arc::clone(metadata.schema());
+    let total = metadata.metadata().file_metadata().num_rows().max(0) as usize;
+    if runs.last().is_some_and(|r| r.end > total) {
+        return Err(Error::Model(format!(
+            "{url} holds {total} rows, fewer than its index names: the base is damaged"
+        )));
+    }
+    let parts = ctx.state().config().target_partitions().max(1);
+    let reads = split_runs(&runs, parts).into_iter().map(|part| {
+        let selection = RowSelection::from_consecutive_ranges(part.iter().cloned(), total);
+        let (reader, metadata) = (reader.clone(), metadata.clone());
+        tokio::spawn(async move {
+            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+                .with_row_selection(selection)
+                .build()?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+    });
+    let mut batches = Vec::new();
+    for read in futures::future::join_all(reads.collect::<Vec<_>>()).await {
+        let read = read.map_err(|e| Error::Model(format!("{what}: {e}")))?;
+        batches.extend(read.map_err(parquet)?);
+    }
+    tracing::debug!(
+        customers = runs.len(),
+        rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        "read the changed customers' sessions"
+    );
+    Ok((schema, batches))
+}
+
+/// `runs` (in row order) in at most `parts` consecutive slices of about equal rows, none empty.
+fn split_runs(runs: &[std::ops::Range<usize>], parts: usize) -> Vec<&[std::ops::Range<usize>]> {
+    let total: usize = runs.iter().map(|r| r.len()).sum();
+    let per_part = total.div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::new();
+    let (mut start, mut rows) = (0, 0);
+    for (i, run) in runs.iter().enumerate() {
+        rows += run.len();
+        if rows >= per_part {
+            out.push(&runs[start..=i]);
+            (start, rows) = (i + 1, 0);
+        }
+    }
+    if start < runs.len() {
+        out.push(&runs[start..]);
+    }
+    out
+}
+
 /// The key of a stored models file (its name names the refit's run): what kept scores are
 /// named by.
 pub fn models_key(models_file: &str) -> String {
@@ -1017,5 +1208,51 @@ pub async fn remove_superseded(root: &StoreRef, previous: Option<&BaseRef>, now:
         if let Err(e) = root.store.delete(&m.location).await {
             tracing::warn!(file = %m.location, error = %e, "could not remove a superseded base's file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_follow_each_customer_across_batches() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "customer_id",
+            DataType::Utf8,
+            true,
+        )]));
+        let batch = |ids: Vec<Option<&str>>| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(datafusion::arrow::array::StringArray::from(ids))],
+            )
+            .unwrap()
+        };
+        let mut runs = Runs::default();
+        runs.add(&batch(vec![Some("a"), Some("a"), Some("b")]))
+            .unwrap();
+        runs.add(&batch(vec![Some("b"), None, Some("b"), Some("c")]))
+            .unwrap();
+        let b = runs.batch().unwrap();
+        let ids: Vec<&str> = b.column(0).as_string::<i32>().iter().flatten().collect();
+        let first: Vec<u64> = b.column(1).as_primitive::<UInt64Type>().values().to_vec();
+        let rows: Vec<u64> = b.column(2).as_primitive::<UInt64Type>().values().to_vec();
+        // A row without a customer ends b's run: b has two.
+        assert_eq!(ids, ["a", "b", "b", "c"]);
+        assert_eq!(first, [0, 2, 5, 6]);
+        assert_eq!(rows, [2, 2, 1, 1]);
+    }
+
+    #[test]
+    fn split_runs_balances_rows_and_keeps_order() {
+        let runs = vec![0..10, 12..14, 20..30, 40..41, 50..60];
+        let parts = split_runs(&runs, 2);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts.concat(), runs);
+        assert_eq!(parts[0], &runs[..3]);
+        assert_eq!(split_runs(&runs, 1), vec![&runs[..]]);
+        assert_eq!(split_runs(&runs, 100).len(), runs.len());
+        assert!(split_runs(&[], 2).is_empty());
     }
 }
