@@ -244,6 +244,34 @@ async fn run_locked(
     tracing::info!(customers = all.current()?.len(), "features computed");
     lap("features", timings);
 
+    // The models are scored on one core; beside them, on the other, the clustering (it needs
+    // the features alone) and the previous run's customers for the transitions.
+    let previous_model = match (&previous_run, &published) {
+        (Some(d), Some(p)) => previous::model(root, d, p).await?,
+        _ => None,
+    };
+    let clustering = {
+        let (table, params, model) = (
+            all.current()?.clone(),
+            pipeline.clustering.clone(),
+            previous_model.clone(),
+        );
+        let (refit, date) = (options.refit, run_date.to_string());
+        tokio::task::spawn_blocking(move || {
+            clustering::segment(&table, &params, model.as_ref(), refit, &date)
+        })
+    };
+    let before = match (&previous_run, &published) {
+        (Some(d), Some(p)) => {
+            let (root, d, id) = (root.clone(), d.clone(), p.run_id.clone());
+            Some(tokio::spawn(async move {
+                previous::customers(&root, &d, &id).await
+            }))
+        }
+        _ => None,
+    };
+    let mut features_again = false;
+
     let mut scored = None;
     if let (None, Some((stored, file))) = (&refit_reason, &decision.stored) {
         let kept = kept_scores(ctx, root, &rollup, &state_report, file).await?;
@@ -285,6 +313,7 @@ async fn run_locked(
                 all = features::customer_features(ctx, pipeline, &every, &mut inputs, Some(again))
                     .await?
                     .0;
+                features_again = true;
             }
             let fit = models::fit(pipeline, &every, &all, run_date)?;
             let record = RefitRecord {
@@ -331,18 +360,22 @@ async fn run_locked(
     }
     lap("models", timings);
 
-    // Only a previous run whose manifest this build can read lends its model.
-    let previous_model = match (&previous_run, &published) {
-        (Some(d), Some(p)) => previous::model(root, d, p).await?,
-        _ => None,
+    let segmentation = clustering
+        .await
+        .map_err(|e| Error::Model(format!("clustering: {e}")))?;
+    // Features computed again (a refit found out after them) are clustered again: the same
+    // rows, but the segments must come from the table the scores do.
+    let segmentation = if features_again {
+        clustering::segment(
+            features,
+            &pipeline.clustering,
+            previous_model.as_ref(),
+            options.refit,
+            run_date,
+        )?
+    } else {
+        segmentation?
     };
-    let segmentation = clustering::segment(
-        features,
-        &pipeline.clustering,
-        previous_model.as_ref(),
-        options.refit,
-        run_date,
-    )?;
     tracing::info!(
         mode = segmentation.lineage.mode,
         reason = segmentation.lineage.reason,
@@ -353,12 +386,19 @@ async fn run_locked(
     );
     lap("clustering", timings);
 
+    // The consented contacts for the exports, read beside the segment tables.
+    let contacts = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { exports::contacts(&ctx).await })
+    };
     let assigned = tables::assign(pipeline, features, &scores, &segmentation)?;
     let segments_batch =
         tables::customer_segments(features, &scores, &segmentation, &assigned, cutoff.0.date())?;
-    let transitions = match (&previous_run, &published) {
-        (Some(d), Some(p)) => {
-            let mut before = previous::customers(root, d, &p.run_id).await?;
+    let transitions = match (&previous_run, before) {
+        (Some(d), Some(before)) => {
+            let mut before = before.await.map_err(|e| {
+                Error::Model(format!("reading the previous run's customers: {e}"))
+            })??;
             if let Some(e) = &erasure {
                 before.retain(|(id, _)| !e.listed(id));
             }
@@ -398,7 +438,9 @@ async fn run_locked(
             ("segment_transitions", transitions_batch),
         ],
     );
-    let contacts = exports::contacts(ctx).await?;
+    let contacts = contacts
+        .await
+        .map_err(|e| Error::Model(format!("reading contacts: {e}")))??;
     let mut exports = exports::per_segment(&segments_batch, &segmentation, &contacts)?;
     let configured = exports::configured(
         ctx,
