@@ -701,9 +701,40 @@ async fn order_counts(
     }
     running.done();
     let rows = digests.len() as u64;
-    digests.sort_unstable();
-    digests.dedup();
-    Ok((counted, rows, digests.len() as u64))
+    Ok((counted, rows, distinct(digests)))
+}
+
+/// How many distinct values `digests` holds: bucketed by their top byte (digests are uniform),
+/// each bucket sorted on its own, the buckets shared among the cores. One sort of them all
+/// was 13% of the inputs stage's CPU at 200,000 customers (`perf record`), on one core.
+fn distinct(digests: Vec<u64>) -> u64 {
+    let mut buckets: Vec<Vec<u64>> = vec![Vec::with_capacity(digests.len() / 200); 256];
+    for h in digests {
+        buckets[(h >> 56) as usize].push(h);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per_thread = buckets.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let counts: Vec<_> = buckets
+            .chunks_mut(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter_mut()
+                        .map(|b| {
+                            b.sort_unstable();
+                            b.dedup();
+                            b.len() as u64
+                        })
+                        .sum::<u64>()
+                })
+            })
+            .collect();
+        counts
+            .into_iter()
+            .map(|c| c.join().expect("counting distinct digests"))
+            .sum()
+    })
 }
 
 async fn single_row_counts(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<u64>> {
@@ -724,6 +755,19 @@ async fn single_row_counts(ctx: &SessionContext, sql: &str, what: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_counts_repeats_once() {
+        assert_eq!(distinct(Vec::new()), 0);
+        let mut v: Vec<u64> = (0..10_000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        v.extend_from_slice(&v[..777].to_vec());
+        v.push(u64::MAX);
+        v.push(u64::MAX);
+        v.push(0);
+        assert_eq!(distinct(v), 10_000 + 1);
+    }
 
     mod properties {
         use super::*;
