@@ -708,7 +708,9 @@ async fn order_counts(
 /// each bucket sorted on its own, the buckets shared among the cores. One sort of them all
 /// was 13% of the inputs stage's CPU at 200,000 customers (`perf record`), on one core.
 fn distinct(digests: Vec<u64>) -> u64 {
-    let mut buckets: Vec<Vec<u64>> = vec![Vec::with_capacity(digests.len() / 200); 256];
+    let mut buckets: Vec<Vec<u64>> = (0..256)
+        .map(|_| Vec::with_capacity(digests.len() / 200))
+        .collect();
     for h in digests {
         buckets[(h >> 56) as usize].push(h);
     }
@@ -762,7 +764,7 @@ mod tests {
         let mut v: Vec<u64> = (0..10_000u64)
             .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             .collect();
-        v.extend_from_slice(&v[..777].to_vec());
+        v.extend_from_within(..777);
         v.push(u64::MAX);
         v.push(u64::MAX);
         v.push(0);
