@@ -9,6 +9,10 @@
 //!
 //! ```text
 //!  sessions.parquet    the merged sessions before its cut-off C (one row per session)
+//!  sessions-index.parquet
+//!                      each customer's run of rows in sessions.parquet (in customer order)
+//!  orders.parquet      the rows of the orders files it digested, before the rules, in
+//!                      customer order; orders-index.parquet locates each customer's run
 //!  reasons.parquet     the merged reason rows before C (rejected and anonymous events)
 //!  digests.parquet     per customer: count and bit_xor of row_digest of its orders rows and
 //!                      of its customers rows, as the run at C saw them
@@ -27,8 +31,10 @@
 //! may differ from the base's (a new order, a return, an edited address, a new sign-up): when
 //! the orders and customers files only gained new ones since the base (the base records them
 //! by identity) and no order id has several rows, the customers in the added files and those
-//! with rows dated from C to the cut-off; otherwise those whose rows' digests differ. The changed customers' features are computed as usual, from their sessions (their
-//! base sessions merged with the new rows), orders and customers rows. Every other customer's
+//! with rows dated from C to the cut-off; otherwise those whose rows' digests differ. The
+//! changed customers' features are computed as usual, from their sessions (their base
+//! sessions merged with the new rows), orders (when the files only gained new ones, their
+//! base orders rows and those of the added files) and customers rows. Every other customer's
 //! data before the cut-off is the base's, so its features at C + J are the kept
 //! `features-J` row. The reject counts are the base's reason rows merged with the new ones.
 //!
@@ -68,11 +74,16 @@ pub const BASE_DAYS: i64 = 7;
 /// Rows (customers × cut-offs) of the base's features computed in one query at most
 /// (`SEGMENTER_BASE_BUCKET_ROWS` overrides it: lower for a smaller `engine.memory_limit`).
 const BUCKET_ROWS: u64 = 2_000_000;
-/// Version of the base's files: part of its digest (2: sessions in customer order, indexed).
-const BASE_FORMAT: u32 = 2;
+/// Version of the base's files: part of its digest (2: sessions in customer order, indexed;
+/// 3: orders too).
+const BASE_FORMAT: u32 = 3;
 /// Each customer's run of rows in the base's sessions.parquet: `customer_id`, `first_row`,
 /// `rows`.
 const SESSIONS_INDEX: &str = "sessions-index.parquet";
+/// The orders rows of the files the base digested, in customer order (the canonical schema,
+/// before the rules: a row's verdict depends on the cut-off), and their index.
+const ORDERS: &str = "orders.parquet";
+const ORDERS_INDEX: &str = "orders-index.parquet";
 /// Where bases live, relative to the output root.
 const BASE_DIR: &str = "_state/base";
 
@@ -161,9 +172,12 @@ pub struct BaseReport {
 pub struct BaseNight {
     /// The merge to run as `sessions` (one row per session and reason).
     pub sessions_sql: String,
-    /// Table `base_features` holds the kept features rows and `state_changed` the changed
-    /// customers, to whom `orders` and `customers` are restricted until [`restore_inputs`].
+    /// Table `state_changed` holds the changed customers, to whom `orders` and `customers`
+    /// are restricted until [`restore_inputs`]; every other customer's features are kept.
     pub features_kept: bool,
+    /// The base's file of the kept features rows at this run's cut-off, when kept
+    /// ([`merge_kept_features`]).
+    pub kept_features: Option<String>,
     /// The base, for the run's index.
     pub reference: BaseRef,
     /// For the manifest.
@@ -204,6 +218,8 @@ pub struct BaseInputs<'a> {
     /// Whether some order id has several valid rows tonight (then a file added can change
     /// which row an older order keeps: rows are compared by digest).
     pub order_duplicates: bool,
+    /// The bounds the input rules apply.
+    pub bounds: &'a crate::rules::Bounds,
 }
 
 /// Digest of the feature queries and the parameters they may use.
@@ -279,10 +295,12 @@ async fn unusable(
 }
 
 /// The files of a base a run `days` after it reads.
-fn files(dir: &str, days: i64) -> [String; 5] {
+fn files(dir: &str, days: i64) -> [String; 7] {
     [
         format!("{dir}/sessions.parquet"),
         format!("{dir}/{SESSIONS_INDEX}"),
+        format!("{dir}/{ORDERS}"),
+        format!("{dir}/{ORDERS_INDEX}"),
         format!("{dir}/reasons.parquet"),
         format!("{dir}/digests.parquet"),
         format!("{dir}/features-{days}.parquet"),
@@ -396,12 +414,17 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
     );
     // A base built by this run digested the very rows this run sees: nothing to compare.
     let mut inputs_compared_by = None;
+    // Some(whether orders files were added) when the orders files only gained new ones.
+    let mut orders_appended = None;
     if features_kept && !built {
         let (by, changed_inputs) = match appended(&reference, &input) {
-            Some(added) => (
-                "added files",
-                added_customers_sql(ctx, &added, base_cut, input.cutoff).await?,
-            ),
+            Some(added) => {
+                orders_appended = Some(!added.orders.is_empty());
+                (
+                    "added files",
+                    added_customers_sql(ctx, &added, base_cut, input.cutoff).await?,
+                )
+            }
             None => (
                 "row digests",
                 digests_differ_sql(ctx, &input, &reference).await?,
@@ -462,23 +485,20 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
             "the changed customers' sessions",
         )
         .await?;
-        let name = format!("{}/features-{days_after}.parquet", reference.dir);
-        engine::replace_parquet_table(
-            ctx,
-            "base_features",
-            &[input.root.url_of(&name)],
-            file_schema(ctx, &input.root.url_of(&name)).await?,
-            "the base",
-        )?;
         keep_inputs(ctx).await?;
         // Read once into memory: features.sql reads `orders` three times (order_history.sql
         // and its joins), each a semi-join over every order as a view (EXPLAIN ANALYZE of the
         // 1,000,000 night: three scans of 8.6 M orders for 0.8 M rows of the changed).
         for table in INPUTS {
-            let sql = format!(
-                "SELECT t.* FROM {table}_all t LEFT SEMI JOIN state_changed c \
-                 ON t.customer_id = c.customer_id"
-            );
+            let sql = match orders_appended {
+                Some(added) if table == "orders" => {
+                    changed_orders(ctx, input.root, &reference.dir, added, input.bounds).await?
+                }
+                _ => format!(
+                    "SELECT t.* FROM {table}_all t LEFT SEMI JOIN state_changed c \
+                     ON t.customer_id = c.customer_id"
+                ),
+            };
             let what = format!("reading the changed customers' {table}");
             engine::collect_into_table(ctx, table, &sql, &what).await?;
         }
@@ -513,6 +533,8 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
     Ok(BaseNight {
         sessions_sql,
         features_kept,
+        kept_features: features_kept
+            .then(|| format!("{}/features-{days_after}.parquet", reference.dir)),
         reference,
         report,
     })
@@ -747,6 +769,27 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     )
     .await?;
 
+    // The orders rows in customer order, indexed like the sessions: a night whose orders
+    // files only gained new ones reads its changed customers' rows alone ([`changed_orders`]).
+    let what = "keeping the orders in customer order";
+    let mut running =
+        engine::stream(ctx, "SELECT * FROM orders_raw ORDER BY customer_id", what).await?;
+    let mut sink = ParquetSink::open(
+        input.root,
+        &format!("{dir}/{ORDERS}"),
+        running.stream.schema(),
+    )?;
+    let mut runs = Runs::default();
+    while let Some(batch) = running.stream.next().await {
+        let batch = batch.map_err(|e| Error::engine(what, e))?;
+        runs.add(&batch)?;
+        sink.write(&batch).await?;
+    }
+    running.done();
+    sink.close().await?;
+    crate::outputs::write_parquet(input.root, &format!("{dir}/{ORDERS_INDEX}"), &runs.batch()?)
+        .await?;
+
     // Each customer's orders and customers rows as this run saw them.
     let what = "digesting each customer's orders and customers rows";
     let mut sink = ParquetSink::open(
@@ -902,8 +945,8 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     })
 }
 
-/// The runs of rows of each customer in sessions written in customer order, as they are
-/// written: [`SESSIONS_INDEX`].
+/// The runs of rows of each customer in rows written in customer order (sessions, orders), as
+/// they are written: [`SESSIONS_INDEX`], [`ORDERS_INDEX`].
 #[derive(Default)]
 struct Runs {
     ids: Vec<String>,
@@ -918,11 +961,11 @@ struct Runs {
 
 impl Runs {
     /// Adds the next rows written.
-    fn add(&mut self, sessions: &RecordBatch) -> Result<()> {
-        let what = "indexing the base's sessions";
-        let ids = sessions
+    fn add(&mut self, rows: &RecordBatch) -> Result<()> {
+        let what = "indexing the base's rows";
+        let ids = rows
             .column_by_name("customer_id")
-            .ok_or_else(|| Error::Model("the merged sessions lack `customer_id`".into()))?;
+            .ok_or_else(|| Error::Model("the base's rows lack `customer_id`".into()))?;
         let ids = cast(ids, &DataType::Utf8).map_err(|e| Error::engine(what, e.into()))?;
         let ids = ids.as_string::<i32>();
         for i in 0..ids.len() {
@@ -950,7 +993,7 @@ impl Runs {
                 Arc::new(datafusion::arrow::array::UInt64Array::from(self.rows)),
             ],
         )
-        .map_err(|e| Error::engine("indexing the base's sessions", e.into()))
+        .map_err(|e| Error::engine("indexing the base's rows", e.into()))
     }
 }
 
@@ -972,28 +1015,79 @@ async fn changed_sessions(
     root: &StoreRef,
     dir: &str,
 ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
-    use datafusion::parquet::arrow::arrow_reader::{
-        ArrowReaderMetadata, ArrowReaderOptions, RowSelection,
-    };
-    #[allow(deprecated)]
-    use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
-    use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
-    use datafusion::parquet::file::metadata::PageIndexPolicy;
-    use futures::TryStreamExt;
+    changed_rows(
+        ctx,
+        root,
+        dir,
+        "sessions.parquet",
+        SESSIONS_INDEX,
+        "sessions",
+    )
+    .await
+}
 
-    let what = "reading the changed customers' sessions";
+/// The changed customers' orders (table `state_changed`), as `orders` holds them, when the
+/// orders files only gained new ones since the base (`added`: some were added): their rows in
+/// the base's [`ORDERS`], read as [`changed_sessions`] reads sessions, and those of the added
+/// files, with the rules applied at this run's `bounds`. The SQL over every order it replaces
+/// decoded, checked and hashed them all (EXPLAIN ANALYZE of the 1,000,000 night: 1.1 s).
+async fn changed_orders(
+    ctx: &SessionContext,
+    root: &StoreRef,
+    dir: &str,
+    added: bool,
+    bounds: &crate::rules::Bounds,
+) -> Result<String> {
+    let (schema, batches) = changed_rows(ctx, root, dir, ORDERS, ORDERS_INDEX, "orders").await?;
+    engine::register_batches(
+        ctx,
+        "base_changed_orders",
+        schema,
+        batches,
+        "the changed customers' orders",
+    )
+    .await?;
+    let mut rows = "SELECT * FROM base_changed_orders".to_string();
+    if added {
+        rows.push_str(
+            " UNION ALL SELECT a.* FROM base_added_orders a LEFT SEMI JOIN state_changed c \
+             ON a.customer_id = c.customer_id",
+        );
+    }
+    Ok(crate::inputs::orders_without_duplicates_sql(
+        &format!("({rows})"),
+        bounds,
+    ))
+}
+
+/// The rows of the changed customers (table `state_changed`) in the base's `file`, written in
+/// customer order: their runs, found in its index `index`, read as a row selection, in parallel
+/// parts of about equal rows. Only those rows are decoded (and only the pages holding them
+/// fetched).
+async fn changed_rows(
+    ctx: &SessionContext,
+    root: &StoreRef,
+    dir: &str,
+    file: &str,
+    index: &str,
+    rows_of: &str,
+) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+    let what = format!("reading the changed customers' {rows_of}");
+    let table = format!("base_{rows_of}_index");
     engine::replace_parquet_table(
         ctx,
-        "base_sessions_index",
-        &[root.url_of(&format!("{dir}/{SESSIONS_INDEX}"))],
+        &table,
+        &[root.url_of(&format!("{dir}/{index}"))],
         runs_schema(),
         "the base",
     )?;
     let found = engine::collect(
         ctx,
-        "SELECT i.first_row, i.\"rows\" FROM base_sessions_index i \
-         LEFT SEMI JOIN state_changed c ON i.customer_id = c.customer_id ORDER BY i.first_row",
-        "finding the changed customers' sessions",
+        &format!(
+            "SELECT i.first_row, i.\"rows\" FROM {table} i \
+             LEFT SEMI JOIN state_changed c ON i.customer_id = c.customer_id ORDER BY i.first_row"
+        ),
+        &format!("finding the changed customers' {rows_of}"),
     )
     .await?;
     let mut runs = Vec::new();
@@ -1005,13 +1099,40 @@ async fn changed_sessions(
                 .map(|i| first.value(i) as usize..(first.value(i) + rows.value(i)) as usize),
         );
     }
+    let parts = ctx.state().config().target_partitions().max(1);
+    let name = format!("{dir}/{file}");
+    let (schema, batches) = read_rows(root, &name, Some(runs.as_slice()), parts, &what).await?;
+    tracing::debug!(
+        customers = runs.len(),
+        rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        "{what}"
+    );
+    Ok((schema, batches))
+}
 
-    let name = format!("{dir}/sessions.parquet");
-    let url = root.url_of(&name);
+/// Reads the rows `runs` (in row order; None: all) of the base's Parquet file `name`, in row
+/// order, in up to `parts` reads at once.
+async fn read_rows(
+    root: &StoreRef,
+    name: &str,
+    runs: Option<&[std::ops::Range<usize>]>,
+    parts: usize,
+    what: &str,
+) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+    use datafusion::parquet::arrow::arrow_reader::{
+        ArrowReaderMetadata, ArrowReaderOptions, RowSelection,
+    };
+    #[allow(deprecated)]
+    use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
+    use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+    use datafusion::parquet::file::metadata::PageIndexPolicy;
+    use futures::TryStreamExt;
+
+    let url = root.url_of(name);
     let parquet = |e| Error::parquet(format!("reading {url}"), e);
     let meta = root
         .store
-        .head(&root.key(&name))
+        .head(&root.key(name))
         .await
         .map_err(|e| Error::storage(format!("reading {url}"), e))?;
     #[allow(deprecated)]
@@ -1025,13 +1146,20 @@ async fn changed_sessions(
     .map_err(parquet)?;
     let schema = Arc::clone(metadata.schema());
     let total = metadata.metadata().file_metadata().num_rows().max(0) as usize;
+    let whole;
+    let runs = match runs {
+        Some(runs) => runs,
+        None => {
+            whole = equal_ranges(total, parts);
+            whole.as_slice()
+        }
+    };
     if runs.last().is_some_and(|r| r.end > total) {
         return Err(Error::Model(format!(
             "{url} holds {total} rows, fewer than its index names: the base is damaged"
         )));
     }
-    let parts = ctx.state().config().target_partitions().max(1);
-    let reads = split_runs(&runs, parts).into_iter().map(|part| {
+    let reads = split_runs(runs, parts).into_iter().map(|part| {
         let selection = RowSelection::from_consecutive_ranges(part.iter().cloned(), total);
         let (reader, metadata) = (reader.clone(), metadata.clone());
         tokio::spawn(async move {
@@ -1047,12 +1175,126 @@ async fn changed_sessions(
         let read = read.map_err(|e| Error::Model(format!("{what}: {e}")))?;
         batches.extend(read.map_err(parquet)?);
     }
-    tracing::debug!(
-        customers = runs.len(),
-        rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-        "read the changed customers' sessions"
-    );
     Ok((schema, batches))
+}
+
+/// `0..total` in `parts` consecutive ranges of about equal length, none empty.
+fn equal_ranges(total: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, total.max(1));
+    (0..parts)
+        .map(|p| p * total / parts..(p + 1) * total / parts)
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// Every customer's features at a night's cut-off, in customer order (as queries/features.sql
+/// orders them): `changed`, the rows computed tonight for the changed customers (`changed_ids`),
+/// and the base's rows in file `name` of every other customer. The same rows as
+/// `changed UNION ALL (kept LEFT ANTI JOIN state_changed) ORDER BY customer_id`, which sorted
+/// every row (EXPLAIN ANALYZE of the 1,000,000 night: 1.5 s in two sorts and a merge). The
+/// base's rows are in customer order within each bucket it computed them in, and so are the
+/// changed rows: a stable sort of the row keys merges those few runs in about n·log(runs)
+/// comparisons. Reading the file runs beside the caller's `changed` query.
+pub async fn merge_kept_features(
+    root: &StoreRef,
+    name: &str,
+    parts: usize,
+    changed: impl std::future::Future<
+        Output = Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>)>,
+    >,
+    changed_ids: &std::collections::HashSet<String>,
+) -> Result<Vec<RecordBatch>> {
+    let what = "reading the base's kept features";
+    let kept = {
+        let (root, name, what) = (root.clone(), name.to_string(), what.to_string());
+        tokio::spawn(async move { read_rows(&root, &name, None, parts, &what).await })
+    };
+    let (schema, changed) = changed.await?;
+    let computed: usize = changed.iter().map(|b| b.num_rows()).sum();
+    let (_, kept) = kept
+        .await
+        .map_err(|e| Error::Model(format!("{what}: {e}")))??;
+    let started = std::time::Instant::now();
+    let changed_batches = changed.len();
+    let batches = changed
+        .into_iter()
+        .map(Ok)
+        .chain(kept.iter().map(|b| conform(b, &schema)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::engine(what, e.into()))?;
+    let keys = batches
+        .iter()
+        .map(string_ids)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::engine(what, e.into()))?;
+    // Every changed row, and the kept rows of the customers not changed, by (batch, row).
+    let mut order: Vec<(usize, usize)> = Vec::with_capacity(keys.iter().map(|k| k.len()).sum());
+    for (b, ids) in keys.iter().enumerate() {
+        let is_kept = |r: usize| ids.is_valid(r) && !changed_ids.contains(ids.value(r));
+        order.extend(
+            (0..ids.len())
+                .filter(|&r| b < changed_batches || is_kept(r))
+                .map(|r| (b, r)),
+        );
+    }
+    order.sort_by(|&(a, i), &(b, j)| keys[a].value(i).cmp(keys[b].value(j)));
+    let merged = if order.is_empty() {
+        Vec::new()
+    } else {
+        // Column by column, on every core.
+        let columns = crate::models::parallel::map_rows(schema.fields().len(), |c| {
+            let column: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
+            datafusion::arrow::compute::interleave(&column, &order)
+        })
+        .into_iter()
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .and_then(|columns| RecordBatch::try_new(Arc::clone(&schema), columns))
+        .map_err(|e| Error::engine(what, e.into()))?;
+        vec![columns]
+    };
+    tracing::debug!(
+        rows = order.len(),
+        changed = computed,
+        seconds = started.elapsed().as_secs_f64(),
+        "merged the kept features with the changed"
+    );
+    Ok(merged)
+}
+
+/// `b`'s columns named as in `schema`, cast to its types where they differ.
+fn conform(
+    b: &RecordBatch,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> std::result::Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = b.column_by_name(f.name()).ok_or_else(|| {
+                datafusion::arrow::error::ArrowError::SchemaError(format!(
+                    "the base's features lack column {}",
+                    f.name()
+                ))
+            })?;
+            if c.data_type() == f.data_type() {
+                Ok(Arc::clone(c))
+            } else {
+                cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
+}
+
+/// `b`'s `customer_id` as Utf8.
+fn string_ids(
+    b: &RecordBatch,
+) -> std::result::Result<datafusion::arrow::array::StringArray, datafusion::arrow::error::ArrowError>
+{
+    let ids = b.column_by_name("customer_id").ok_or_else(|| {
+        datafusion::arrow::error::ArrowError::SchemaError("no column customer_id".into())
+    })?;
+    Ok(cast(ids, &DataType::Utf8)?.as_string::<i32>().clone())
 }
 
 /// `runs` (in row order) in at most `parts` consecutive slices of about equal rows, none empty.
@@ -1214,6 +1456,77 @@ pub async fn remove_superseded(root: &StoreRef, previous: Option<&BaseRef>, now:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_ranges_cover_every_row_once() {
+        assert_eq!(equal_ranges(10, 3), [0..3, 3..6, 6..10]);
+        assert_eq!(equal_ranges(2, 4), [0..1, 1..2]);
+        assert!(equal_ranges(0, 4).is_empty());
+    }
+
+    #[tokio::test]
+    async fn kept_features_merge_in_customer_order_without_the_changed() {
+        let ctx = SessionContext::new();
+        let root = crate::storage::open(
+            &ctx,
+            &crate::config::Location::parse("memory://merge/", std::path::Path::new("/")).unwrap(),
+            &crate::config::StorageParams::default(),
+        )
+        .unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, false),
+            Field::new("x", DataType::Int64, true),
+        ]));
+        let batch = |ids: &[&str], x: &[i64]| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(datafusion::arrow::array::StringArray::from(ids.to_vec())),
+                    Arc::new(datafusion::arrow::array::Int64Array::from(x.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        // The base's file: two runs in customer order (two buckets), as the base writes them.
+        let mut sink = ParquetSink::open(&root, "features-0.parquet", Arc::clone(&schema)).unwrap();
+        sink.write(&batch(&["b", "d", "f"], &[1, 2, 3]))
+            .await
+            .unwrap();
+        sink.write(&batch(&["a", "c", "e"], &[4, 5, 6]))
+            .await
+            .unwrap();
+        sink.close().await.unwrap();
+        let changed_ids: std::collections::HashSet<String> =
+            ["c", "d", "g"].iter().map(|s| s.to_string()).collect();
+        // "c" has no row tonight (its data went), "d" and "g" have new ones.
+        let changed = batch(&["d", "g"], &[20, 30]);
+        for parts in [1, 2, 5] {
+            let out = merge_kept_features(
+                &root,
+                "features-0.parquet",
+                parts,
+                async { Ok((Arc::clone(&schema), vec![changed.clone()])) },
+                &changed_ids,
+            )
+            .await
+            .unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].schema(), schema);
+            let ids: Vec<&str> = out[0]
+                .column(0)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .collect();
+            let x: Vec<i64> = out[0]
+                .column(1)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec();
+            assert_eq!(ids, ["a", "b", "d", "e", "f", "g"], "{parts} parts");
+            assert_eq!(x, [4, 1, 20, 6, 3, 30], "{parts} parts");
+        }
+    }
 
     #[test]
     fn runs_follow_each_customer_across_batches() {

@@ -300,7 +300,7 @@ pub async fn customer_features(
     });
     let mut rollup = crate::state::rollup(ctx, &sessions, cutoff, files, state).await?;
     let mut merged = rollup.sql.clone();
-    let mut kept = false;
+    let mut kept = None;
     if let (Some((root, previous)), Some(index)) = (base_inputs, rollup.index.as_ref()) {
         let night = crate::base::night(
             ctx,
@@ -323,6 +323,7 @@ pub async fn customer_features(
                     .as_ref()
                     .map(|c| c.sources.as_slice())
                     .unwrap_or_default(),
+                bounds: &inputs.bounds,
                 order_duplicates: inputs
                     .orders
                     .rejected
@@ -331,7 +332,7 @@ pub async fn customer_features(
         )
         .await?;
         merged = night.sessions_sql;
-        kept = night.features_kept;
+        kept = night.kept_features.map(|file| (root, file));
         rollup.report.base = Some(night.report);
         if let Some(index) = rollup.index.as_mut() {
             index.base = Some(night.reference);
@@ -362,19 +363,8 @@ pub async fn customer_features(
             "queries/engagement.sql",
         )
         .await?;
-        if kept {
-            // The changed customers' features from their data, the others' kept (src/base.rs).
-            engine::create_view(
-                ctx,
-                "features_changed",
-                &rendered.features,
-                "queries/features.sql",
-            )
-            .await?;
-            let sql = "SELECT * FROM features_changed UNION ALL SELECT k.* FROM base_features k \
-                       LEFT ANTI JOIN state_changed c ON k.customer_id = c.customer_id \
-                       ORDER BY snapshot, customer_id";
-            let tables = collect_by_snapshot(ctx, sql, snapshots).await;
+        if let Some((root, file)) = &kept {
+            let tables = kept_with_changed(ctx, root, file, &rendered.features).await;
             crate::base::restore_inputs(ctx).await?;
             tables
         } else {
@@ -392,6 +382,37 @@ pub async fn customer_features(
         events.use_the_rest();
     }
     Ok((SnapshotFeatures { tables }, rollup))
+}
+
+/// A night's features when the base keeps every unchanged customer's (src/base.rs):
+/// features.sql over the changed customers' data, merged with the base's rows in `file`.
+async fn kept_with_changed(
+    ctx: &SessionContext,
+    root: &crate::storage::StoreRef,
+    file: &str,
+    features_sql: &str,
+) -> Result<BTreeMap<i32, CustomerTable>> {
+    use futures::StreamExt;
+    let changed_ids = crate::base::changed_ids(ctx).await?;
+    let parts = ctx.state().config().target_partitions();
+    let changed = async {
+        let what = "queries/features.sql (the changed customers)";
+        let mut running = engine::stream(ctx, features_sql, what).await?;
+        let schema = running.stream.schema();
+        let mut batches = Vec::new();
+        while let Some(b) = running.stream.next().await {
+            batches.push(b.map_err(|e| Error::engine(what, e))?);
+        }
+        running.done();
+        Ok((schema, batches))
+    };
+    let batches =
+        crate::base::merge_kept_features(root, file, parts, changed, &changed_ids).await?;
+    // A night has one snapshot, its own (0), as do the base's rows.
+    Ok(BTreeMap::from([(
+        0,
+        CustomerTable::new(batches, "features")?,
+    )]))
 }
 
 /// Registers `snapshots` as table `snapshots` in `ctx`.

@@ -470,6 +470,26 @@ fn order_versions_sql(b: &Bounds) -> String {
     )
 }
 
+/// The valid rows of `source` (orders in the canonical schema) as `orders` holds them.
+fn clean_orders_sql(source: &str) -> String {
+    format!(
+        "SELECT order_id, customer_id, order_ts, amount, lower(trim(status)) AS status, \
+                CASE WHEN discount_amount >= 0 AND discount_amount < 1e15 THEN discount_amount ELSE 0.0 END AS discount_amount, \
+                channel \
+         FROM {source}"
+    )
+}
+
+/// `orders` as [`register`] defines it, over table `table` (rows of orders files in the
+/// canonical schema) instead of every file, when no order id has several valid rows: a row
+/// is kept or rejected on its own values alone.
+pub fn orders_without_duplicates_sql(table: &str, bounds: &Bounds) -> String {
+    clean_orders_sql(&format!(
+        "{table} WHERE ({}) IS NULL",
+        rules::reason_sql(Input::Orders, bounds)
+    ))
+}
+
 /// Counts the orders by reason and registers `orders` as a view over the files: the valid
 /// rows, one per order_id. Only when some order_id has several valid rows is the versions
 /// window (a sort of every order) part of the view; otherwise it is a plain filter.
@@ -494,12 +514,7 @@ async fn clean_orders(
     } else {
         format!("orders_raw WHERE ({reason}) IS NULL")
     };
-    let view = format!(
-        "SELECT order_id, customer_id, order_ts, amount, lower(trim(status)) AS status, \
-                CASE WHEN discount_amount >= 0 AND discount_amount < 1e15 THEN discount_amount ELSE 0.0 END AS discount_amount, \
-                channel \
-         FROM {source}"
-    );
+    let view = clean_orders_sql(&source);
     engine::create_view(ctx, "orders", &view, "registering orders").await?;
     report.count_reasons(counted);
     report.rows_used = kept;

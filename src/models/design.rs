@@ -26,14 +26,16 @@ impl Design {
     /// The feature columns of `table`, with `extra` columns appended (same row order).
     pub fn new(table: &CustomerTable, extra: &[(&str, Vec<f64>)]) -> Result<Design> {
         let schema = table.batch().schema();
-        let mut names = Vec::new();
-        let mut columns = Vec::new();
-        for field in schema.fields() {
-            if is_feature(field.name(), field.data_type()) {
-                names.push(field.name().clone());
-                columns.push(table.f64(field.name())?);
-            }
-        }
+        let mut names: Vec<String> = schema
+            .fields()
+            .iter()
+            .filter(|f| is_feature(f.name(), f.data_type()))
+            .map(|f| f.name().clone())
+            .collect();
+        // One column per task, on every core.
+        let mut columns = super::parallel::map_rows(names.len(), |j| table.f64(&names[j]))
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         for (name, col) in extra {
             names.push(name.to_string());
             columns.push(col.clone());

@@ -147,20 +147,19 @@ impl Reference {
     /// The PSI of every reference feature in `design` (matched by name; a feature `design`
     /// lacks counts as all-missing), in the reference's feature order.
     pub fn psi(&self, design: &Design) -> Vec<(String, f64)> {
-        self.features
-            .iter()
-            .map(|f| {
-                let actual = match design.column(&f.name) {
-                    Some(column) => shares(&f.cuts, column),
-                    None => {
-                        let mut all_missing = vec![0.0; f.shares.len()];
-                        all_missing[f.cuts.len() + 1] = 1.0;
-                        all_missing
-                    }
-                };
-                (f.name.clone(), index(&f.shares, &actual))
-            })
-            .collect()
+        // One feature per task, on every core.
+        super::parallel::map_rows(self.features.len(), |i| {
+            let f = &self.features[i];
+            let actual = match design.column(&f.name) {
+                Some(column) => shares(&f.cuts, column),
+                None => {
+                    let mut all_missing = vec![0.0; f.shares.len()];
+                    all_missing[f.cuts.len() + 1] = 1.0;
+                    all_missing
+                }
+            };
+            (f.name.clone(), index(&f.shares, &actual))
+        })
     }
 
     /// The names of the reference's features, in order.
