@@ -1367,16 +1367,17 @@ pub async fn kept_scores(
         }
         Err(e) => return Err(Error::storage(format!("reading {}", root.url_of(&name)), e)),
     }
-    engine::replace_parquet_table(
-        ctx,
-        "base_scores",
-        &[root.url_of(&name)],
-        crate::models::kept::schema(),
-        "the kept scores",
-    )?;
-    let batches =
-        engine::collect(ctx, "SELECT * FROM base_scores", "reading the kept scores").await?;
-    Ok(Some(crate::models::kept::Kept::from_batches(&batches)?))
+    let what = "reading the kept scores";
+    let started = std::time::Instant::now();
+    let parts = ctx.state().config().target_partitions();
+    let (_, batches) = read_rows(root, &name, None, parts, what).await?;
+    let kept = crate::models::kept::Kept::from_batches(&batches)?;
+    tracing::debug!(
+        rows = kept.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "{what}"
+    );
+    Ok(Some(kept))
 }
 
 /// Scores the base's features of the cut-offs after this run's (`days` after the base's) with
