@@ -508,13 +508,16 @@ async fn clean_orders(
         valid.1 = single_row_counts(ctx, &exact, "counting distinct order ids").await?[0];
     }
     let (rows, kept) = valid;
-    let source = if rows > kept {
+    let view = if rows > kept {
         counted.insert(rules::DUPLICATE_ORDER_ID.into(), rows - kept);
-        format!("({}) WHERE version = 1", order_versions_sql(bounds))
+        clean_orders_sql(&format!(
+            "({}) WHERE version = 1",
+            order_versions_sql(bounds)
+        ))
     } else {
-        format!("orders_raw WHERE ({reason}) IS NULL")
+        // The definition a night applies to its changed customers' rows (src/base.rs).
+        orders_without_duplicates_sql("orders_raw", bounds)
     };
-    let view = clean_orders_sql(&source);
     engine::create_view(ctx, "orders", &view, "registering orders").await?;
     report.count_reasons(counted);
     report.rows_used = kept;
