@@ -1370,7 +1370,20 @@ pub async fn kept_scores(
     let what = "reading the kept scores";
     let started = std::time::Instant::now();
     let parts = ctx.state().config().target_partitions();
-    let (_, batches) = read_rows(root, &name, None, parts, what).await?;
+    let (schema, batches) = read_rows(root, &name, None, parts, what).await?;
+    // Kept::from_batches takes the columns by position: they must be the ones it wrote.
+    let expected = crate::models::kept::schema();
+    if schema
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .ne(expected.fields().iter().map(|f| f.name()))
+    {
+        return Err(Error::Model(format!(
+            "{} does not hold the kept scores' columns: the base is damaged",
+            root.url_of(&name)
+        )));
+    }
     let kept = crate::models::kept::Kept::from_batches(&batches)?;
     tracing::debug!(
         rows = kept.len(),
