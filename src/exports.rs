@@ -233,99 +233,129 @@ pub async fn configured(
         ctx.register_batch(name, batch)
             .map_err(|e| Error::engine(what, e))?;
     }
+    // Each export on its own task: their queries and CSVs share the cores.
+    let running: Vec<_> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let (ctx, spec, source) = (ctx.clone(), spec.clone(), source.to_string());
+            tokio::spawn(async move { export(&ctx, i, &spec, has_customers, &source).await })
+        })
+        .collect();
     let mut out = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let bad = |e: datafusion::error::DataFusionError| Error::Config {
-            file: Some(source.to_string()),
-            problems: vec![format!(
-                "`exports[{i}]` (name \"{}\"): the query over customer_segments failed: {e}",
-                spec.name
-            )],
-        };
-        let predicate = &spec.predicate;
-        let started = std::time::Instant::now();
-        let (bytes, rows, left_out) = match spec.format {
-            ExportFormat::Csv => {
-                let columns: Vec<String> = spec
-                    .csv_columns()
-                    .iter()
-                    .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-                    .collect();
-                let sql = format!(
-                    "SELECT {} FROM export_source WHERE ({predicate}) ORDER BY customer_id",
-                    columns.join(", ")
-                );
-                let df = ctx.sql(&sql).await.map_err(bad)?;
-                let schema = df.schema().as_arrow().clone();
-                let batches = df.collect().await.map_err(bad)?;
-                let rows = batches.iter().map(RecordBatch::num_rows).sum();
-                (csv_bytes(&schema, &batches)?, rows, None)
-            }
-            ExportFormat::CustomerMatch => {
-                let sql = format!("SELECT email FROM export_source WHERE ({predicate})");
-                let batches = ctx
-                    .sql(&sql)
-                    .await
-                    .map_err(bad)?
-                    .collect()
-                    .await
-                    .map_err(bad)?;
-                let (mut hashes, mut left_out) = (Vec::new(), 0);
-                for b in &batches {
-                    let emails = cast(b.column(0), &DataType::Utf8)
-                        .map_err(|e| Error::engine("hashing e-mails", e.into()))?;
-                    for email in emails.as_string::<i32>() {
-                        match email {
-                            Some(e) => hashes.push(email_digest(e)),
-                            None => left_out += 1,
-                        }
-                    }
-                }
-                // Sorted as their hex is (byte order), each once.
-                hashes.sort_unstable();
-                hashes.dedup();
-                let mut bytes = Vec::with_capacity(6 + 65 * hashes.len());
-                bytes.extend_from_slice(b"Email\n");
-                for h in &hashes {
-                    bytes.extend_from_slice(hex(h).as_bytes());
-                    bytes.push(b'\n');
-                }
-                (bytes, hashes.len(), Some(left_out))
-            }
-        };
-        tracing::debug!(
-            export = spec.name,
-            rows,
-            seconds = started.elapsed().as_secs_f64(),
-            "export written"
-        );
-        let needs_email = spec.format == ExportFormat::CustomerMatch
-            || spec.csv_columns().iter().any(|c| c == "email");
-        let note = if !has_customers && needs_email {
-            Some(
-                "no customers input (inputs.customers): there are no e-mail addresses, so \
-                 none is exported"
-                    .to_string(),
-            )
-        } else if rows == 0 {
-            Some("no customer matches `where`".to_string())
-        } else {
-            None
-        };
-        out.push(Written {
-            name: spec.name.clone(),
-            bytes,
-            record: ExportRecord {
-                name: spec.name.clone(),
-                format: spec.format,
-                file: String::new(),
-                rows,
-                left_out_without_consent: left_out,
-                note,
-            },
-        });
+    for written in futures::future::join_all(running).await {
+        out.push(written.map_err(|e| Error::Model(format!("writing an export: {e}")))??);
     }
     Ok(out)
+}
+
+/// Runs export `spec` (`[[exports]]` number `i` of pipeline file `source`) over table
+/// `export_source`.
+async fn export(
+    ctx: &SessionContext,
+    i: usize,
+    spec: &ExportSpec,
+    has_customers: bool,
+    source: &str,
+) -> Result<Written> {
+    let bad = |e: datafusion::error::DataFusionError| Error::Config {
+        file: Some(source.to_string()),
+        problems: vec![format!(
+            "`exports[{i}]` (name \"{}\"): the query over customer_segments failed: {e}",
+            spec.name
+        )],
+    };
+    let predicate = &spec.predicate;
+    let started = std::time::Instant::now();
+    let (bytes, rows, left_out) = match spec.format {
+        ExportFormat::Csv => {
+            let columns: Vec<String> = spec
+                .csv_columns()
+                .iter()
+                .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+                .collect();
+            let sql = format!(
+                "SELECT {} FROM export_source WHERE ({predicate}) ORDER BY customer_id",
+                columns.join(", ")
+            );
+            let df = ctx.sql(&sql).await.map_err(bad)?;
+            let schema = df.schema().as_arrow().clone();
+            let batches = df.collect().await.map_err(bad)?;
+            let rows = batches.iter().map(RecordBatch::num_rows).sum();
+            (csv_bytes(&schema, &batches)?, rows, None)
+        }
+        ExportFormat::CustomerMatch => {
+            let sql = format!("SELECT email FROM export_source WHERE ({predicate})");
+            let batches = ctx
+                .sql(&sql)
+                .await
+                .map_err(bad)?
+                .collect()
+                .await
+                .map_err(bad)?;
+            let mut emails = Vec::new();
+            for b in &batches {
+                emails.push(
+                    cast(b.column(0), &DataType::Utf8)
+                        .map_err(|e| Error::engine("hashing e-mails", e.into()))?,
+                );
+            }
+            let emails: Vec<Option<&str>> = emails
+                .iter()
+                .flat_map(|e| e.as_string::<i32>().iter())
+                .collect();
+            let left_out = emails.iter().filter(|e| e.is_none()).count();
+            let mut hashes: Vec<[u8; 32]> =
+                crate::models::parallel::map_row_chunks(emails.len(), |rows| {
+                    emails[rows]
+                        .iter()
+                        .flatten()
+                        .map(|e| email_digest(e))
+                        .collect()
+                });
+            // Sorted as their hex is (byte order), each once.
+            hashes.sort_unstable();
+            hashes.dedup();
+            let mut bytes = Vec::with_capacity(6 + 65 * hashes.len());
+            bytes.extend_from_slice(b"Email\n");
+            for h in &hashes {
+                bytes.extend_from_slice(hex(h).as_bytes());
+                bytes.push(b'\n');
+            }
+            (bytes, hashes.len(), Some(left_out))
+        }
+    };
+    tracing::debug!(
+        export = spec.name,
+        rows,
+        seconds = started.elapsed().as_secs_f64(),
+        "export written"
+    );
+    let needs_email = spec.format == ExportFormat::CustomerMatch
+        || spec.csv_columns().iter().any(|c| c == "email");
+    let note = if !has_customers && needs_email {
+        Some(
+            "no customers input (inputs.customers): there are no e-mail addresses, so \
+             none is exported"
+                .to_string(),
+        )
+    } else if rows == 0 {
+        Some("no customer matches `where`".to_string())
+    } else {
+        None
+    };
+    Ok(Written {
+        name: spec.name.clone(),
+        bytes,
+        record: ExportRecord {
+            name: spec.name.clone(),
+            format: spec.format,
+            file: String::new(),
+            rows,
+            left_out_without_consent: left_out,
+            note,
+        },
+    })
 }
 
 /// `batches` as UTF-8 CSV with a header (arrow's writer: RFC 4180 quoting), the header even

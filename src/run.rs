@@ -201,6 +201,27 @@ async fn run_locked(
         _ => None,
     };
     let superseded = previous_state.as_ref().map(|p| p.index.clone());
+    // The previous base's scores for tonight, read beside the features in case the night
+    // uses that base (it usually does).
+    let prefetched = match (&refit_reason, &decision.stored, &previous_state) {
+        (None, Some((_, file)), Some(p)) if !options.full => {
+            p.index.base.as_ref().and_then(|base| {
+                let key = crate::base::models_key(file);
+                let days = (cutoff.0.and_utc().timestamp_micros() - base.cutoff)
+                    .div_euclid(86_400_000_000);
+                let kept = base.scores.as_deref() == Some(key.as_str());
+                (kept && (1..base.days).contains(&days)).then(|| {
+                    let (ctx, root, base) = (ctx.clone(), root.clone(), base.clone());
+                    let dir = base.dir.clone();
+                    let read = tokio::spawn(async move {
+                        crate::base::kept_scores(&ctx, &root, &base, days, &key).await
+                    });
+                    (dir, days, AbortOnDrop(read))
+                })
+            })
+        }
+        _ => None,
+    };
     let store = StateStore {
         root,
         previous: previous_state,
@@ -274,7 +295,7 @@ async fn run_locked(
 
     let mut scored = None;
     if let (None, Some((stored, file))) = (&refit_reason, &decision.stored) {
-        let kept = kept_scores(ctx, root, &rollup, &state_report, file).await?;
+        let kept = kept_scores(ctx, root, &rollup, &state_report, file, prefetched).await?;
         let reuse = kept
             .as_ref()
             .map(|(kept, changed)| models::kept::Reuse { kept, changed });
@@ -640,15 +661,31 @@ fn log_inputs(inputs: &inputs::Inputs) {
     }
 }
 
+/// A read of the kept scores started before the features: the base's directory, the days
+/// after its cut-off, the read.
+type Prefetched = (String, i64, AbortOnDrop<Result<Option<models::kept::Kept>>>);
+
+/// A spawned task stopped when its handle is dropped unawaited (a prefetch the run did not
+/// use).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The scores computed ahead for tonight, and the customers they do not hold: only on a
 /// night whose other customers' features came from a base built before it, which kept scores
-/// by the models tonight scores with.
+/// by the models tonight scores with. `prefetched`, when it read the base the night used,
+/// is awaited instead of reading again.
 async fn kept_scores(
     ctx: &SessionContext,
     root: &storage::StoreRef,
     rollup: &state::Rollup,
     report: &state::Report,
     models_file: &str,
+    prefetched: Option<Prefetched>,
 ) -> Result<Option<(models::kept::Kept, std::collections::HashSet<String>)>> {
     let (Some(base), Some(night)) = (
         rollup.index.as_ref().and_then(|i| i.base.as_ref()),
@@ -660,8 +697,13 @@ async fn kept_scores(
         return Ok(None);
     }
     let key = crate::base::models_key(models_file);
-    let Some(kept) = crate::base::kept_scores(ctx, root, base, night.days_after, &key).await?
-    else {
+    let kept = match prefetched {
+        Some((dir, days, mut read)) if dir == base.dir && days == night.days_after => (&mut read.0)
+            .await
+            .map_err(|e| Error::Model(format!("reading the kept scores: {e}")))??,
+        _ => crate::base::kept_scores(ctx, root, base, night.days_after, &key).await?,
+    };
+    let Some(kept) = kept else {
         return Ok(None);
     };
     Ok(Some((kept, crate::base::changed_ids(ctx).await?)))
