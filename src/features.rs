@@ -271,7 +271,13 @@ pub async fn customer_features(
     inputs: &mut Inputs,
     state: Option<StateStore<'_>>,
 ) -> Result<(SnapshotFeatures, Rollup)> {
-    let sample_share = sample_share(ctx, pipeline.model.training_sample).await?;
+    // `in_sample` only ever filters the earlier snapshots: a run of its own snapshot alone
+    // (a night that scores) does not estimate the customers for it.
+    let sample_share = if snapshots.len() > 1 {
+        sample_share(ctx, pipeline.model.training_sample).await?
+    } else {
+        1.0
+    };
     let bounds = &inputs.bounds;
     register_snapshots(ctx, snapshots).await?;
 

@@ -180,48 +180,54 @@ pub async fn register(
             pipeline.earliest_date.format("%Y-%m-%d")
         ),
     };
-    let orders = register_raw(
-        ctx,
-        pipeline,
-        "orders_raw",
-        &pipeline.orders,
-        "inputs.orders",
-        ORDERS,
-    )
-    .await?;
-    let orders = clean_orders(ctx, orders, &bounds).await?;
-
-    // The clickstream is only listed and checked here; its one pass (rules, counts, sessions)
-    // is part of the features (queries/sessions.sql), which fill in the counts.
-    let events = match &pipeline.events {
-        Some(loc) => {
-            Some(register_raw(ctx, pipeline, "events_raw", loc, "inputs.events", EVENTS).await?)
-        }
-        None => {
-            register_empty(ctx, "events_raw", EVENTS)?;
-            None
+    // The three inputs side by side: the orders' and customers' counting passes, and the
+    // clickstream's footers, which are only listed and checked here; its one pass (rules,
+    // counts, sessions) is part of the features (queries/sessions.sql), which fill in the
+    // counts. Errors are reported in this order.
+    let orders = async {
+        let orders = register_raw(
+            ctx,
+            pipeline,
+            "orders_raw",
+            &pipeline.orders,
+            "inputs.orders",
+            ORDERS,
+        )
+        .await?;
+        clean_orders(ctx, orders, &bounds).await
+    };
+    let events = async {
+        match &pipeline.events {
+            Some(loc) => Ok(Some(
+                register_raw(ctx, pipeline, "events_raw", loc, "inputs.events", EVENTS).await?,
+            )),
+            None => register_empty(ctx, "events_raw", EVENTS).map(|()| None),
         }
     };
-
-    let customers = match &pipeline.customers {
-        Some(loc) => {
-            let report = register_raw(
-                ctx,
-                pipeline,
-                "customers_raw",
-                loc,
-                "inputs.customers",
-                CUSTOMERS,
-            )
-            .await?;
-            Some(clean_customers(ctx, report, cutoff_sql).await?)
-        }
-        None => {
-            register_empty(ctx, "customers_raw", CUSTOMERS)?;
-            clean_customers(ctx, InputReport::default(), cutoff_sql).await?;
-            None
+    let customers = async {
+        match &pipeline.customers {
+            Some(loc) => {
+                let report = register_raw(
+                    ctx,
+                    pipeline,
+                    "customers_raw",
+                    loc,
+                    "inputs.customers",
+                    CUSTOMERS,
+                )
+                .await?;
+                Ok(Some(clean_customers(ctx, report, cutoff_sql).await?))
+            }
+            None => {
+                register_empty(ctx, "customers_raw", CUSTOMERS)?;
+                clean_customers(ctx, InputReport::default(), cutoff_sql).await?;
+                Ok(None)
+            }
         }
     };
+    let (orders, events, customers): (Result<_>, Result<_>, Result<_>) =
+        futures::join!(orders, events, customers);
+    let (orders, events, customers) = (orders?, events?, customers?);
     Ok(Inputs {
         bounds,
         orders,
