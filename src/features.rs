@@ -334,6 +334,10 @@ pub async fn customer_features(
                     .orders
                     .rejected
                     .contains_key(crate::rules::DUPLICATE_ORDER_ID),
+                customer_duplicates: inputs.customers.as_ref().is_some_and(|c| {
+                    c.rejected
+                        .contains_key(crate::inputs::DUPLICATE_CUSTOMER_ID)
+                }),
             },
         )
         .await?;

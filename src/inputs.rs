@@ -639,6 +639,34 @@ async fn write_query(
     Ok(url)
 }
 
+/// The reject reason of customers rows beyond the first of their id.
+pub const DUPLICATE_CUSTOMER_ID: &str = "duplicate_customer_id";
+
+/// The condition a valid customers row meets.
+fn valid_customers_sql(cutoff_sql: &str) -> String {
+    format!(
+        "customer_id IS NOT NULL AND customer_id <> '' \
+         AND (signup_ts IS NULL OR signup_ts < {cutoff_sql})"
+    )
+}
+
+/// `customers` as [`register`] defines it over table `table` (rows of customers files in the
+/// canonical schema): the valid rows, the earliest sign-up of each id when some id has several
+/// (`duplicates`). The same rows per customer over any table holding all of its rows.
+pub fn customers_sql(table: &str, cutoff_sql: &str, duplicates: bool) -> String {
+    let valid = valid_customers_sql(cutoff_sql);
+    let source = if duplicates {
+        format!(
+            "(SELECT *, row_number() OVER (PARTITION BY customer_id \
+                ORDER BY signup_ts NULLS LAST, email, country, marketing_opt_in) AS version \
+              FROM {table} WHERE {valid}) WHERE version = 1"
+        )
+    } else {
+        format!("{table} WHERE {valid}")
+    };
+    format!("SELECT customer_id, email, signup_ts, country, marketing_opt_in FROM {source}")
+}
+
 /// Counts the customers rows and registers `customers` as a view over the files: one row per
 /// customer_id signed up before the cut-off (the earliest sign-up wins; the versions window
 /// only when some id has several rows).
@@ -647,29 +675,15 @@ async fn clean_customers(
     mut report: InputReport,
     cutoff_sql: &str,
 ) -> Result<InputReport> {
-    let valid = format!(
-        "customer_id IS NOT NULL AND customer_id <> '' \
-         AND (signup_ts IS NULL OR signup_ts < {cutoff_sql})"
-    );
-    let c = customer_counts(ctx, cutoff_sql, &valid).await?;
+    let c = customer_counts(ctx, cutoff_sql, &valid_customers_sql(cutoff_sql)).await?;
     let (rows, ids) = (c[3], c[4]);
-    let source = if rows > ids {
-        format!(
-            "(SELECT *, row_number() OVER (PARTITION BY customer_id \
-                ORDER BY signup_ts NULLS LAST, email, country, marketing_opt_in) AS version \
-              FROM customers_raw WHERE {valid}) WHERE version = 1"
-        )
-    } else {
-        format!("customers_raw WHERE {valid}")
-    };
-    let view =
-        format!("SELECT customer_id, email, signup_ts, country, marketing_opt_in FROM {source}");
+    let view = customers_sql("customers_raw", cutoff_sql, rows > ids);
     engine::create_view(ctx, "customers", &view, "registering customers").await?;
     report.rows_used = ids;
     report.rows_after_cutoff = c[1];
     for (reason, n) in [
         ("null_customer_id", c[2]),
-        ("duplicate_customer_id", rows - ids),
+        (DUPLICATE_CUSTOMER_ID, rows - ids),
     ] {
         if n > 0 {
             report.rejected.insert(reason.to_string(), n);

@@ -145,6 +145,7 @@ async fn run_locked(
     } = attempt;
     let (run_date, run_id) = (names.run_date.as_str(), names.run_id.as_str());
     let mut clock = Instant::now();
+    let mut cpu = cpu_seconds();
     let mut peak_rss = BTreeMap::new();
     crate::progress::stage(run_date, crate::limits::STAGES[0]);
     let mut lap = |name: &'static str, timings: &mut BTreeMap<&'static str, f64>| {
@@ -157,13 +158,21 @@ async fn run_locked(
         if let Some(mib) = peak {
             peak_rss.insert(name, mib);
         }
+        let now = cpu_seconds();
+        let spent = |i: usize| match (now, cpu) {
+            (Some(n), Some(c)) => Some(n[i] - c[i]),
+            _ => None,
+        };
         tracing::info!(
             stage = name,
             seconds = secs,
+            user_seconds = spent(0),
+            system_seconds = spent(1),
             peak_rss_mib = peak,
             "stage done"
         );
         clock = Instant::now();
+        cpu = now;
     };
 
     let erasure = erasure(ctx, pipeline).await?;
@@ -601,6 +610,16 @@ fn peak_rss_mib() -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib / 1024)
+}
+
+/// The process's CPU time so far, [user, system] seconds (Linux: `utime` and `stime` of
+/// /proc/self/stat, in the kernel's 100 ticks a second); None where that is not available.
+fn cpu_seconds() -> Option<[f64; 2]> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces: state is field 3, utime 14.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let mut ticks = || fields.next()?.parse::<f64>().ok();
+    Some([ticks()? / 100.0, ticks()? / 100.0])
 }
 
 /// Fits and backtests the models for `date` without writing anything (`segmenter evaluate`).

@@ -295,6 +295,52 @@ impl Shape {
         Arc::new(Schema::new(fields))
     }
 
+    /// The partial's schema without [`KEY_HASH`]: the base's sessions as stored (src/base.rs),
+    /// which [`Shape::with_key_hashes`] and [`Shape::key_hash_sql`] give their hashes back.
+    pub(crate) fn stored_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The columns worth delta-encoding in stored sessions: the merged timestamps (min and
+    /// max of event times, nearly unique) and the text session keys other than `customer_id`
+    /// (unique ids sharing prefixes). `day` and counts repeat and keep their dictionaries.
+    pub(crate) fn delta_columns(&self) -> Vec<&str> {
+        self.columns
+            .iter()
+            .filter(|(name, role)| {
+                let data_type = self.schema.field_with_name(name).map(|f| f.data_type());
+                match (role, data_type) {
+                    (Role::Merge(_), Ok(DataType::Timestamp(_, _))) => true,
+                    (Role::Key, Ok(DataType::Utf8 | DataType::LargeUtf8)) => {
+                        !matches!(name.as_str(), "reason" | "customer_id")
+                    }
+                    _ => false,
+                }
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// Session rows in [`Shape::stored_schema`] with their [`KEY_HASH`] added: partials.
+    pub(crate) fn with_key_hashes(&self, sessions: &RecordBatch) -> Result<RecordBatch> {
+        let hashes: ArrayRef = Arc::new(UInt64Array::from(self.session_key_hashes(sessions)?));
+        let mut columns = sessions.columns().to_vec();
+        columns.push(hashes);
+        RecordBatch::try_new(self.partial_schema(), columns)
+            .map_err(|e| Error::engine("hashing the stored sessions' keys", e.into()))
+    }
+
+    /// `SELECT` of table `table` (session rows in [`Shape::stored_schema`]) as partials: its
+    /// columns and their [`KEY_HASH`], as [`Shape::with_key_hashes`] computes it.
+    pub(crate) fn with_key_hashes_sql(&self, table: &str) -> String {
+        let keys: Vec<String> = self.session_keys().iter().map(|k| quoted(k)).collect();
+        format!(
+            "SELECT *, key_hash({}) AS {} FROM {table}",
+            keys.join(", "),
+            quoted(KEY_HASH)
+        )
+    }
+
     /// The [`KEY_HASH`] of each of the session rows `sessions` (rollup columns).
     fn session_key_hashes(&self, sessions: &RecordBatch) -> Result<Vec<u64>> {
         let keys = self
