@@ -207,6 +207,46 @@ fn return_orders(data: &Path, n: usize) {
     w.close().unwrap();
 }
 
+/// Writes a new customers file holding the first customer of the first customers file again,
+/// with another email (which the earliest-sign-up rule then picks by its order): a duplicate id.
+fn sign_up_again(data: &Path) -> String {
+    use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use datafusion::parquet::arrow::ArrowWriter;
+    let mut files: Vec<_> = std::fs::read_dir(data.join("customers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&files[0]).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+    let first = reader.next().unwrap().unwrap().slice(0, 1);
+    let schema = first.schema();
+    let id = cast(
+        first.column(schema.index_of("customer_id").unwrap()),
+        &DataType::Utf8,
+    )
+    .unwrap()
+    .as_string::<i32>()
+    .value(0)
+    .to_string();
+    let at = schema.index_of("email").unwrap();
+    let email = StringArray::from(vec!["0-again@example.com"]);
+    let mut columns = first.columns().to_vec();
+    columns[at] = cast(&email, schema.field(at).data_type()).unwrap();
+    let again = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let file = data.join("customers/part-zz-again.parquet");
+    let mut w = ArrowWriter::try_new(std::fs::File::create(file).unwrap(), schema, None).unwrap();
+    w.write(&again).unwrap();
+    w.close().unwrap();
+    id
+}
+
 #[test]
 fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an_edited_rollup() {
     let dir = tempdir("equal");
@@ -248,6 +288,20 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
     // The orders and customers files only gained the new day's: the changed customers come
     // from those files, not from every row's digest.
     assert_eq!(base["inputs_compared_by"], "added files", "{base}");
+
+    // A customer signs up again in a new customers file: still only files added, and the
+    // changed customers' rows (the base's and the new file's) keep the earliest sign-up, as
+    // the full run's do over every row.
+    let again = sign_up_again(&data);
+    let m = night_equals_full(&pa, &pb, &a, &b, "a customer signing up again");
+    let base = &m["state"]["base"];
+    assert_eq!(base["built"], false, "{base}");
+    assert_eq!(base["inputs_compared_by"], "added files", "{base}");
+    assert_eq!(
+        m["inputs"]["customers"]["rejected"]["duplicate_customer_id"], 1,
+        "{again}: {}",
+        m["inputs"]
+    );
 
     // Returns rewrite an old orders file: its customers are found by their rows' digests,
     // and the base (whose clickstream is unchanged) still serves.
