@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{describe, manifest, pipeline, published, run_pipeline, segmenter};
+use crate::common::{
+    describe, manifest, parquet_files, pipeline, published, run_pipeline, segmenter,
+};
 
 pub(crate) const D: &str = "2026-10-30";
 pub(crate) const D1: &str = "2026-10-31";
@@ -165,19 +167,8 @@ fn return_orders(data: &Path, n: usize) {
     use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
     use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::DataType;
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use datafusion::parquet::arrow::ArrowWriter;
-    let mut files: Vec<_> = std::fs::read_dir(data.join("orders"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let file = &files[0];
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let file = &parquet_files(&data.join("orders"))[0];
+    let mut batches = read_batches(file);
     let first = &batches[0];
     let at = first.schema().index_of("status").unwrap();
     let status = cast(first.column(at), &DataType::Utf8).unwrap();
@@ -195,13 +186,26 @@ fn return_orders(data: &Path, n: usize) {
     let mut columns = first.columns().to_vec();
     columns[at] = cast(&status, first.schema().field(at).data_type()).unwrap();
     batches[0] = RecordBatch::try_new(first.schema(), columns).unwrap();
-    let mut w = ArrowWriter::try_new(
-        std::fs::File::create(file).unwrap(),
-        batches[0].schema(),
-        None,
-    )
-    .unwrap();
-    for b in &batches {
+    write_batches(file, &batches);
+}
+
+/// Every batch of the Parquet file `file`.
+fn read_batches(file: &Path) -> Vec<datafusion::arrow::array::RecordBatch> {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Writes `batches` (one schema) as the Parquet file `file`, replacing it if it exists.
+fn write_batches(file: &Path, batches: &[datafusion::arrow::array::RecordBatch]) {
+    use datafusion::parquet::arrow::ArrowWriter;
+    let file = std::fs::File::create(file).unwrap();
+    let mut w = ArrowWriter::try_new(file, batches[0].schema(), None).unwrap();
+    for b in batches {
         w.write(b).unwrap();
     }
     w.close().unwrap();
@@ -213,19 +217,7 @@ fn sign_up_again(data: &Path) -> String {
     use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
     use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::DataType;
-    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use datafusion::parquet::arrow::ArrowWriter;
-    let mut files: Vec<_> = std::fs::read_dir(data.join("customers"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    let mut reader =
-        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&files[0]).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
-    let first = reader.next().unwrap().unwrap().slice(0, 1);
+    let first = read_batches(&parquet_files(&data.join("customers"))[0])[0].slice(0, 1);
     let schema = first.schema();
     let id = cast(
         first.column(schema.index_of("customer_id").unwrap()),
@@ -239,11 +231,8 @@ fn sign_up_again(data: &Path) -> String {
     let email = StringArray::from(vec!["0-again@example.com"]);
     let mut columns = first.columns().to_vec();
     columns[at] = cast(&email, schema.field(at).data_type()).unwrap();
-    let again = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let file = data.join("customers/part-zz-again.parquet");
-    let mut w = ArrowWriter::try_new(std::fs::File::create(file).unwrap(), schema, None).unwrap();
-    w.write(&again).unwrap();
-    w.close().unwrap();
+    let again = RecordBatch::try_new(schema, columns).unwrap();
+    write_batches(&data.join("customers/part-zz-again.parquet"), &[again]);
     id
 }
 
