@@ -17,6 +17,9 @@
 //!  reasons.parquet     the merged reason rows before C (rejected and anonymous events)
 //!  digests.parquet     per customer: count and bit_xor of row_digest of its orders rows and
 //!                      of its customers rows, as the run at C saw them
+//!  orders-tally.bin, customers-tally.bin
+//!                      the counting passes' tallies of those files (src/tally.rs): a later
+//!                      run counts the files added since and adds these
 //!  features-J.parquet  queries/features.sql at cut-off C + J days (J = 0 … BASE_DAYS − 1)
 //!                      from the data of C, every customer (snapshot set to 0)
 //!  scores-J-<models>.parquet
@@ -119,6 +122,11 @@ pub struct BaseRef {
     /// none: its nights compare every row's digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<InputFiles>,
+    /// The key of the orders' and customers' tallies of those files it keeps
+    /// (`orders-tally.bin`, `customers-tally.bin`: src/tally.rs), with which a later run
+    /// counts the files added since instead of every row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tallies: Option<String>,
 }
 
 /// The orders and customers files a base saw, by identity ([`SourceFile::identity`]): a night
@@ -227,6 +235,8 @@ pub struct BaseInputs<'a> {
     pub customer_duplicates: bool,
     /// The bounds the input rules apply.
     pub bounds: &'a crate::rules::Bounds,
+    /// The orders' and customers' tallies of the files this run reads, at its cut-off.
+    pub tallies: &'a crate::inputs::Tallies,
 }
 
 /// Digest of the feature queries and the parameters they may use.
@@ -620,26 +630,9 @@ fn appended(base: &BaseRef, input: &BaseInputs<'_>) -> Option<Added> {
     if input.order_duplicates {
         return None;
     }
-    // The URLs of the files in `now` (in listing order) that `before` lacks; None when a
-    // file of `before` is gone or changed.
-    let added = |before: &[String], now: &[SourceFile]| -> Option<Vec<String>> {
-        let now: Vec<(String, &SourceFile)> = now.iter().map(|f| (f.identity(), f)).collect();
-        let present: std::collections::HashSet<&str> =
-            now.iter().map(|(id, _)| id.as_str()).collect();
-        if before.iter().any(|id| !present.contains(id.as_str())) {
-            return None;
-        }
-        let before: std::collections::HashSet<&str> = before.iter().map(String::as_str).collect();
-        Some(
-            now.iter()
-                .filter(|(id, _)| !before.contains(id.as_str()))
-                .map(|(_, f)| f.url.clone())
-                .collect(),
-        )
-    };
     Some(Added {
-        orders: added(&seen.orders, input.orders_files)?,
-        customers: added(&seen.customers, input.customers_files)?,
+        orders: crate::inputs::added_since(&seen.orders, input.orders_files)?,
+        customers: crate::inputs::added_since(&seen.customers, input.customers_files)?,
     })
 }
 
@@ -963,6 +956,18 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     }
     restore_inputs(ctx).await?;
     crate::features::register_snapshots(ctx, input.snapshots).await?;
+    for (file, tally) in [
+        (crate::inputs::ORDERS_TALLY, &input.tallies.orders),
+        (crate::inputs::CUSTOMERS_TALLY, &input.tallies.customers),
+    ] {
+        let name = format!("{dir}/{file}");
+        input
+            .root
+            .store
+            .put(&input.root.key(&name), tally.to_bytes().into())
+            .await
+            .map_err(|e| Error::storage(format!("writing {}", input.root.url_of(&name)), e))?;
+    }
 
     let open = input
         .index
@@ -982,6 +987,7 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
         sessions,
         scores: None,
         inputs: Some(InputFiles::of(input.orders_files, input.customers_files)),
+        tallies: Some(input.tallies.key.clone()),
     })
 }
 

@@ -40,6 +40,16 @@ impl Cutoff {
     pub fn epoch(self) -> i64 {
         self.0.and_utc().timestamp()
     }
+
+    /// Its day: days since 1970-01-01 (the day it begins, at midnight).
+    pub fn day(self) -> i32 {
+        self.epoch().div_euclid(86_400) as i32
+    }
+
+    /// Whether it falls on midnight, as a run's cut-off does.
+    pub fn is_midnight(self) -> bool {
+        self.epoch().rem_euclid(86_400) == 0
+    }
 }
 
 /// Replaces every `{{name}}` in `sql`; an unknown `{{…}}` left over is an error (a typo in an
@@ -330,6 +340,7 @@ pub async fn customer_features(
                     .map(|c| c.sources.as_slice())
                     .unwrap_or_default(),
                 bounds: &inputs.bounds,
+                tallies: &inputs.tallies,
                 order_duplicates: inputs
                     .orders
                     .rejected

@@ -25,13 +25,16 @@ use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
 use datafusion::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::config::{Location, OnCorruptFile, Pipeline};
 use crate::engine;
 use crate::error::{Error, Result};
+use crate::features::Cutoff;
 use crate::rules::{self, Bounds, Input};
 use crate::storage::{self, StoreRef};
+use crate::tally::{self, Tally};
 
 /// The canonical timestamp type: microseconds, zone-less, meaning UTC.
 pub const TS: DataType = DataType::Timestamp(TimeUnit::Microsecond, None);
@@ -106,6 +109,15 @@ pub struct InputReport {
     pub rejected: BTreeMap<String, u64>,
     /// Unreadable files left out (`quality.on_corrupt_file = "skip"`).
     pub skipped_files: Vec<String>,
+    /// Files whose rows were counted by the base's tally, not read (src/tally.rs): the
+    /// counts are the same as if they had been.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_kept: Option<usize>,
+    /// When this run read some of the files only (the others counted by a base's tally):
+    /// the table of the files it read and their rows rejected as errors. Their rejected
+    /// rows are the ones it writes.
+    #[serde(skip)]
+    pub partly_read: Option<(&'static str, u64)>,
     /// The readable files, in listing order (the incremental state is keyed by them).
     #[serde(skip)]
     pub sources: Vec<SourceFile>,
@@ -164,15 +176,55 @@ pub struct Inputs {
     pub events: Option<InputReport>,
     /// Customers (absent if not configured).
     pub customers: Option<InputReport>,
+    /// The orders' and customers' tallies, for a base to keep.
+    #[serde(skip)]
+    pub tallies: Tallies,
 }
 
-/// Registers `orders`, `events` and `customers` in `ctx`, cut at `cutoff_sql` (an SQL
-/// timestamp literal: the first instant the run must not see).
+/// What a run may count from a base instead of every row: the tallies it kept and the orders
+/// and customers files (identities) they are of ([`crate::tally`]).
+#[derive(Debug, Clone)]
+pub struct KeptTallies {
+    /// The output root.
+    pub root: StoreRef,
+    /// The base's directory under it.
+    pub dir: String,
+    /// The tallies' key ([`crate::tally::key`]): they serve a run whose rules give the same.
+    pub key: String,
+    /// The orders files they count.
+    pub orders: Vec<String>,
+    /// The customers files they count.
+    pub customers: Vec<String>,
+}
+
+/// The base's file of the orders' tally.
+pub const ORDERS_TALLY: &str = "orders-tally.bin";
+/// The base's file of the customers' tally.
+pub const CUSTOMERS_TALLY: &str = "customers-tally.bin";
+
+/// The orders' and customers' tallies of a run: every file's rows at its cut-off.
+#[derive(Debug, Clone, Default)]
+pub struct Tallies {
+    /// [`crate::tally::key`] of the run's rules.
+    pub key: String,
+    /// Of the orders.
+    pub orders: Tally,
+    /// Of the customers (empty when not configured).
+    pub customers: Tally,
+}
+
+/// Registers `orders`, `events` and `customers` in `ctx`, cut at `cutoff`. The orders and
+/// customers are counted from `kept` and the files added since when it fits (its key is this
+/// run's and its files are all still there, unchanged), by one pass over every row otherwise;
+/// `salt` is the erasure list's digest.
 pub async fn register(
     ctx: &SessionContext,
     pipeline: &Pipeline,
-    cutoff_sql: &str,
+    cutoff: Cutoff,
+    kept: Option<KeptTallies>,
+    salt: &str,
 ) -> Result<Inputs> {
+    let cutoff_sql = &cutoff.sql();
     let bounds = Bounds {
         cutoff: cutoff_sql.to_string(),
         floor: format!(
@@ -180,21 +232,30 @@ pub async fn register(
             pipeline.earliest_date.format("%Y-%m-%d")
         ),
     };
+    let key = tally::key(
+        &orders_tally_sql("", &bounds),
+        &customers_tally_sql(""),
+        salt,
+    );
+    let cut_day = cutoff.day();
+    let kept = kept.filter(|k| k.key == key && cutoff.is_midnight());
     // The three inputs side by side: the orders' and customers' counting passes, and the
     // clickstream's footers, which are only listed and checked here; its one pass (rules,
     // counts, sessions) is part of the features (queries/sessions.sql), which fill in the
     // counts. Errors are reported in this order.
     let orders = async {
-        let orders = register_raw(
-            ctx,
-            pipeline,
-            "orders_raw",
-            &pipeline.orders,
-            "inputs.orders",
-            ORDERS,
-        )
-        .await?;
-        clean_orders(ctx, orders, &bounds).await
+        let (orders, kept_tally) = futures::join!(
+            register_raw(
+                ctx,
+                pipeline,
+                "orders_raw",
+                &pipeline.orders,
+                "inputs.orders",
+                ORDERS,
+            ),
+            load_tally(kept.as_ref(), ORDERS_TALLY, |k| &k.orders)
+        );
+        clean_orders(ctx, orders?, &bounds, cut_day, kept_tally).await
     };
     let events = async {
         match &pipeline.events {
@@ -207,33 +268,190 @@ pub async fn register(
     let customers = async {
         match &pipeline.customers {
             Some(loc) => {
-                let report = register_raw(
-                    ctx,
-                    pipeline,
-                    "customers_raw",
-                    loc,
-                    "inputs.customers",
-                    CUSTOMERS,
-                )
-                .await?;
-                Ok(Some(clean_customers(ctx, report, cutoff_sql).await?))
+                let (report, kept_tally) = futures::join!(
+                    register_raw(
+                        ctx,
+                        pipeline,
+                        "customers_raw",
+                        loc,
+                        "inputs.customers",
+                        CUSTOMERS,
+                    ),
+                    load_tally(kept.as_ref(), CUSTOMERS_TALLY, |k| &k.customers)
+                );
+                let (report, tally) =
+                    clean_customers(ctx, report?, cutoff_sql, cut_day, kept_tally).await?;
+                Ok((Some(report), tally))
             }
             None => {
                 register_empty(ctx, "customers_raw", CUSTOMERS)?;
-                clean_customers(ctx, InputReport::default(), cutoff_sql).await?;
-                Ok(None)
+                let (_, tally) =
+                    clean_customers(ctx, InputReport::default(), cutoff_sql, cut_day, None).await?;
+                Ok((None, tally))
             }
         }
     };
     let (orders, events, customers): (Result<_>, Result<_>, Result<_>) =
         futures::join!(orders, events, customers);
-    let (orders, events, customers) = (orders?, events?, customers?);
+    let ((orders, orders_tally), events, (customers, customers_tally)) =
+        (orders?, events?, customers?);
     Ok(Inputs {
         bounds,
         orders,
         events,
         customers,
+        tallies: Tallies {
+            key,
+            orders: orders_tally,
+            customers: customers_tally,
+        },
     })
+}
+
+/// A base's tally `file` with the files it counts (`files` of `kept`), or None when there is
+/// none or it cannot be read (then every row is counted: a cache never fails a run).
+async fn load_tally(
+    kept: Option<&KeptTallies>,
+    file: &str,
+    files: impl Fn(&KeptTallies) -> &Vec<String>,
+) -> Option<(Tally, Vec<String>)> {
+    let kept = kept?;
+    let name = format!("{}/{file}", kept.dir);
+    let read = async {
+        kept.root
+            .store
+            .get(&kept.root.key(&name))
+            .await?
+            .bytes()
+            .await
+    };
+    let read: std::result::Result<bytes::Bytes, object_store::Error> = read.await;
+    match read {
+        Ok(bytes) => match Tally::from_bytes(bytes) {
+            Some(tally) => Some((tally, files(kept).clone())),
+            None => {
+                tracing::warn!(file = name, "a base's tally is damaged; counting every row");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(file = name, error = %e, "a base's tally cannot be read; counting every row");
+            None
+        }
+    }
+}
+
+/// The tally of an input at `cut_day`: the kept one (with the files it counts) combined with
+/// a pass over the files added since (registered as `counting.added_table`), when the files
+/// it counts are all still there, unchanged; a pass over `counting.all_table` otherwise.
+/// Also, when not every file was read, how many were counted by the kept tally and how many
+/// rows of the others were rejected as errors.
+async fn tally_input(
+    ctx: &SessionContext,
+    sources: &[SourceFile],
+    kept: Option<(Tally, Vec<String>)>,
+    cut_day: i32,
+    counting: &Counting,
+    sql: impl Fn(&str) -> String,
+) -> Result<(Tally, Option<(usize, u64)>)> {
+    let Counting {
+        cols,
+        all_table,
+        added_table,
+        what,
+    } = *counting;
+    if let Some((kept, files)) = kept {
+        let added = added_since(&files, sources).filter(|_| kept.cut_day() <= cut_day);
+        if let Some(added) = added {
+            let tally = if added.is_empty() {
+                Tally::empty(cut_day)
+            } else {
+                register_files(ctx, added_table, &added, cols).await?;
+                tally::pass(ctx, &sql(added_table), what, cut_day).await?
+            };
+            let errors = tally
+                .counts()
+                .reasons
+                .iter()
+                .filter(|(r, _)| rules::is_error(r))
+                .map(|(_, n)| n)
+                .sum();
+            tracing::debug!(
+                kept_files = files.len(),
+                added_files = added.len(),
+                "{what}: the base's tally and the files added since"
+            );
+            if let Some(combined) = kept.combine(tally) {
+                return Ok((combined, Some((files.len(), errors))));
+            }
+        }
+    }
+    Ok((
+        tally::pass(ctx, &sql(all_table), what, cut_day).await?,
+        None,
+    ))
+}
+
+/// The URLs of the files of `now` (in listing order) that `before` (identities) lacks; None
+/// when a file of `before` is gone or changed.
+pub fn added_since(before: &[String], now: &[SourceFile]) -> Option<Vec<String>> {
+    let now: Vec<(String, &SourceFile)> = now.iter().map(|f| (f.identity(), f)).collect();
+    let present: std::collections::HashSet<&str> = now.iter().map(|(id, _)| id.as_str()).collect();
+    if before.iter().any(|id| !present.contains(id.as_str())) {
+        return None;
+    }
+    let before: std::collections::HashSet<&str> = before.iter().map(String::as_str).collect();
+    Some(
+        now.iter()
+            .filter(|(id, _)| !before.contains(id.as_str()))
+            .map(|(_, f)| f.url.clone())
+            .collect(),
+    )
+}
+
+/// One input's counting pass: its columns, the table of every file and the table the added
+/// files are registered as, what the pass is called.
+#[derive(Clone, Copy)]
+struct Counting {
+    cols: &'static [Col],
+    all_table: &'static str,
+    added_table: &'static str,
+    what: &'static str,
+}
+
+const COUNTING_ORDERS: Counting = Counting {
+    cols: ORDERS,
+    all_table: "orders_raw",
+    added_table: "orders_added",
+    what: "counting orders",
+};
+
+const COUNTING_CUSTOMERS: Counting = Counting {
+    cols: CUSTOMERS,
+    all_table: "customers_raw",
+    added_table: "customers_added",
+    what: "counting customers",
+};
+
+/// The orders' rows of `table` as a tally reads them: class, day, the order id's digest.
+fn orders_tally_sql(table: &str, bounds: &Bounds) -> String {
+    format!(
+        "SELECT arrow_cast({}, 'Utf8') AS class, \
+                arrow_cast(CAST(order_ts AS DATE), 'Int32') AS day, \
+                row_digest(order_id) AS h FROM {table}",
+        rules::reason_sql_before_any_cutoff(Input::Orders, bounds)
+    )
+}
+
+/// The customers rows of `table` as a tally reads them: class (`null_customer_id` or valid),
+/// the sign-up's day, the customer id's digest.
+fn customers_tally_sql(table: &str) -> String {
+    format!(
+        "SELECT CASE WHEN customer_id IS NULL OR customer_id = '' THEN 'null_customer_id' END \
+                  AS class, \
+                arrow_cast(CAST(signup_ts AS DATE), 'Int32') AS day, \
+                row_digest(customer_id) AS h FROM {table}"
+    )
 }
 
 /// Lists the Parquet files under `location`, checks each footer against `cols`, and registers
@@ -503,17 +721,29 @@ async fn clean_orders(
     ctx: &SessionContext,
     mut report: InputReport,
     bounds: &Bounds,
-) -> Result<InputReport> {
-    let reason = rules::reason_sql(Input::Orders, bounds);
-    let (counted_reasons, valid_rows, distinct) = order_counts(ctx, &reason).await?;
-    let mut counted = counted_reasons;
-    let mut valid = (valid_rows, distinct);
-    if valid.0 > valid.1 {
+    cut_day: i32,
+    kept: Option<(Tally, Vec<String>)>,
+) -> Result<(InputReport, Tally)> {
+    let (tally, read) = tally_input(
+        ctx,
+        &report.sources,
+        kept,
+        cut_day,
+        &COUNTING_ORDERS,
+        |table| orders_tally_sql(table, bounds),
+    )
+    .await?;
+    let counts = tally.counts();
+    let mut counted = counts.reasons;
+    let rows = counts.valid;
+    let kept = if counts.distinct < rows {
+        let reason = rules::reason_sql(Input::Orders, bounds);
         let exact =
             format!("SELECT count(DISTINCT order_id) FROM orders_raw WHERE ({reason}) IS NULL");
-        valid.1 = single_row_counts(ctx, &exact, "counting distinct order ids").await?[0];
-    }
-    let (rows, kept) = valid;
+        tally::exact_count(ctx, &exact, "counting distinct order ids").await?
+    } else {
+        rows
+    };
     let view = if rows > kept {
         counted.insert(rules::DUPLICATE_ORDER_ID.into(), rows - kept);
         clean_orders_sql(&format!(
@@ -527,7 +757,12 @@ async fn clean_orders(
     engine::create_view(ctx, "orders", &view, "registering orders").await?;
     report.count_reasons(counted);
     report.rows_used = kept;
-    Ok(report)
+    // Duplicates are written from every row.
+    report.files_kept = read.map(|(files, _)| files);
+    report.partly_read = read
+        .filter(|_| rows == kept)
+        .map(|(_, errors)| (COUNTING_ORDERS.added_table, errors));
+    Ok((report, tally))
 }
 
 impl InputReport {
@@ -568,20 +803,31 @@ pub async fn write_rejected(
 ) -> Result<Vec<String>> {
     let bounds = &inputs.bounds;
     let mut written = Vec::new();
-    if inputs.orders.rows_rejected() > 0 {
+    let (orders_read, orders_rejected) = match inputs.orders.partly_read {
+        Some((table, errors)) => (table, errors),
+        None => ("orders_raw", inputs.orders.rows_rejected()),
+    };
+    if orders_rejected > 0 {
         let reason = rules::reason_sql(Input::Orders, bounds);
+        // Duplicates only when every file was read (a base's tally counts none otherwise).
+        let duplicates = if inputs.orders.partly_read.is_none() {
+            format!(
+                " UNION ALL \
+                 SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, \
+                        '{duplicate}' AS reason FROM ({versions}) \
+                 WHERE version > 1",
+                duplicate = rules::DUPLICATE_ORDER_ID,
+                versions = order_versions_sql(bounds)
+            )
+        } else {
+            String::new()
+        };
         let sql = format!(
             "SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, reason FROM ( \
-               SELECT *, {reason} AS reason FROM orders_raw) \
-             WHERE reason IS NOT NULL AND reason <> '{after}' \
-             UNION ALL \
-             SELECT order_id, customer_id, order_ts, amount, status, discount_amount, channel, \
-                    '{duplicate}' AS reason FROM ({versions}) \
-             WHERE version > 1 \
+               SELECT *, {reason} AS reason FROM {orders_read}) \
+             WHERE reason IS NOT NULL AND reason <> '{after}'{duplicates} \
              ORDER BY reason, order_id, order_ts",
             after = rules::AFTER_CUTOFF,
-            duplicate = rules::DUPLICATE_ORDER_ID,
-            versions = order_versions_sql(bounds)
         );
         written.push(
             write_query(
@@ -674,152 +920,42 @@ async fn clean_customers(
     ctx: &SessionContext,
     mut report: InputReport,
     cutoff_sql: &str,
-) -> Result<InputReport> {
-    let c = customer_counts(ctx, cutoff_sql, &valid_customers_sql(cutoff_sql)).await?;
-    let (rows, ids) = (c[3], c[4]);
+    cut_day: i32,
+    kept: Option<(Tally, Vec<String>)>,
+) -> Result<(InputReport, Tally)> {
+    let (tally, read) = tally_input(
+        ctx,
+        &report.sources,
+        kept,
+        cut_day,
+        &COUNTING_CUSTOMERS,
+        customers_tally_sql,
+    )
+    .await?;
+    let counts = tally.counts();
+    let valid = valid_customers_sql(cutoff_sql);
+    let rows = counts.valid;
+    let ids = if counts.distinct < rows {
+        let exact = format!("SELECT count(DISTINCT customer_id) FROM customers_raw WHERE {valid}");
+        tally::exact_count(ctx, &exact, "counting distinct customer ids").await?
+    } else {
+        rows
+    };
     let view = customers_sql("customers_raw", cutoff_sql, rows > ids);
     engine::create_view(ctx, "customers", &view, "registering customers").await?;
     report.rows_used = ids;
-    report.rows_after_cutoff = c[1];
+    report.files_kept = read.map(|(files, _)| files);
+    let reason = |r: &str| counts.reasons.get(r).copied().unwrap_or(0);
+    report.rows_after_cutoff = reason(rules::AFTER_CUTOFF);
     for (reason, n) in [
-        ("null_customer_id", c[2]),
+        ("null_customer_id", reason("null_customer_id")),
         (DUPLICATE_CUSTOMER_ID, rows - ids),
     ] {
         if n > 0 {
             report.rejected.insert(reason.to_string(), n);
         }
     }
-    Ok(report)
-}
-
-/// Counts (never values) of the customers rows: all, signed up after the cut-off, without an
-/// id, valid, and the valid rows' distinct ids. One pass, as [`order_counts`]: the distinct
-/// ids are counted from 64-bit digests (as many as rows proves them distinct; otherwise
-/// `count(DISTINCT …)` counts them exactly), not by `count(DISTINCT …)` over one group, which
-/// hashed every id on one core (0.18 s of the 200,000 night's 0.30 s inputs stage).
-async fn customer_counts(ctx: &SessionContext, cutoff_sql: &str, valid: &str) -> Result<[u64; 5]> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::UInt64Type;
-    let what = "counting customers";
-    let sql = format!(
-        "SELECT coalesce(signup_ts >= {cutoff_sql}, false) AS after, \
-                coalesce((customer_id IS NULL OR customer_id = '') \
-                  AND (signup_ts IS NULL OR signup_ts < {cutoff_sql}), false) AS no_id, \
-                coalesce({valid}, false) AS valid, \
-                row_digest(customer_id) AS h \
-         FROM customers_raw"
-    );
-    let mut running = engine::stream(ctx, &sql, what).await?;
-    let (mut rows, mut after, mut no_id) = (0u64, 0u64, 0u64);
-    let mut digests: Vec<u64> = Vec::new();
-    while let Some(batch) = running.stream.next().await {
-        let batch = batch.map_err(|e| Error::engine(what, e))?;
-        let flag = |c: usize| batch.column(c).as_boolean().clone();
-        let (late, missing, ok) = (flag(0), flag(1), flag(2));
-        let hashes = batch.column(3).as_primitive::<UInt64Type>().values();
-        rows += batch.num_rows() as u64;
-        after += late.true_count() as u64;
-        no_id += missing.true_count() as u64;
-        digests.extend((0..ok.len()).filter(|&i| ok.value(i)).map(|i| hashes[i]));
-    }
-    running.done();
-    let valid_rows = digests.len() as u64;
-    let mut ids = distinct(digests);
-    if ids < valid_rows {
-        let exact = format!("SELECT count(DISTINCT customer_id) FROM customers_raw WHERE {valid}");
-        ids = single_row_counts(ctx, &exact, "counting distinct customer ids").await?[0];
-    }
-    Ok([rows, after, no_id, valid_rows, ids])
-}
-
-/// One pass over the orders: rows per rejection reason, the valid rows, and how many distinct
-/// 64-bit digests of their order_ids there are. As many digests as rows proves the ids
-/// distinct; fewer (duplicates, or a collision) are counted again exactly by the caller.
-/// The digests are sorted here rather than counted by `count(DISTINCT …)`, whose single group
-/// merged two hash sets of 4 M digests on one core: 3.1 s of a 4.2 s inputs stage at
-/// 1,000,000 customers (EXPLAIN ANALYZE, FinalPartitioned aggregation_time).
-async fn order_counts(
-    ctx: &SessionContext,
-    reason: &str,
-) -> Result<(BTreeMap<String, u64>, u64, u64)> {
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::UInt64Type;
-    let what = "counting orders";
-    let sql = format!(
-        "SELECT arrow_cast({reason}, 'Utf8') AS reason, row_digest(order_id) AS h FROM orders_raw"
-    );
-    let mut running = engine::stream(ctx, &sql, what).await?;
-    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
-    let mut digests: Vec<u64> = Vec::new();
-    while let Some(batch) = running.stream.next().await {
-        let batch = batch.map_err(|e| Error::engine(what, e))?;
-        let reasons = batch.column(0).as_string::<i32>();
-        let hashes = batch.column(1).as_primitive::<UInt64Type>().values();
-        if reasons.null_count() == reasons.len() {
-            digests.extend_from_slice(hashes);
-            continue;
-        }
-        for (i, h) in hashes.iter().enumerate() {
-            if reasons.is_null(i) {
-                digests.push(*h);
-            } else {
-                *counted.entry(reasons.value(i).to_string()).or_default() += 1;
-            }
-        }
-    }
-    running.done();
-    let rows = digests.len() as u64;
-    Ok((counted, rows, distinct(digests)))
-}
-
-/// How many distinct values `digests` holds: bucketed by their top byte (digests are uniform),
-/// each bucket sorted on its own, the buckets shared among the cores. One sort of them all
-/// was 13% of the inputs stage's CPU at 200,000 customers (`perf record`), on one core.
-fn distinct(digests: Vec<u64>) -> u64 {
-    let mut buckets: Vec<Vec<u64>> = (0..256)
-        .map(|_| Vec::with_capacity(digests.len() / 200))
-        .collect();
-    for h in digests {
-        buckets[(h >> 56) as usize].push(h);
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let per_thread = buckets.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let counts: Vec<_> = buckets
-            .chunks_mut(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter_mut()
-                        .map(|b| {
-                            b.sort_unstable();
-                            b.dedup();
-                            b.len() as u64
-                        })
-                        .sum::<u64>()
-                })
-            })
-            .collect();
-        counts
-            .into_iter()
-            .map(|c| c.join().expect("counting distinct digests"))
-            .sum()
-    })
-}
-
-async fn single_row_counts(ctx: &SessionContext, sql: &str, what: &str) -> Result<Vec<u64>> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::Int64Type;
-    let batches = engine::collect(ctx, sql, what).await?;
-    let batch = batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .ok_or_else(|| Error::Model(format!("{what}: no result row")))?;
-    Ok(batch
-        .columns()
-        .iter()
-        .map(|c| c.as_primitive::<Int64Type>().value(0).max(0) as u64)
-        .collect())
+    Ok((report, tally))
 }
 
 #[cfg(test)]
@@ -880,7 +1016,7 @@ mod tests {
         crate::engine::register_batches(&ctx, "customers_raw", schema, vec![batch], "test")
             .await
             .unwrap();
-        let report = clean_customers(&ctx, InputReport::default(), cutoff_sql)
+        let (report, tally) = clean_customers(&ctx, InputReport::default(), cutoff_sql, 10, None)
             .await
             .unwrap();
         assert_eq!(report.rows_after_cutoff, 2);
@@ -891,30 +1027,8 @@ mod tests {
         ]
         .into();
         assert_eq!(report.rejected, want);
-        assert_eq!(
-            customer_counts(
-                &ctx,
-                cutoff_sql,
-                "customer_id IS NOT NULL AND customer_id <> '' \
-                 AND (signup_ts IS NULL OR signup_ts < TIMESTAMP '1970-01-11 00:00:00')"
-            )
-            .await
-            .unwrap(),
-            [8, 2, 2, 4, 3]
-        );
-    }
-
-    #[test]
-    fn distinct_counts_repeats_once() {
-        assert_eq!(distinct(Vec::new()), 0);
-        let mut v: Vec<u64> = (0..10_000u64)
-            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .collect();
-        v.extend_from_within(..777);
-        v.push(u64::MAX);
-        v.push(u64::MAX);
-        v.push(0);
-        assert_eq!(distinct(v), 10_000 + 1);
+        let counts = tally.counts();
+        assert_eq!((counts.rows, counts.valid, counts.distinct), (8, 4, 3));
     }
 
     mod properties {

@@ -41,6 +41,7 @@ pub mod state;
 pub mod status;
 pub mod storage;
 pub mod tables;
+pub mod tally;
 
 pub use config::Pipeline;
 pub use error::{Error, Result};

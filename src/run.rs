@@ -176,12 +176,36 @@ async fn run_locked(
     };
 
     let erasure = erasure(ctx, pipeline).await?;
-    let mut inputs = inputs::register(ctx, pipeline, &cutoff.sql()).await?;
+    let salt = erasure.as_ref().map(|e| e.digest()).unwrap_or_default();
     let previous_run = previous::find(root, date).await?;
     let published = match &previous_run {
         Some(d) => previous::published(root, d).await?,
         None => None,
     };
+    let previous_state = match (&previous_run, &published) {
+        (
+            Some(d),
+            Some(Published {
+                state: Some(index), ..
+            }),
+        ) => state::read_index(root, d, index).await?,
+        _ => None,
+    };
+    // The previous base's tallies count the orders and customers of its files.
+    let kept_tallies = previous_state
+        .as_ref()
+        .and_then(|p| p.index.base.as_ref())
+        .filter(|_| !options.full)
+        .and_then(|base| {
+            Some(inputs::KeptTallies {
+                root: root.clone(),
+                dir: base.dir.clone(),
+                key: base.tallies.clone()?,
+                orders: base.inputs.as_ref()?.orders.clone(),
+                customers: base.inputs.as_ref()?.customers.clone(),
+            })
+        });
+    let mut inputs = inputs::register(ctx, pipeline, cutoff, kept_tallies, &salt).await?;
     lap("inputs", timings);
 
     let decision = schedule::decide(
@@ -198,16 +222,6 @@ async fn run_locked(
         models::snapshots(cutoff)
     } else {
         Snapshots::new(cutoff, &[])
-    };
-    let salt = erasure.as_ref().map(|e| e.digest()).unwrap_or_default();
-    let previous_state = match (&previous_run, &published) {
-        (
-            Some(d),
-            Some(Published {
-                state: Some(index), ..
-            }),
-        ) => state::read_index(root, d, index).await?,
-        _ => None,
     };
     let superseded = previous_state.as_ref().map(|p| p.index.clone());
     // The previous base's scores for tonight, read beside the features in case the night
@@ -626,8 +640,11 @@ fn cpu_seconds() -> Option<[f64; 2]> {
 pub async fn evaluate(pipeline: &Pipeline, date: NaiveDate) -> Result<models::ModelReport> {
     let cutoff = Cutoff::for_run_date(date);
     let ctx = engine::session(pipeline)?;
-    erasure(&ctx, pipeline).await?;
-    let mut inputs = inputs::register(&ctx, pipeline, &cutoff.sql()).await?;
+    let salt = erasure(&ctx, pipeline)
+        .await?
+        .map(|e| e.digest())
+        .unwrap_or_default();
+    let mut inputs = inputs::register(&ctx, pipeline, cutoff, None, &salt).await?;
     let snapshots = models::snapshots(cutoff);
     let features = features::customer_features(&ctx, pipeline, &snapshots, &mut inputs, None).await;
     engine::remove_scratch(&ctx).await;

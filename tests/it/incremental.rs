@@ -127,6 +127,17 @@ fn night_equals_full(pa: &Path, pb: &Path, a: &Path, b: &Path, what: &str) -> se
         );
     }
     let m = manifest(a, D1);
+    // The same counts of every input, whether counted from the base's tallies or not.
+    let counts = |m: &serde_json::Value| {
+        let mut inputs = m["inputs"].clone();
+        for input in ["orders", "events", "customers"] {
+            if let Some(o) = inputs[input].as_object_mut() {
+                o.remove("files_kept");
+            }
+        }
+        inputs
+    };
+    assert_eq!(counts(&m), counts(&manifest(b, D1)), "{what}");
     assert_eq!(
         m["models"]["refit"]["refitted"], false,
         "{what}: the night must score with the stored models: {}",
@@ -277,6 +288,10 @@ fn incremental_nights_equal_full_runs_through_late_replaced_deleted_files_and_an
     // The orders and customers files only gained the new day's: the changed customers come
     // from those files, not from every row's digest.
     assert_eq!(base["inputs_compared_by"], "added files", "{base}");
+    // Their rows were counted from the base's tallies and the added files alone.
+    let kept = first["inputs"]["orders"]["files"].as_u64().unwrap();
+    assert_eq!(m["inputs"]["orders"]["files_kept"], kept, "{}", m["inputs"]);
+    assert!(m["inputs"]["customers"]["files_kept"].as_u64().unwrap() > 0);
 
     // A customer signs up again in a new customers file: still only files added, and the
     // changed customers' rows (the base's and the new file's) keep the earliest sign-up, as
