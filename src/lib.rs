@@ -12,6 +12,7 @@
 //! calls them in order. Errors map to the exit codes of CONTRACT.md in [`Error::exit_code`].
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod base;
 #[cfg(feature = "ballista")]
 pub mod cluster;

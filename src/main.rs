@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use segmenter::generate::{generate, GenerateOptions};
 use segmenter::{Error, Pipeline, RunOptions, RunSummary};
 
+#[global_allocator]
+static ALLOCATOR: segmenter::alloc::HugePages = segmenter::alloc::HugePages;
+
 /// Nightly customer segmentation from order and clickstream Parquet.
 #[derive(Parser, Debug)]
 #[command(version, about)]
