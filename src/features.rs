@@ -385,11 +385,15 @@ pub async fn customer_features(
         )
         .await?;
         if let Some((root, file)) = &kept {
-            let tables = kept_with_changed(ctx, root, file, &rendered.features).await;
+            let changed = std::sync::Arc::new(crate::base::changed_ids(ctx).await?);
+            let tables = kept_with_changed(ctx, root, file, &rendered.features, &changed).await;
             crate::base::restore_inputs(ctx).await?;
-            tables
+            Ok((tables?, Some(changed)))
         } else {
-            collect_by_snapshot(ctx, &rendered.features, snapshots).await
+            Ok((
+                collect_by_snapshot(ctx, &rendered.features, snapshots).await?,
+                None,
+            ))
         }
     }
     .await;
@@ -397,7 +401,8 @@ pub async fn customer_features(
     let side = tee.finish(ctx).await;
     // The pass's own error first: it names the cause (a bad file, a type).
     let counts = event_counts(&side?)?;
-    let tables = features?;
+    let (tables, changed) = features?;
+    rollup.changed = changed;
     if let Some(events) = inputs.events.as_mut() {
         events.count_reasons(counts);
         events.use_the_rest();
@@ -406,15 +411,16 @@ pub async fn customer_features(
 }
 
 /// A night's features when the base keeps every unchanged customer's (src/base.rs):
-/// features.sql over the changed customers' data, merged with the base's rows in `file`.
+/// features.sql over the changed customers' data, merged with the base's rows in `file`
+/// but those of `changed_ids`.
 async fn kept_with_changed(
     ctx: &SessionContext,
     root: &crate::storage::StoreRef,
     file: &str,
     features_sql: &str,
+    changed_ids: &std::collections::HashSet<String>,
 ) -> Result<BTreeMap<i32, CustomerTable>> {
     use futures::StreamExt;
-    let changed_ids = crate::base::changed_ids(ctx).await?;
     let parts = ctx.state().config().target_partitions();
     let changed = async {
         let what = "queries/features.sql (the changed customers)";
@@ -427,8 +433,7 @@ async fn kept_with_changed(
         running.done();
         Ok((schema, batches))
     };
-    let batches =
-        crate::base::merge_kept_features(root, file, parts, changed, &changed_ids).await?;
+    let batches = crate::base::merge_kept_features(root, file, parts, changed, changed_ids).await?;
     // A night has one snapshot, its own (0), as do the base's rows.
     Ok(BTreeMap::from([(
         0,

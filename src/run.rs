@@ -722,7 +722,7 @@ async fn kept_scores(
     report: &state::Report,
     models_file: &str,
     prefetched: Option<Prefetched>,
-) -> Result<Option<(models::kept::Kept, std::collections::HashSet<String>)>> {
+) -> Result<Option<(models::kept::Kept, Arc<std::collections::HashSet<String>>)>> {
     let (Some(base), Some(night)) = (
         rollup.index.as_ref().and_then(|i| i.base.as_ref()),
         report.base.as_ref(),
@@ -739,8 +739,8 @@ async fn kept_scores(
             .map_err(|e| Error::Model(format!("reading the kept scores: {e}")))??,
         _ => crate::base::kept_scores(ctx, root, base, night.days_after, &key).await?,
     };
-    let Some(kept) = kept else {
+    let (Some(kept), Some(changed)) = (kept, rollup.changed.clone()) else {
         return Ok(None);
     };
-    Ok(Some((kept, crate::base::changed_ids(ctx).await?)))
+    Ok(Some((kept, changed)))
 }

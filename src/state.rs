@@ -628,6 +628,9 @@ pub struct Rollup {
     pub multi: Option<RecordBatch>,
     /// The rollup's columns and how they merge.
     pub shape: Shape,
+    /// The changed customers' ids, when a base kept every other customer's features
+    /// (src/base.rs): their scores are computed tonight, the others' kept too.
+    pub changed: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 /// Where the state lives and what may be reused.
@@ -665,6 +668,7 @@ pub async fn rollup(
             rejects_table: None,
             multi: None,
             shape,
+            changed: None,
         });
     };
     let digest = sha256_hex(
@@ -909,6 +913,7 @@ pub async fn rollup(
         rejects_table,
         multi: Some(multi),
         shape,
+        changed: None,
     })
 }
 
