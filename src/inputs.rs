@@ -734,16 +734,11 @@ async fn clean_orders(
     )
     .await?;
     let counts = tally.counts();
-    let mut counted = counts.reasons;
     let rows = counts.valid;
-    let kept = if counts.distinct < rows {
-        let reason = rules::reason_sql(Input::Orders, bounds);
-        let exact =
-            format!("SELECT count(DISTINCT order_id) FROM orders_raw WHERE ({reason}) IS NULL");
-        tally::exact_count(ctx, &exact, "counting distinct order ids").await?
-    } else {
-        rows
-    };
+    let reason = rules::reason_sql(Input::Orders, bounds);
+    let exact = format!("SELECT count(DISTINCT order_id) FROM orders_raw WHERE ({reason}) IS NULL");
+    let kept = tally::distinct_ids(ctx, &counts, &exact, "counting distinct order ids").await?;
+    let mut counted = counts.reasons;
     let view = if rows > kept {
         counted.insert(rules::DUPLICATE_ORDER_ID.into(), rows - kept);
         clean_orders_sql(&format!(
@@ -935,12 +930,8 @@ async fn clean_customers(
     let counts = tally.counts();
     let valid = valid_customers_sql(cutoff_sql);
     let rows = counts.valid;
-    let ids = if counts.distinct < rows {
-        let exact = format!("SELECT count(DISTINCT customer_id) FROM customers_raw WHERE {valid}");
-        tally::exact_count(ctx, &exact, "counting distinct customer ids").await?
-    } else {
-        rows
-    };
+    let exact = format!("SELECT count(DISTINCT customer_id) FROM customers_raw WHERE {valid}");
+    let ids = tally::distinct_ids(ctx, &counts, &exact, "counting distinct customer ids").await?;
     let view = customers_sql("customers_raw", cutoff_sql, rows > ids);
     engine::create_view(ctx, "customers", &view, "registering customers").await?;
     report.rows_used = ids;

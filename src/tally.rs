@@ -356,10 +356,19 @@ fn sorted_distinct(digests: Vec<u64>) -> Vec<u64> {
     out
 }
 
-/// `SELECT count(DISTINCT …)` of a query with one row and one count: the exact count of
-/// distinct ids when the digests could not prove them distinct.
-pub async fn exact_count(ctx: &SessionContext, sql: &str, what: &str) -> Result<u64> {
-    let batches = engine::collect(ctx, sql, what).await?;
+/// The distinct ids among the valid rows `counts` tallies: the valid rows when as many distinct
+/// digests prove them distinct, otherwise `exact_sql` (`SELECT count(DISTINCT …)`, one row
+/// and one count) counts them exactly (a duplicate id, or a collision).
+pub async fn distinct_ids(
+    ctx: &SessionContext,
+    counts: &Counts,
+    exact_sql: &str,
+    what: &str,
+) -> Result<u64> {
+    if counts.distinct >= counts.valid {
+        return Ok(counts.valid);
+    }
+    let batches = engine::collect(ctx, exact_sql, what).await?;
     let batch = batches
         .iter()
         .find(|b| b.num_rows() > 0)
