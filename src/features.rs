@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{NaiveDate, NaiveDateTime};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::prelude::SessionContext;
@@ -645,21 +645,31 @@ impl CustomerTable {
 
     /// Customer ids as owned strings.
     pub fn ids(&self) -> Result<Vec<String>> {
-        let col = cast(self.column_by_name("customer_id")?, &DataType::Utf8)
-            .map_err(|e| Error::engine("reading customer_id", e.into()))?;
-        let col = col.as_string::<i32>();
+        let col = self.id_array()?;
         Ok((0..col.len()).map(|i| col.value(i).to_string()).collect())
     }
 
-    /// A numeric column as f64, nulls as NaN.
-    pub fn f64(&self, name: &str) -> Result<Vec<f64>> {
+    /// The customer ids as one string array, in row order (no copy when they are `Utf8`).
+    pub fn id_array(&self) -> Result<StringArray> {
+        let col = cast(self.column_by_name("customer_id")?, &DataType::Utf8)
+            .map_err(|e| Error::engine("reading customer_id", e.into()))?;
+        Ok(col.as_string::<i32>().clone())
+    }
+
+    /// A numeric column as an f64 array, nulls kept (no copy when it is `Float64`).
+    pub fn numeric(&self, name: &str) -> Result<Float64Array> {
         let col = cast(self.column_by_name(name)?, &DataType::Float64).map_err(|e| {
             Error::config(
                 None,
                 format!("query {}: column `{name}` is not numeric: {e}", self.query),
             )
         })?;
-        let col = col.as_primitive::<Float64Type>();
+        Ok(col.as_primitive::<Float64Type>().clone())
+    }
+
+    /// A numeric column as f64, nulls as NaN.
+    pub fn f64(&self, name: &str) -> Result<Vec<f64>> {
+        let col = self.numeric(name)?;
         Ok((0..col.len())
             .map(|i| {
                 if col.is_null(i) {

@@ -246,13 +246,31 @@ impl Classical {
 impl Outputs {
     /// As named extra feature columns for the design matrix.
     pub fn columns(&self) -> Vec<(&'static str, Vec<f64>)> {
-        vec![
-            ("bgnbd_p_alive", self.p_alive.clone()),
-            ("bgnbd_p_no_purchase_90d", self.p_no_purchase_90d.clone()),
-            ("bgnbd_purchases_pv_365d", self.purchases_pv_365d.clone()),
-            ("gg_spend", self.spend.clone()),
-            ("bgnbd_gg_clv", self.clv.clone()),
-        ]
+        self.named()
+            .into_iter()
+            .map(|(name, column)| (name, column.to_vec()))
+            .collect()
+    }
+
+    /// The names of [`Outputs::columns`], in order.
+    pub const NAMES: [&'static str; 5] = [
+        "bgnbd_p_alive",
+        "bgnbd_p_no_purchase_90d",
+        "bgnbd_purchases_pv_365d",
+        "gg_spend",
+        "bgnbd_gg_clv",
+    ];
+
+    /// The extra feature columns of [`Outputs::columns`], borrowed.
+    pub fn named(&self) -> [(&'static str, &[f64]); 5] {
+        let columns = [
+            &self.p_alive,
+            &self.p_no_purchase_90d,
+            &self.purchases_pv_365d,
+            &self.spend,
+            &self.clv,
+        ];
+        std::array::from_fn(|i| (Self::NAMES[i], columns[i].as_slice()))
     }
 }
 

@@ -22,16 +22,22 @@ fn is_feature(name: &str, ty: &DataType) -> bool {
     numeric && name != "snapshot" && name != "customer_id" && !name.starts_with("next_")
 }
 
+/// The feature columns of `table`, in its column order: a design's first columns.
+pub fn table_features(table: &CustomerTable) -> Vec<String> {
+    table
+        .batch()
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| is_feature(f.name(), f.data_type()))
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 impl Design {
     /// The feature columns of `table`, with `extra` columns appended (same row order).
     pub fn new(table: &CustomerTable, extra: &[(&str, Vec<f64>)]) -> Result<Design> {
-        let schema = table.batch().schema();
-        let mut names: Vec<String> = schema
-            .fields()
-            .iter()
-            .filter(|f| is_feature(f.name(), f.data_type()))
-            .map(|f| f.name().clone())
-            .collect();
+        let mut names = table_features(table);
         // One column per task, on every core.
         let mut columns = super::parallel::map_rows(names.len(), |j| table.f64(&names[j]))
             .into_iter()

@@ -98,9 +98,11 @@ fn decile_cuts(column: &[f64]) -> Vec<f64> {
 
 /// The share of the rows of `column` in each bin given `cuts` (missing bin last); all 0
 /// without rows.
-fn shares(cuts: &[f64], column: &[f64]) -> Vec<f64> {
+pub fn shares(cuts: &[f64], column: impl IntoIterator<Item = f64>) -> Vec<f64> {
     let mut counts = vec![0usize; cuts.len() + 2];
-    for &x in column {
+    let mut n = 0;
+    for x in column {
+        n += 1;
         let bin = if x.is_nan() {
             cuts.len() + 1
         } else {
@@ -108,7 +110,7 @@ fn shares(cuts: &[f64], column: &[f64]) -> Vec<f64> {
         };
         counts[bin] += 1;
     }
-    let n = column.len().max(1) as f64;
+    let n = n.max(1) as f64;
     counts.into_iter().map(|c| c as f64 / n).collect()
 }
 
@@ -133,7 +135,7 @@ impl Reference {
             .zip(&design.columns)
             .map(|(name, column)| {
                 let cuts = decile_cuts(column);
-                let shares = shares(&cuts, column);
+                let shares = shares(&cuts, column.iter().copied());
                 FeatureBins {
                     name: name.clone(),
                     cuts,
@@ -147,11 +149,25 @@ impl Reference {
     /// The PSI of every reference feature in `design` (matched by name; a feature `design`
     /// lacks counts as all-missing), in the reference's feature order.
     pub fn psi(&self, design: &Design) -> Vec<(String, f64)> {
+        self.psi_by(|name, cuts| {
+            design
+                .column(name)
+                .map(|column| shares(cuts, column.iter().copied()))
+        })
+    }
+
+    /// As [`Reference::psi`], with `shares_of(name, cuts)` the shares ([`shares`]) of the
+    /// new data's feature `name` in the bins of `cuts` (None: it lacks the feature), so that
+    /// the new data need not be a design matrix.
+    pub fn psi_by(
+        &self,
+        shares_of: impl Fn(&str, &[f64]) -> Option<Vec<f64>> + Sync,
+    ) -> Vec<(String, f64)> {
         // One feature per task, on every core.
         super::parallel::map_rows(self.features.len(), |i| {
             let f = &self.features[i];
-            let actual = match design.column(&f.name) {
-                Some(column) => shares(&f.cuts, column),
+            let actual = match shares_of(&f.name, &f.cuts) {
+                Some(actual) => actual,
                 None => {
                     let mut all_missing = vec![0.0; f.shares.len()];
                     all_missing[f.cuts.len() + 1] = 1.0;
@@ -219,7 +235,7 @@ mod tests {
         // Values equal to a cut go to its bin; ±∞ to the ends.
         assert_eq!(decile_cuts(&[1.0, 2.0, f64::INFINITY]), vec![1.0]);
         assert_eq!(
-            shares(&[1.0, 2.0], &[1.0, 2.0, 2.5, f64::NEG_INFINITY]),
+            shares(&[1.0, 2.0], [1.0, 2.0, 2.5, f64::NEG_INFINITY]),
             vec![0.5, 0.25, 0.25, 0.0]
         );
     }

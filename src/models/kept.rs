@@ -137,10 +137,11 @@ fn sorted_order(ids: &StringArray) -> Vec<u32> {
 /// For each of `ids`: the row of `kept` with the same id, unless the customer is `changed`
 /// or not kept (None: scored tonight). One merge of the three in order of id; `ids` are
 /// sorted here only when they are not already.
-fn kept_rows(ids: &[String], kept: &Kept, changed: &HashSet<String>) -> Vec<Option<usize>> {
-    let order: Option<Vec<usize>> = (!ids.is_sorted()).then(|| {
+fn kept_rows(ids: &StringArray, kept: &Kept, changed: &HashSet<String>) -> Vec<Option<usize>> {
+    let id = |i: usize| ids.is_valid(i).then(|| ids.value(i));
+    let order: Option<Vec<usize>> = (!ids.iter().is_sorted()).then(|| {
         let mut o: Vec<usize> = (0..ids.len()).collect();
-        o.sort_by(|&a, &b| ids[a].cmp(&ids[b]));
+        o.sort_by(|&a, &b| id(a).cmp(&id(b)));
         o
     });
     let mut changed: Vec<&str> = changed.iter().map(String::as_str).collect();
@@ -149,7 +150,8 @@ fn kept_rows(ids: &[String], kept: &Kept, changed: &HashSet<String>) -> Vec<Opti
     let (mut k, mut g) = (0, 0);
     for n in 0..ids.len() {
         let i = order.as_ref().map_or(n, |o| o[n]);
-        let id = ids[i].as_str();
+        // A customer without an id is scored tonight.
+        let Some(id) = id(i) else { continue };
         while g < changed.len() && changed[g] < id {
             g += 1;
         }
@@ -183,8 +185,6 @@ pub struct Reuse<'a> {
 
 /// Every row's classical outputs and scores, part kept, part computed tonight.
 pub(super) struct Merged {
-    /// The customer ids, in the table's row order.
-    pub ids: Vec<String>,
     /// The classical outputs.
     pub outputs: Outputs,
     /// Churn scores.
@@ -204,7 +204,7 @@ pub(super) fn score_with(
     rate: f64,
     reuse: &Reuse<'_>,
 ) -> Result<Merged> {
-    let ids = table.ids()?;
+    let ids = table.id_array()?;
     let kept = kept_rows(&ids, reuse.kept, reuse.changed);
     let new_rows: Vec<usize> = (0..ids.len()).filter(|&i| kept[i].is_none()).collect();
     let sub = table.take(&new_rows)?;
@@ -238,7 +238,6 @@ pub(super) fn score_with(
     };
     let (churn, value) = (column(), column());
     Ok(Merged {
-        ids,
         outputs,
         churn,
         value,
@@ -313,11 +312,10 @@ mod tests {
                 vec!["e", "c", "b", "a"],
                 vec!["0", "d"],
             ] {
-                let night: Vec<String> = night.into_iter().map(String::from).collect();
-                let pick = kept_rows(&night, &k, &changed);
+                let pick = kept_rows(&StringArray::from(night.clone()), &k, &changed);
                 let want: Vec<Option<usize>> = night
                     .iter()
-                    .map(|id| if id == "b" { None } else { row(id) })
+                    .map(|id| if *id == "b" { None } else { row(id) })
                     .collect();
                 assert_eq!(pick, want, "kept {ids:?}, night {night:?}");
             }

@@ -197,71 +197,111 @@ pub fn score_stored(
 ) -> Result<Night> {
     let now = features.current()?;
     let rate = pipeline.model.monthly_discount_rate;
-    let mut computed = None;
-    let mut kept = 0;
-    let p = match reuse {
-        None => Prepared::with_classical(Cow::Borrowed(now), stored.classical.clone(), rate)?,
-        Some(reuse) => {
-            let merged = kept::score_with(stored, now, rate, reuse)?;
-            kept = now.len() - merged.scored;
-            tracing::info!(
-                scored = merged.scored,
-                kept,
-                "scored the changed customers; the others' scores were computed ahead"
-            );
-            computed = Some((merged.churn, merged.value));
-            Prepared::with_outputs(
-                Cow::Borrowed(now),
-                stored.classical.clone(),
-                merged.outputs,
-                merged.ids,
-            )?
+    let threshold = pipeline.model.max_feature_psi;
+    let Some(reuse) = reuse else {
+        let p = Prepared::with_classical(Cow::Borrowed(now), stored.classical.clone(), rate)?;
+        if let Some(why) = changed_features(&p.design.names, stored) {
+            return Ok(Night::Refit(why));
         }
+        let drift = drift_of(stored.reference.psi(&p.design), threshold);
+        if let Some(why) = drifted(&drift) {
+            return Ok(Night::Refit(why));
+        }
+        let (churn, value) = score_prepared(stored, &p, rate)?;
+        return Ok(Night::Scored(
+            Scores::new(churn, value, stored.report.clone(), &p),
+            drift,
+        ));
     };
-    if p.design.names != stored.features {
-        let added: Vec<&str> = p
-            .design
-            .names
-            .iter()
-            .filter(|n| !stored.features.contains(n))
-            .map(String::as_str)
-            .collect();
-        let removed: Vec<&str> = stored
-            .features
-            .iter()
-            .filter(|n| !p.design.names.contains(n))
-            .map(String::as_str)
-            .collect();
-        return Ok(Night::Refit(format!(
-            "the feature list changed (added: [{}], removed: [{}])",
-            added.join(", "),
-            removed.join(", ")
-        )));
+    // The design's names, without the design: on a night that keeps most scores, the
+    // columns of everyone are only read for the drift, in place.
+    let table_features = design::table_features(now);
+    let names: Vec<String> = table_features
+        .iter()
+        .cloned()
+        .chain(classical::Outputs::NAMES.map(String::from))
+        .collect();
+    if let Some(why) = changed_features(&names, stored) {
+        return Ok(Night::Refit(why));
     }
-    let drift = drift_of(&stored.reference, &p.design, pipeline.model.max_feature_psi);
-    if drift.max_psi > drift.threshold {
-        let (name, psi) = drift.psi.first().cloned().unwrap_or_default();
-        return Ok(Night::Refit(format!(
-            "feature drift: {name} has a population stability index of {psi:.3} against the \
-             training snapshot (model.max_feature_psi = {})",
-            drift.threshold
-        )));
+    let merged = kept::score_with(stored, now, rate, reuse)?;
+    let kept = now.len() - merged.scored;
+    tracing::info!(
+        scored = merged.scored,
+        kept,
+        "scored the changed customers; the others' scores were computed ahead"
+    );
+    // A design's column of that name: the table's first, then the classical outputs.
+    let psi = stored.reference.psi_by(|name, cuts| {
+        if table_features.iter().any(|f| f == name) {
+            let column = now.numeric(name).ok()?;
+            Some(drift::shares(
+                cuts,
+                column.iter().map(|v| v.unwrap_or(f64::NAN)),
+            ))
+        } else {
+            let named = merged.outputs.named();
+            let (_, column) = named.iter().find(|(n, _)| *n == name)?;
+            Some(drift::shares(cuts, column.iter().copied()))
+        }
+    });
+    let drift = drift_of(psi, threshold);
+    if let Some(why) = drifted(&drift) {
+        return Ok(Night::Refit(why));
     }
-    let (churn, value) = match computed {
-        Some(scores) => scores,
-        None => score_prepared(stored, &p, rate)?,
-    };
+    let outputs = merged.outputs;
     Ok(Night::Scored(
         Scores {
+            churn: merged.churn,
+            value: merged.value,
+            report: stored.report.clone(),
+            p_alive: outputs.p_alive,
+            expected_orders_365d: outputs.purchases_365d,
+            next_order_days: outputs.next_purchase_days,
             kept,
-            ..Scores::new(churn, value, stored.report.clone(), &p)
         },
         drift,
     ))
 }
 
-fn drift_of(reference: &drift::Reference, design: &Design, threshold: f64) -> Drift {
-    let mut psi = reference.psi(design);
+/// Why the stored models cannot score a design of `names` (another feature list), if so.
+fn changed_features(names: &[String], stored: &Stored) -> Option<String> {
+    if names == stored.features {
+        return None;
+    }
+    let added: Vec<&str> = names
+        .iter()
+        .filter(|n| !stored.features.contains(n))
+        .map(String::as_str)
+        .collect();
+    let removed: Vec<&str> = stored
+        .features
+        .iter()
+        .filter(|n| !names.contains(n))
+        .map(String::as_str)
+        .collect();
+    Some(format!(
+        "the feature list changed (added: [{}], removed: [{}])",
+        added.join(", "),
+        removed.join(", ")
+    ))
+}
+
+/// Why the stored models must be refitted for `drift`, if a feature drifted past the
+/// threshold.
+fn drifted(drift: &Drift) -> Option<String> {
+    (drift.max_psi > drift.threshold).then(|| {
+        let (name, psi) = drift.psi.first().cloned().unwrap_or_default();
+        format!(
+            "feature drift: {name} has a population stability index of {psi:.3} against the \
+             training snapshot (model.max_feature_psi = {})",
+            drift.threshold
+        )
+    })
+}
+
+/// The drift of the features from each feature's index against the training snapshot.
+fn drift_of(mut psi: Vec<(String, f64)>, threshold: f64) -> Drift {
     psi.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     Drift {
         max_psi: psi.first().map_or(0.0, |p| p.1),
@@ -352,7 +392,14 @@ impl<'a> Prepared<'a> {
         let outputs = classical.outputs(&table, monthly_rate)?;
         let with_outputs = clock.elapsed().as_secs_f64();
         let ids = table.ids()?;
-        let p = Self::with_outputs(table, classical, outputs, ids)?;
+        let design = Design::new(&table, &outputs.columns())?;
+        let p = Prepared {
+            ids,
+            table,
+            classical,
+            outputs,
+            design,
+        };
         tracing::debug!(
             customers = p.table.len(),
             classical = %serde_json::to_string(&p.classical).unwrap_or_default(),
@@ -362,24 +409,6 @@ impl<'a> Prepared<'a> {
             "snapshot prepared"
         );
         Ok(p)
-    }
-
-    /// With the classical models' outputs already computed (kept from an earlier run) and
-    /// the table's customer ids, in its row order.
-    fn with_outputs(
-        table: Cow<'a, CustomerTable>,
-        classical: Classical,
-        outputs: Outputs,
-        ids: Vec<String>,
-    ) -> Result<Prepared<'a>> {
-        let design = Design::new(&table, &outputs.columns())?;
-        Ok(Prepared {
-            ids,
-            table,
-            classical,
-            outputs,
-            design,
-        })
     }
 
     fn buyers(&self) -> Result<usize> {
@@ -737,8 +766,7 @@ pub fn fit(
         reference,
     };
     let drift = drift_of(
-        &stored.reference,
-        &now.design,
+        stored.reference.psi(&now.design),
         pipeline.model.max_feature_psi,
     );
     let (churn, value) = score_prepared(&stored, now, rate)?;
