@@ -141,12 +141,29 @@ fn encode_columns(
     group: usize,
     rows: &RecordBatch,
 ) -> datafusion::parquet::errors::Result<Vec<ArrowColumnChunk>> {
-    let mut leaves = Vec::new();
-    for (field, column) in rows.schema().fields().iter().zip(rows.columns()) {
-        leaves.extend(compute_leaves(field, column)?);
-    }
-    let work: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, ArrowLeafColumn)>>> = factory
-        .create_column_writers(group)?
+    let writers = factory.create_column_writers(group)?;
+    let schema = rows.schema();
+    // A flat schema has one leaf per column: each core computes its columns' leaves (their
+    // definition levels are a fresh buffer of a value each); nested ones are computed first.
+    let leaves: Vec<Leaf> = if writers.len() == rows.num_columns() {
+        schema
+            .fields()
+            .iter()
+            .zip(rows.columns())
+            .map(|(f, c)| Leaf::Flat(f, c))
+            .collect()
+    } else {
+        let mut leaves = Vec::new();
+        for (field, column) in schema.fields().iter().zip(rows.columns()) {
+            leaves.extend(
+                compute_leaves(field, column)?
+                    .into_iter()
+                    .map(Leaf::Computed),
+            );
+        }
+        leaves
+    };
+    let work: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, Leaf)>>> = writers
         .into_iter()
         .zip(leaves)
         .map(|pair| std::sync::Mutex::new(Some(pair)))
@@ -165,7 +182,14 @@ fn encode_columns(
             };
             let taken = slot.lock().map(|mut s| s.take()).ok().flatten();
             if let Some((mut writer, leaf)) = taken {
-                writer.write(&leaf)?;
+                match leaf {
+                    Leaf::Computed(leaf) => writer.write(&leaf)?,
+                    Leaf::Flat(field, column) => {
+                        for leaf in compute_leaves(field, column)? {
+                            writer.write(&leaf)?;
+                        }
+                    }
+                }
                 done.push((i, writer.close()?));
             }
         }
@@ -180,6 +204,12 @@ fn encode_columns(
     })?;
     chunks.sort_by_key(|(i, _)| *i);
     Ok(chunks.into_iter().map(|(_, c)| c).collect())
+}
+
+/// A column's leaf for its writer: computed, or the column itself (its only leaf).
+enum Leaf<'a> {
+    Computed(ArrowLeafColumn),
+    Flat(&'a datafusion::arrow::datatypes::FieldRef, &'a ArrayRef),
 }
 
 /// Where a Parquet file's bytes gather between row groups (shared with the writer).
@@ -411,7 +441,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn columns_encoded_in_parallel_are_the_bytes_arrow_writer_writes() {
         use datafusion::arrow::array::{Float64Array, StringArray};
-        use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let ctx = datafusion::prelude::SessionContext::new();
         let root = crate::storage::open(
             &ctx,
@@ -443,15 +472,46 @@ mod tests {
             ),
         ])
         .unwrap();
+        // The same with a struct column: two leaves for one column, computed before encoding
+        // (the flat batch's leaves are computed by the encoding threads).
+        let nested = {
+            use datafusion::arrow::array::StructArray;
+            use datafusion::arrow::datatypes::Fields;
+            let parts = batch.project(&[1, 2]).unwrap();
+            let fields: Fields = parts.schema().fields().clone();
+            let inner = StructArray::new(fields, parts.columns().to_vec(), None);
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(inner));
+            let mut fields = batch.schema().fields().to_vec();
+            fields.push(Arc::new(Field::new(
+                "both",
+                columns[3].data_type().clone(),
+                true,
+            )));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        };
+        for batch in [batch, nested] {
+            let schema = batch.schema();
+            let empty = RecordBatch::new_empty(Arc::clone(&schema));
+            check_parallel_bytes(&root, &batch, &empty, n).await;
+        }
+    }
+
+    async fn check_parallel_bytes(
+        root: &StoreRef,
+        batch: &RecordBatch,
+        empty: &RecordBatch,
+        n: usize,
+    ) {
+        use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let schema = batch.schema();
-        let empty = RecordBatch::new_empty(Arc::clone(&schema));
         for batches in [
             vec![batch.clone()],
             vec![batch.slice(0, 10), empty.clone(), batch.slice(10, 5)],
             vec![empty.clone()],
             vec![],
         ] {
-            write_parquet_schema(&root, "t.parquet", Arc::clone(&schema), &batches)
+            write_parquet_schema(root, "t.parquet", Arc::clone(&schema), &batches)
                 .await
                 .unwrap();
             let written = root
