@@ -145,7 +145,8 @@ fn encode_columns(
     let schema = rows.schema();
     // A flat schema has one leaf per column: each core computes its columns' leaves (their
     // definition levels are a fresh buffer of a value each); nested ones are computed first.
-    let leaves: Vec<Leaf> = if writers.len() == rows.num_columns() {
+    let flat = schema.fields().iter().all(|f| !f.data_type().is_nested());
+    let leaves: Vec<Leaf> = if flat && writers.len() == rows.num_columns() {
         schema
             .fields()
             .iter()
