@@ -492,20 +492,14 @@ mod tests {
             RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
         };
         for batch in [batch, nested] {
-            let schema = batch.schema();
-            let empty = RecordBatch::new_empty(Arc::clone(&schema));
-            check_parallel_bytes(&root, &batch, &empty, n).await;
+            check_parallel_bytes(&root, &batch, n).await;
         }
     }
 
-    async fn check_parallel_bytes(
-        root: &StoreRef,
-        batch: &RecordBatch,
-        empty: &RecordBatch,
-        n: usize,
-    ) {
+    async fn check_parallel_bytes(root: &StoreRef, batch: &RecordBatch, n: usize) {
         use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let schema = batch.schema();
+        let empty = RecordBatch::new_empty(Arc::clone(&schema));
         for batches in [
             vec![batch.clone()],
             vec![batch.slice(0, 10), empty.clone(), batch.slice(10, 5)],

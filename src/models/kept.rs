@@ -139,17 +139,13 @@ fn sorted_order(ids: &StringArray) -> Vec<u32> {
 /// sorted here only when they are not already.
 fn kept_rows(ids: &StringArray, kept: &Kept, changed: &HashSet<String>) -> Vec<Option<usize>> {
     let id = |i: usize| ids.is_valid(i).then(|| ids.value(i));
-    let order: Option<Vec<usize>> = (!ids.iter().is_sorted()).then(|| {
-        let mut o: Vec<usize> = (0..ids.len()).collect();
-        o.sort_by(|&a, &b| id(a).cmp(&id(b)));
-        o
-    });
+    let order = (!ids.iter().is_sorted()).then(|| sorted_order(ids));
     let mut changed: Vec<&str> = changed.iter().map(String::as_str).collect();
     changed.sort_unstable();
     let mut pick = vec![None; ids.len()];
     let (mut k, mut g) = (0, 0);
     for n in 0..ids.len() {
-        let i = order.as_ref().map_or(n, |o| o[n]);
+        let i = order.as_ref().map_or(n, |o| o[n] as usize);
         // A customer without an id is scored tonight.
         let Some(id) = id(i) else { continue };
         while g < changed.len() && changed[g] < id {
