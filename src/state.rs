@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array,
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array,
 };
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
@@ -258,11 +258,35 @@ impl Shape {
     /// the reason rows are grouped, every other session row before the cut-off passes through
     /// as it is, and the rows at or after the cut-off are summed into one `after_cutoff` row.
     pub fn merge_split_sql(&self, table: &str, multi: &str, cutoff: Cutoff) -> String {
+        self.merge_split_with_singles_sql(table, multi, None, cutoff)
+    }
+
+    /// [`Shape::merge_split_sql`] of `table`, plus the session rows of table `singles` (in
+    /// [`Shape::stored_schema`]: no key hash), known to be their sessions' only rows: they
+    /// pass through without the join that tells them from the others (a night's changed
+    /// customers' base sessions, split from those of the new rows' sessions in Rust).
+    pub fn merge_split_with_singles_sql(
+        &self,
+        table: &str,
+        multi: &str,
+        singles: Option<&str>,
+        cutoff: Cutoff,
+    ) -> String {
         let l = self.merge_lists();
         let on = format!("p.{} = m.\"hash\"", quoted(KEY_HASH));
         let cut = cutoff.sql();
+        let singles = singles
+            .map(|t| {
+                format!(
+                    "SELECT {p_keys}, {raw} FROM {t} p \
+                     WHERE p.\"reason\" IS NULL AND p.\"day\" < {cut} UNION ALL ",
+                    p_keys = l.p_keys,
+                    raw = l.raw,
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "SELECT {order} FROM ( \
+            "SELECT {order} FROM ( {singles}\
                SELECT {p_keys}, {raw} FROM {table} p LEFT ANTI JOIN {multi} m ON {on} \
                WHERE p.\"reason\" IS NULL AND p.\"day\" < {cut} \
                UNION ALL \
@@ -321,17 +345,33 @@ impl Shape {
             .collect()
     }
 
-    /// Session rows in [`Shape::stored_schema`] with their [`KEY_HASH`] added: partials.
-    pub(crate) fn with_key_hashes(&self, sessions: &RecordBatch) -> Result<RecordBatch> {
-        let hashes: ArrayRef = Arc::new(UInt64Array::from(self.session_key_hashes(sessions)?));
+    /// Stored session rows `sessions` split by their [`KEY_HASH`]: those whose hash is not in
+    /// `multi` (as they are, no copy when none is), and those whose hash is, as partials (with
+    /// their hash), or None when there are none.
+    pub(crate) fn split_by_key_hash(
+        &self,
+        sessions: &RecordBatch,
+        multi: &HashSet<u64>,
+    ) -> Result<(RecordBatch, Option<RecordBatch>)> {
+        let hashes = self.session_key_hashes(sessions)?;
+        if !hashes.iter().any(|h| multi.contains(h)) {
+            return Ok((sessions.clone(), None));
+        }
+        let in_multi = BooleanArray::from_iter(hashes.iter().map(|h| Some(multi.contains(h))));
+        let error = |e: datafusion::arrow::error::ArrowError| {
+            Error::engine("splitting the stored sessions by key", e.into())
+        };
+        let not_in_multi = datafusion::arrow::compute::not(&in_multi).map_err(error)?;
+        let singles = filter_record_batch(sessions, &not_in_multi).map_err(error)?;
         let mut columns = sessions.columns().to_vec();
-        columns.push(hashes);
-        RecordBatch::try_new(self.partial_schema(), columns)
-            .map_err(|e| Error::engine("hashing the stored sessions' keys", e.into()))
+        columns.push(Arc::new(UInt64Array::from(hashes)) as ArrayRef);
+        let partials = RecordBatch::try_new(self.partial_schema(), columns).map_err(error)?;
+        let partials = filter_record_batch(&partials, &in_multi).map_err(error)?;
+        Ok((singles, Some(partials)))
     }
 
     /// `SELECT` of table `table` (session rows in [`Shape::stored_schema`]) as partials: its
-    /// columns and their [`KEY_HASH`], as [`Shape::with_key_hashes`] computes it.
+    /// columns and their [`KEY_HASH`], as [`Shape::split_by_key_hash`] computes it.
     pub(crate) fn with_key_hashes_sql(&self, table: &str) -> String {
         let keys: Vec<String> = self.session_keys().iter().map(|k| quoted(k)).collect();
         format!(
@@ -1205,12 +1245,62 @@ mod tests {
         )
         .await
         .unwrap();
-        // The one-pass merge, the table merge and the split merge (only c1's session has
-        // two rows; c9 has none) give the same rows.
+        // As a night splits its base's session rows (before the cut-off): those of sessions
+        // not in `mk` pass as singles, the others stay with every other row.
+        let before = engine::collect(
+            &ctx,
+            &format!(
+                "SELECT * FROM ({sql}) WHERE reason IS NULL AND day < {}",
+                cutoff.sql()
+            ),
+            "rows before the cut-off",
+        )
+        .await
+        .unwrap();
+        let multi: HashSet<u64> = engine::key_hashes(&[
+            Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                "c1", "c9",
+            ])) as ArrayRef,
+            Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                "s1", "s9",
+            ])) as ArrayRef,
+        ])
+        .unwrap()
+        .into_iter()
+        .collect();
+        let (mut singles, mut multis) = (Vec::new(), Vec::new());
+        for b in &before {
+            let (single, multi) = s.split_by_key_hash(b, &multi).unwrap();
+            singles.push(single);
+            multis.extend(multi);
+        }
+        assert_eq!(singles.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        assert_eq!(multis.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        engine::register_batches(&ctx, "singles", s.stored_schema(), singles, "singles")
+            .await
+            .unwrap();
+        engine::register_batches(&ctx, "multis", s.partial_schema(), multis, "multis")
+            .await
+            .unwrap();
+        engine::create_view(
+            &ctx,
+            "rest",
+            &format!(
+                "SELECT * FROM parts WHERE NOT (reason IS NULL AND day < {}) \
+                 UNION ALL SELECT * FROM multis",
+                cutoff.sql()
+            ),
+            "rest",
+        )
+        .await
+        .unwrap();
+        // The one-pass merge, the table merge, the split merge (only c1's session has two
+        // rows; c9 has none) and the split merge given the singles apart give the same rows.
         for merged in [
             s.merge_sql(&format!("({sql})"), cutoff),
             s.merge_table_sql("parts", cutoff),
             s.merge_split_sql("parts", "mk", cutoff),
+            s.merge_split_with_singles_sql("rest", "mk", Some("singles"), cutoff),
         ] {
             let rows = engine::collect(
                 &ctx,
