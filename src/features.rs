@@ -669,22 +669,100 @@ impl CustomerTable {
 
     /// A numeric column as f64, nulls as NaN.
     pub fn f64(&self, name: &str) -> Result<Vec<f64>> {
-        let col = self.numeric(name)?;
-        Ok((0..col.len())
-            .map(|i| {
-                if col.is_null(i) {
-                    f64::NAN
-                } else {
-                    col.value(i)
-                }
-            })
-            .collect())
+        Ok(self.f64_values(name)?.collect())
+    }
+
+    /// A numeric column's values as f64 in row order, nulls as NaN: the same values as
+    /// [`CustomerTable::numeric`] gives, without a `Float64` copy of a million-row integer
+    /// column first (`as` is the cast arrow applies to them).
+    pub fn f64_values(&self, name: &str) -> Result<Box<dyn Iterator<Item = f64> + '_>> {
+        let col = self.column_by_name(name)?;
+        fn values<T>(
+            a: &datafusion::arrow::array::PrimitiveArray<T>,
+            to: fn(T::Native) -> f64,
+        ) -> Box<dyn Iterator<Item = f64> + '_>
+        where
+            T: datafusion::arrow::datatypes::ArrowPrimitiveType,
+        {
+            Box::new(a.iter().map(move |v| v.map_or(f64::NAN, to)))
+        }
+        use datafusion::arrow::datatypes::{Int32Type, Int64Type};
+        Ok(match col.data_type() {
+            DataType::Float64 => values(col.as_primitive::<Float64Type>(), |v| v),
+            DataType::Int64 => values(col.as_primitive::<Int64Type>(), |v| v as f64),
+            DataType::Int32 => values(col.as_primitive::<Int32Type>(), f64::from),
+            _ => {
+                let col = self.numeric(name)?;
+                Box::new((0..col.len()).map(move |i| {
+                    if col.is_null(i) {
+                        f64::NAN
+                    } else {
+                        col.value(i)
+                    }
+                }))
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f64_values_are_the_cast_values_without_the_cast() {
+        use datafusion::arrow::array::{
+            ArrayRef, Decimal128Array, Float32Array, Int32Array, Int64Array,
+        };
+        use std::sync::Arc;
+        let batch = RecordBatch::try_from_iter([
+            (
+                "customer_id",
+                Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef,
+            ),
+            (
+                "i64",
+                Arc::new(Int64Array::from(vec![Some(i64::MAX), None, Some(-3)])) as ArrayRef,
+            ),
+            (
+                "i32",
+                Arc::new(Int32Array::from(vec![Some(7), Some(i32::MIN), None])) as ArrayRef,
+            ),
+            (
+                "f64",
+                Arc::new(Float64Array::from(vec![Some(0.1), None, Some(-0.0)])) as ArrayRef,
+            ),
+            (
+                "f32",
+                Arc::new(Float32Array::from(vec![Some(0.1), Some(2.5), None])) as ArrayRef,
+            ),
+            (
+                "dec",
+                Arc::new(
+                    Decimal128Array::from(vec![Some(12345), None, Some(-1)])
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let table = CustomerTable::new(vec![batch], "test").unwrap();
+        for name in ["i64", "i32", "f64", "f32", "dec"] {
+            let cast: Vec<u64> = table
+                .numeric(name)
+                .unwrap()
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN).to_bits())
+                .collect();
+            let direct: Vec<u64> = table.f64_values(name).unwrap().map(f64::to_bits).collect();
+            assert_eq!(direct, cast, "{name}");
+            assert!(
+                table.f64_values(name).unwrap().any(|v| v.is_nan()),
+                "{name}"
+            );
+        }
+        assert!(table.f64_values("missing").is_err());
+    }
 
     #[test]
     fn cutoff_is_the_day_after() {

@@ -76,7 +76,7 @@ impl Transform {
     ) -> Result<Transform> {
         let mut features = Vec::with_capacity(specs.len());
         for (name, spec) in specs {
-            let raw = column(table, name)?;
+            let raw: Vec<f64> = column(table, name)?.collect();
             let missing = match spec.missing {
                 Missing::Value(v) => v,
                 Missing::Median => {
@@ -118,7 +118,7 @@ impl Transform {
     pub fn apply(&self, table: &CustomerTable) -> Result<Array2<f64>> {
         let mut x = Array2::<f64>::zeros((table.len(), self.features.len()));
         for (j, f) in self.features.iter().enumerate() {
-            for (i, v) in column(table, &f.name)?.into_iter().enumerate() {
+            for (i, v) in column(table, &f.name)?.enumerate() {
                 x[[i, j]] = f.z_of_units(f.units(v)) * f.weight;
             }
         }
@@ -158,8 +158,8 @@ impl Transform {
 }
 
 /// A feature column as f64, or a configuration error naming it.
-fn column(table: &CustomerTable, name: &str) -> Result<Vec<f64>> {
-    table.f64(name).map_err(|_| {
+fn column<'a>(table: &'a CustomerTable, name: &str) -> Result<Box<dyn Iterator<Item = f64> + 'a>> {
+    table.f64_values(name).map_err(|_| {
         Error::config(
             None,
             format!(

@@ -234,11 +234,7 @@ pub fn score_stored(
     // A design's column of that name: the table's first, then the classical outputs.
     let psi = stored.reference.psi_by(|name, cuts| {
         if table_features.iter().any(|f| f == name) {
-            let column = now.numeric(name).ok()?;
-            Some(drift::shares(
-                cuts,
-                column.iter().map(|v| v.unwrap_or(f64::NAN)),
-            ))
+            Some(drift::shares(cuts, now.f64_values(name).ok()?))
         } else {
             let named = merged.outputs.named();
             let (_, column) = named.iter().find(|(n, _)| *n == name)?;
