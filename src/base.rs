@@ -507,13 +507,6 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         );
     }
     let multi = crate::state::register_multi(ctx, "state_delta_multi", multi).await?;
-    let multi: std::collections::HashSet<u64> = multi
-        .column(0)
-        .as_primitive::<UInt64Type>()
-        .values()
-        .iter()
-        .copied()
-        .collect();
 
     // A night that scores needs the changed customers' data only; a refit every session.
     let sessions = if features_kept {
@@ -550,6 +543,13 @@ pub async fn night(ctx: &SessionContext, input: BaseInputs<'_>) -> Result<BaseNi
         // Only the sessions with rows in the new rows too are merged; the others (nearly
         // all) pass through without the anti-join that would find them, which hashed and
         // repartitioned all 3.8 M rows twice at 1,000,000 (EXPLAIN ANALYZE).
+        let multi: std::collections::HashSet<u64> = multi
+            .column(0)
+            .as_primitive::<UInt64Type>()
+            .values()
+            .iter()
+            .copied()
+            .collect();
         let (mut singles, mut multis) = (Vec::new(), Vec::new());
         for b in &sessions?.1 {
             let (single, multi) = input.shape.split_by_key_hash(b, &multi)?;

@@ -399,12 +399,12 @@ pub async fn customer_features(
     .await;
     // Always finish the pass (its counts), even when the features failed.
     let side = tee.finish(ctx).await;
-    if kept.is_some() {
-        crate::base::release_night(ctx)?;
-    }
     // The pass's own error first: it names the cause (a bad file, a type).
     let counts = event_counts(&side?)?;
     let (tables, changed) = features?;
+    if kept.is_some() {
+        crate::base::release_night(ctx)?;
+    }
     rollup.changed = changed;
     if let Some(events) = inputs.events.as_mut() {
         events.count_reasons(counts);
