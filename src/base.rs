@@ -1296,11 +1296,9 @@ async fn read_rows(
     let url = root.url_of(name);
     let parquet = |e| Error::parquet(format!("reading {url}"), e);
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let (reader, metadata): (BaseFile, _) = match root.local_path(name) {
+    let mut reader = match root.local_path(name) {
         Some(path) => {
-            let bytes = mapped(&path).map_err(|e| Error::io(format!("reading {url}"), e))?;
-            let metadata = ArrowReaderMetadata::load(&bytes, options).map_err(parquet)?;
-            (BaseFile::Mapped(bytes), metadata)
+            BaseFile::Mapped(mapped(&path).map_err(|e| Error::io(format!("reading {url}"), e))?)
         }
         None => {
             let meta = root
@@ -1309,17 +1307,17 @@ async fn read_rows(
                 .await
                 .map_err(|e| Error::storage(format!("reading {url}"), e))?;
             #[allow(deprecated)]
-            let mut reader = datafusion::parquet::arrow::async_reader::ParquetObjectReader::new(
+            let reader = datafusion::parquet::arrow::async_reader::ParquetObjectReader::new(
                 Arc::clone(&root.store),
                 meta.location,
             )
             .with_file_size(meta.size);
-            let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
-                .await
-                .map_err(parquet)?;
-            (BaseFile::Store(reader), metadata)
+            BaseFile::Store(reader)
         }
     };
+    let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
+        .await
+        .map_err(parquet)?;
     let schema = Arc::clone(metadata.schema());
     let total = metadata.metadata().file_metadata().num_rows().max(0) as usize;
     let whole;

@@ -354,10 +354,10 @@ impl Shape {
         multi: &HashSet<u64>,
     ) -> Result<(RecordBatch, Option<RecordBatch>)> {
         let hashes = self.session_key_hashes(sessions)?;
-        if !hashes.iter().any(|h| multi.contains(h)) {
+        let in_multi = BooleanArray::from_iter(hashes.iter().map(|h| Some(multi.contains(h))));
+        if in_multi.true_count() == 0 {
             return Ok((sessions.clone(), None));
         }
-        let in_multi = BooleanArray::from_iter(hashes.iter().map(|h| Some(multi.contains(h))));
         let error = |e: datafusion::arrow::error::ArrowError| {
             Error::engine("splitting the stored sessions by key", e.into())
         };
