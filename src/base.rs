@@ -79,8 +79,9 @@ pub const BASE_DAYS: i64 = 7;
 /// (`SEGMENTER_BASE_BUCKET_ROWS` overrides it: lower for a smaller `engine.memory_limit`).
 const BUCKET_ROWS: u64 = 2_000_000;
 /// Version of the base's files: part of its digest (2: sessions in customer order, indexed;
-/// 3: orders too; 4: sessions stored without key hashes, times and ids delta-encoded).
-const BASE_FORMAT: u32 = 4;
+/// 3: orders too; 4: sessions stored without key hashes, times and ids delta-encoded; 5:
+/// sessions on a local root uncompressed, times and ids plain).
+const BASE_FORMAT: u32 = 5;
 /// Each customer's run of rows in the base's sessions.parquet: `customer_id`, `first_row`,
 /// `rows`.
 const SESSIONS_INDEX: &str = "sessions-index.parquet";
@@ -821,15 +822,15 @@ async fn build(ctx: &SessionContext, input: &BaseInputs<'_>, digest: String) -> 
     // customer order, each customer's rows one run that sessions-index.parquet locates: a
     // night reads its changed customers' runs alone ([`changed_sessions`]).
     let day = cut_micros - 86_400_000_000;
-    // Stored without their key hashes (a night hashes the few it reads), their times and
-    // session ids delta-encoded: a night reads nearly every page of this file.
+    // Stored without their key hashes (a night hashes the few it reads), for reading a
+    // customer's rows here and there: a night reads nearly every page of this file.
     let sessions_name = format!("{dir}/sessions.parquet");
     let stored = input.shape.stored_schema();
     let mut sink = ParquetSink::open_compact(
         input.root,
         &sessions_name,
         Arc::clone(&stored),
-        &input.shape.delta_columns(),
+        &input.shape.unique_columns(),
     )?;
     let mut reasons = vec![RecordBatch::new_empty(Arc::clone(&schema))];
     let mut runs = Runs::default();

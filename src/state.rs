@@ -325,10 +325,11 @@ impl Shape {
         Arc::clone(&self.schema)
     }
 
-    /// The columns worth delta-encoding in stored sessions: the merged timestamps (min and
-    /// max of event times, nearly unique) and the text session keys other than `customer_id`
-    /// (unique ids sharing prefixes). `day` and counts repeat and keep their dictionaries.
-    pub(crate) fn delta_columns(&self) -> Vec<&str> {
+    /// The nearly unique columns of stored sessions, which take no dictionary
+    /// ([`crate::outputs::ParquetSink::open_compact`]): the merged timestamps (min and max of
+    /// event times) and the text session keys other than `customer_id` (unique ids sharing
+    /// prefixes). `day` and counts repeat and keep their dictionaries.
+    pub(crate) fn unique_columns(&self) -> Vec<&str> {
         self.columns
             .iter()
             .filter(|(name, role)| {
